@@ -1,0 +1,485 @@
+//! Running a pipeline: build the stage binaries, validate every stage's params, then run the stages in DAG
+//! order, skipping those whose inputs, params and code are unchanged (DVC-style, by content hash).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::{Pipeline, Source};
+
+/// What `cargo xtask pipeline` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The pipeline file.
+    pub config: PathBuf,
+    /// Run this stage and everything downstream of it.
+    pub from: Option<String>,
+    /// Run this stage and everything upstream of it.
+    pub to: Option<String>,
+    /// Re-run every selected stage even when its lock matches.
+    pub force: bool,
+    /// Print the plan without running anything.
+    pub dry_run: bool,
+    /// A user's dataset folder that replaces the pipeline's `dataset_stage`.
+    pub dataset: Option<PathBuf>,
+    /// Where artifacts go; default `artifacts/<pipeline name>` under the workspace root.
+    pub artifacts: Option<PathBuf>,
+    /// Cargo profile the stage binaries are built with (`dev` shares the test build).
+    pub profile: String,
+    /// The workspace root (where `cargo` is run).
+    pub workspace: PathBuf,
+}
+
+/// What happened to one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// It ran and committed an artifact.
+    Ran,
+    /// Its lock matched: inputs, params and code unchanged.
+    Skipped,
+    /// Dry run: it would run, for this reason.
+    WouldRun(String),
+    /// It failed; the run stopped here.
+    Failed,
+    /// Not part of the selected slice (`--from`/`--to`), or after a failure.
+    NotRun,
+}
+
+/// One row of the closing table.
+#[derive(Debug, Clone)]
+pub struct StageReport {
+    /// Stage name.
+    pub stage: String,
+    /// What happened.
+    pub status: Status,
+    /// Wall time of the stage process.
+    pub wall: Duration,
+    /// Rows read (sum over inputs that report rows).
+    pub rows_in: Option<u64>,
+    /// Data rows written.
+    pub rows_out: Option<u64>,
+    /// The artifact directory.
+    pub output: PathBuf,
+}
+
+/// The result of a pipeline run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// One report per stage, in run order.
+    pub stages: Vec<StageReport>,
+    /// The artifact root.
+    pub root: PathBuf,
+    /// The error that stopped the run, if any.
+    pub error: Option<String>,
+}
+
+/// `artifacts/<name>/pipeline.lock.json`: for each stage, the key it last ran with and what it produced.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Lock {
+    stages: BTreeMap<String, LockEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LockEntry {
+    key: String,
+    content_hash: String,
+}
+
+const LOCK_FILE: &str = "pipeline.lock.json";
+
+/// Runs (or, with `dry_run`, plans) a pipeline.
+pub fn run(opts: &Options) -> Result<Outcome> {
+    let mut pipeline = Pipeline::load(&opts.config)?;
+    let overrides = dataset_override(&mut pipeline, opts)?;
+    let name = match &opts.dataset {
+        Some(dir) => format!(
+            "{}-{}",
+            pipeline.pipeline.name,
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("dataset")
+        ),
+        None => pipeline.pipeline.name.clone(),
+    };
+    let root = opts.artifacts.clone().unwrap_or_else(|| opts.workspace.join("artifacts").join(&name));
+    let order = pipeline.order()?;
+    let selected = select(&pipeline, opts)?;
+
+    let bin_dir = build(opts, &pipeline)?;
+    let runner_dir = root.join(".runner");
+    std::fs::create_dir_all(&runner_dir).with_context(|| format!("creating {}", runner_dir.display()))?;
+
+    // Validate every stage's params before the first stage runs.
+    let mut resolved = BTreeMap::new();
+    for stage in &order {
+        let spec = &pipeline.stages[stage];
+        let (bin, cmd) = spec.command()?;
+        let params_path = runner_dir.join(format!("{stage}.params.toml"));
+        let text = toml::to_string(&spec.params).with_context(|| format!("[stages.{stage}.params]"))?;
+        write_atomic(&params_path, text.as_bytes())?;
+        let seed = spec.seed.unwrap_or(pipeline.pipeline.seed);
+        let out = Command::new(bin_dir.join(bin))
+            .args([cmd, "--check", "--seed", &seed.to_string(), "--params"])
+            .arg(&params_path)
+            .output()
+            .with_context(|| format!("starting {} for stage {stage}", bin_dir.join(bin).display()))?;
+        if !out.status.success() {
+            bail!(
+                "[stages.{stage}.params] in {}: {}",
+                opts.config.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let config: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("stage {stage}: --check printed no JSON config"))?;
+        resolved.insert(stage.clone(), (params_path, seed, config));
+    }
+
+    let mut lock = read_lock(&root);
+    let mut reports = Vec::new();
+    let mut content: BTreeMap<String, String> = BTreeMap::new();
+    let mut changed_upstream: BTreeSet<String> = BTreeSet::new();
+    let mut error = None;
+    for (i, stage) in order.iter().enumerate() {
+        let spec = &pipeline.stages[stage];
+        let (bin, cmd) = spec.command()?;
+        let output = root.join(stage);
+        let mut report =
+            StageReport { stage: stage.clone(), status: Status::NotRun, wall: Duration::ZERO, rows_in: None, rows_out: None, output: output.clone() };
+        if error.is_some() || !selected.contains(stage) {
+            if let Some(m) = read_manifest(&output) {
+                content.insert(stage.clone(), m.content_hash.clone());
+                report.rows_in = m.rows_in();
+                report.rows_out = Some(m.data_rows());
+            }
+            reports.push(report);
+            continue;
+        }
+        // Resolve inputs to paths and content identities.
+        let mut inputs = Vec::new();
+        let mut identities = BTreeMap::new();
+        let mut missing = None;
+        for (input, reference) in &spec.inputs {
+            let source = overrides.get(reference).cloned().unwrap_or_else(|| pipeline.source(reference));
+            let (path, identity) = match source {
+                Source::External(path) => {
+                    let id = fingerprint(&path)?;
+                    (path, id)
+                }
+                Source::Stage { stage: up, output: sub } => {
+                    let dir = root.join(&up);
+                    let id = match content.get(&up) {
+                        Some(id) => id.clone(),
+                        None => {
+                            missing = Some(up.clone());
+                            String::new()
+                        }
+                    };
+                    (sub.map_or(dir.clone(), |s| dir.join(s)), id)
+                }
+            };
+            identities.insert(input.clone(), identity);
+            inputs.push((input.clone(), path));
+        }
+        if let Some(up) = missing {
+            if !opts.dry_run {
+                bail!("stage {stage} reads stage {up}, which has no artifact under {}; run without --from first", root.display());
+            }
+        }
+        let (params_path, seed, config) = &resolved[stage];
+        let binary_hash = hash_file(&bin_dir.join(bin))?;
+        let key = blake3::hash(
+            serde_json::to_string(&serde_json::json!({
+                "run": spec.run, "config": config, "seed": seed, "inputs": identities, "binary": binary_hash,
+            }))?
+            .as_bytes(),
+        )
+        .to_hex()
+        .to_string();
+        let current = read_manifest(&output);
+        // In a real run the key already holds the upstream content hashes; a dry run cannot know them yet for
+        // upstream stages that would run, so it says so.
+        let upstream_runs = pipeline.upstream(stage).into_iter().find(|u| changed_upstream.contains(u));
+        let reason = match (lock.stages.get(stage), &current) {
+            _ if opts.force => Some("--force".to_owned()),
+            _ if opts.dry_run && upstream_runs.is_some() => upstream_runs.map(|u| format!("upstream {u} would run")),
+            (None, _) => Some("never ran".to_owned()),
+            (_, None) => Some("artifact missing or incomplete".to_owned()),
+            (Some(entry), Some(m)) if entry.content_hash != m.content_hash => Some("artifact changed on disk".to_owned()),
+            (Some(entry), _) if entry.key != key => Some("params, inputs or code changed".to_owned()),
+            _ => None,
+        };
+        match reason {
+            None => {
+                let m = current.ok_or_else(|| anyhow!("stage {stage}: artifact vanished"))?;
+                content.insert(stage.clone(), m.content_hash.clone());
+                report.status = Status::Skipped;
+                report.rows_in = m.rows_in();
+                report.rows_out = Some(m.data_rows());
+                eprintln!("[{}/{}] {stage}: up to date, skipped", i + 1, order.len());
+            }
+            Some(why) if opts.dry_run => {
+                changed_upstream.insert(stage.clone());
+                eprintln!("[{}/{}] {stage}: would run ({why})", i + 1, order.len());
+                report.status = Status::WouldRun(why);
+            }
+            Some(why) => {
+                eprintln!("[{}/{}] {stage}: running {} ({why})", i + 1, order.len(), spec.run);
+                let mut command = Command::new(bin_dir.join(bin));
+                command.args([cmd, "--seed", &seed.to_string(), "--params"]).arg(params_path).arg("--output").arg(&output);
+                for (input, path) in &inputs {
+                    command.arg("--input").arg(format!("{input}={}", path.display()));
+                }
+                let started = Instant::now();
+                let status = command.status().with_context(|| format!("starting stage {stage}"))?;
+                report.wall = started.elapsed();
+                let manifest = if status.success() { read_manifest(&output) } else { None };
+                match manifest {
+                    Some(m) => {
+                        content.insert(stage.clone(), m.content_hash.clone());
+                        changed_upstream.insert(stage.clone());
+                        lock.stages.insert(stage.clone(), LockEntry { key, content_hash: m.content_hash.clone() });
+                        write_lock(&root, &lock)?;
+                        report.status = Status::Ran;
+                        report.rows_in = m.rows_in();
+                        report.rows_out = Some(m.data_rows());
+                    }
+                    None => {
+                        report.status = Status::Failed;
+                        error = Some(if status.success() {
+                            format!("stage {stage} exited successfully but wrote no valid artifact at {}", output.display())
+                        } else {
+                            format!("stage {stage} failed ({status}); earlier artifacts are intact")
+                        });
+                    }
+                }
+            }
+        }
+        reports.push(report);
+    }
+    Ok(Outcome { stages: reports, root, error })
+}
+
+/// With `--dataset DIR`, drops the dataset stage and points its readers at DIR.
+fn dataset_override(pipeline: &mut Pipeline, opts: &Options) -> Result<BTreeMap<String, Source>> {
+    let Some(dir) = &opts.dataset else { return Ok(BTreeMap::new()) };
+    let Some(ds) = pipeline.pipeline.dataset_stage.clone() else {
+        bail!("{}: --dataset needs `dataset_stage` in [pipeline] to know which stage it replaces", opts.config.display());
+    };
+    if !dir.join("manifest.csv").is_file() {
+        bail!("--dataset {}: no manifest.csv there; see README 'Your own dataset'", dir.display());
+    }
+    let dir = dir.canonicalize().with_context(|| format!("--dataset {}", dir.display()))?;
+    let mut overrides = BTreeMap::new();
+    for spec in pipeline.stages.values() {
+        for reference in spec.inputs.values() {
+            if let Source::Stage { stage, .. } = pipeline.source(reference) {
+                if stage == ds {
+                    overrides.insert(reference.clone(), Source::External(dir.clone()));
+                }
+            }
+        }
+    }
+    pipeline.stages.remove(&ds);
+    Ok(overrides)
+}
+
+fn select(pipeline: &Pipeline, opts: &Options) -> Result<BTreeSet<String>> {
+    let check = |flag: &str, s: &str| -> Result<()> {
+        if pipeline.stages.contains_key(s) {
+            Ok(())
+        } else {
+            bail!("{flag} {s}: no such stage; stages are {}", pipeline.stages.keys().cloned().collect::<Vec<_>>().join(", "))
+        }
+    };
+    let mut selected: BTreeSet<String> = pipeline.stages.keys().cloned().collect();
+    if let Some(from) = &opts.from {
+        check("--from", from)?;
+        selected = &selected & &pipeline.descendants(from);
+    }
+    if let Some(to) = &opts.to {
+        check("--to", to)?;
+        selected = &selected & &pipeline.ancestors(to);
+    }
+    if selected.is_empty() {
+        bail!("--from and --to select no stage");
+    }
+    Ok(selected)
+}
+
+/// Builds the workspace's binaries with one cargo invocation and returns the directory holding them.
+fn build(opts: &Options, pipeline: &Pipeline) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let meta = Command::new(&cargo)
+        .current_dir(&opts.workspace)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("running cargo metadata")?;
+    if !meta.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&meta.stderr));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&meta.stdout).context("parsing cargo metadata")?;
+    let target = meta["target_directory"].as_str().ok_or_else(|| anyhow!("cargo metadata has no target_directory"))?;
+    let packages: BTreeSet<&str> = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for (stage, spec) in &pipeline.stages {
+        let (bin, _) = spec.command()?;
+        if !packages.contains(bin) {
+            bail!("[stages.{stage}] run = {:?}: no workspace package {bin:?}", spec.run);
+        }
+    }
+    // Build the whole workspace's binaries, as the tests do: the same feature set, so nothing is compiled twice.
+    let status = Command::new(&cargo)
+        .current_dir(&opts.workspace)
+        .args(["build", "--workspace", "--bins", "--profile", &opts.profile])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of the stage binaries failed");
+    }
+    let dir = match opts.profile.as_str() {
+        "dev" | "test" => "debug",
+        "release" | "bench" => "release",
+        other => other,
+    };
+    Ok(Path::new(target).join(dir))
+}
+
+/// The parts of a stage's `manifest.json` the runner needs; it reads JSON, not the artifact crate, to stay light.
+#[derive(Debug, Deserialize)]
+struct ManifestView {
+    content_hash: String,
+    inputs: Vec<InputView>,
+    outputs: Vec<OutputView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InputView {
+    rows: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputView {
+    file: String,
+    role: String,
+    bytes: u64,
+    rows: Option<u64>,
+    #[serde(default)]
+    dir: bool,
+}
+
+impl ManifestView {
+    fn data_rows(&self) -> u64 {
+        self.outputs.iter().filter(|o| o.role == "data").filter_map(|o| o.rows).sum()
+    }
+
+    fn rows_in(&self) -> Option<u64> {
+        let rows: Vec<u64> = self.inputs.iter().filter_map(|i| i.rows).collect();
+        (!rows.is_empty()).then(|| rows.iter().sum())
+    }
+}
+
+/// The manifest of a complete artifact whose files still have their recorded sizes; `None` otherwise.
+fn read_manifest(dir: &Path) -> Option<ManifestView> {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
+    let m: ManifestView = serde_json::from_str(&text).ok()?;
+    let intact = m.outputs.iter().all(|o| {
+        let path = dir.join(&o.file);
+        if o.dir { path.is_dir() } else { std::fs::metadata(&path).map(|md| md.len() == o.bytes).unwrap_or(false) }
+    });
+    intact.then_some(m)
+}
+
+fn read_lock(root: &Path) -> Lock {
+    std::fs::read_to_string(root.join(LOCK_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn write_lock(root: &Path, lock: &Lock) -> Result<()> {
+    write_atomic(&root.join(LOCK_FILE), &serde_json::to_vec_pretty(lock)?)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
+}
+
+fn hash_file(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(file).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// A cheap identity of an external folder: every file's relative path, size and modification time (as DVC and
+/// xvc check metadata before content). The stage itself records the real content hash in its manifest.
+fn fingerprint(dir: &Path) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut entries = Vec::new();
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", d.display()))?;
+            let meta = std::fs::metadata(entry.path()).with_context(|| format!("reading {}", entry.path().display()))?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                entries.push((entry.path(), meta.len(), mtime.map(|d| d.as_nanos()).unwrap_or(0)));
+            }
+        }
+    }
+    entries.sort();
+    for (path, len, mtime) in entries {
+        hasher.update(path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().as_bytes());
+        hasher.update(&len.to_le_bytes());
+        hasher.update(&mtime.to_le_bytes());
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// The closing table: where the time went and what each stage produced.
+pub fn table(outcome: &Outcome) -> String {
+    let mut rows = vec![["stage".to_owned(), "status".into(), "wall".into(), "rows in".into(), "rows out".into(), "output".into()]];
+    let fmt_rows = |r: Option<u64>| r.map_or("-".to_owned(), |n| n.to_string());
+    let mut total = Duration::ZERO;
+    for r in &outcome.stages {
+        total += r.wall;
+        let status = match &r.status {
+            Status::Ran => "ran".to_owned(),
+            Status::Skipped => "skipped".to_owned(),
+            Status::WouldRun(why) => format!("would run: {why}"),
+            Status::Failed => "FAILED".to_owned(),
+            Status::NotRun => "not run".to_owned(),
+        };
+        let wall = if r.status == Status::Ran || r.status == Status::Failed { format!("{:.1}s", r.wall.as_secs_f64()) } else { "-".into() };
+        rows.push([r.stage.clone(), status, wall, fmt_rows(r.rows_in), fmt_rows(r.rows_out), r.output.display().to_string()]);
+    }
+    rows.push(["total".into(), String::new(), format!("{:.1}s", total.as_secs_f64()), String::new(), String::new(), String::new()]);
+    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, w))| if (2..5).contains(&c) { format!("{cell:>w$}") } else { format!("{cell:<w$}") })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if i == 0 {
+            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+            out.push('\n');
+        }
+    }
+    out
+}
