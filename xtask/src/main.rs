@@ -46,7 +46,8 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let Cmd::Pipeline { config, from, to, force, dry_run, dataset, artifacts, release } = Cli::parse().command;
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir.parent().map_or(manifest_dir.clone(), PathBuf::from);
     let opts = Options {
         config,
         from,

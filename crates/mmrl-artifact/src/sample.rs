@@ -34,6 +34,13 @@ pub const SOURCE_LINE: &str = "source_line";
 /// Field metadata key that marks a tabular feature column; its value is a [`FeatureKind`] name.
 pub const FEATURE_KEY: &str = "mmrl.feature";
 
+/// Field metadata key of a tensor column: its shape as a JSON array, e.g. `[3,32,32]` (row-major).
+pub const SHAPE_KEY: &str = "mmrl.shape";
+
+/// In a modality table, which view of the sample a row holds: 0 is the un-augmented sample, 1.. are augmented
+/// copies (train split only).
+pub const VIEW: &str = "view";
+
 /// The fixed columns of a sample table, in order.
 pub const FIXED_COLUMNS: [&str; 9] = [ID, SPLIT, TASK, QTYPE, QUESTION, ANSWER, IMAGE, AUDIO, SOURCE_LINE];
 
@@ -111,6 +118,26 @@ pub fn feature_field(name: &str, kind: FeatureKind) -> Field {
     };
     Field::new(name, data_type, true)
         .with_metadata(HashMap::from([(FEATURE_KEY.to_owned(), kind.as_str().to_owned())]))
+}
+
+/// A fixed-shape `Float32` tensor column: a `FixedSizeList<Float32>` of the shape's element count, with the
+/// shape in the field metadata under [`SHAPE_KEY`].
+pub fn tensor_field(name: &str, shape: &[usize], nullable: bool) -> Field {
+    let len = shape.iter().product::<usize>();
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let shape_json = format!("[{}]", shape.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
+    Field::new(name, DataType::FixedSizeList(item, len as i32), nullable)
+        .with_metadata(HashMap::from([(SHAPE_KEY.to_owned(), shape_json)]))
+}
+
+/// The shape of a tensor column made by [`tensor_field`]; `None` for any other field or an inconsistent shape.
+pub fn tensor_shape(field: &Field) -> Option<Vec<usize>> {
+    let text = field.metadata().get(SHAPE_KEY)?;
+    let shape: Vec<usize> = serde_json::from_str(text).ok()?;
+    match field.data_type() {
+        DataType::FixedSizeList(_, len) if *len as usize == shape.iter().product::<usize>() => Some(shape),
+        _ => None,
+    }
 }
 
 /// The schema of a sample table with these features.
@@ -233,5 +260,28 @@ impl Rejects {
             ],
         )
         .map_err(|source| ArtifactError::Arrow { context: "building rejects".into(), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_shape_round_trips_and_rejects_inconsistent_fields() {
+        let field = tensor_field("image_tensor", &[3, 4, 5], true);
+        assert_eq!(tensor_shape(&field), Some(vec![3, 4, 5]));
+        let wrong = field.clone().with_metadata(HashMap::from([(SHAPE_KEY.to_owned(), "[2,2]".to_owned())]));
+        assert_eq!(tensor_shape(&wrong), None);
+        assert_eq!(tensor_shape(&Field::new("x", DataType::Float32, false)), None);
+    }
+
+    #[test]
+    fn features_are_found_by_metadata() {
+        let schema = sample_schema(&[("a".into(), FeatureKind::Numeric), ("b".into(), FeatureKind::Categorical)]);
+        assert_eq!(features(&schema), [("a".to_owned(), FeatureKind::Numeric), ("b".to_owned(), FeatureKind::Categorical)]);
+        check_sample_schema(&schema, std::path::Path::new("t")).unwrap();
+        let partial = Schema::new(fixed_fields()[1..].to_vec());
+        assert!(check_sample_schema(&partial, std::path::Path::new("t")).unwrap_err().to_string().contains("\"id\""));
     }
 }

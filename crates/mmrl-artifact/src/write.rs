@@ -152,6 +152,26 @@ impl ArtifactWriter {
         self.register(file.to_owned(), role, None, None)
     }
 
+    /// Records a file that the caller wrote into [`tmp_dir`](Self::tmp_dir) by other means (another Parquet
+    /// writer, a model checkpoint). A `.parquet` file is recorded as a table, with the row count and Arrow schema
+    /// read from its footer.
+    pub fn add_file(&mut self, file: &str, role: Role) -> Result<()> {
+        self.check_new_file(file)?;
+        let path = self.tmp.join(file);
+        if !path.is_file() {
+            return Err(ArtifactError::Usage(format!("{}: not a file", path.display())));
+        }
+        if !file.ends_with(".parquet") {
+            return self.register(file.to_owned(), role, None, None);
+        }
+        let handle = File::open(&path).map_err(io("opening", &path))?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(handle)
+            .map_err(|source| ArtifactError::Parquet { path: path.clone(), source })?;
+        let rows = builder.metadata().file_metadata().num_rows() as u64;
+        let schema = builder.schema().clone();
+        self.register(file.to_owned(), role, Some(rows), Some(schema))
+    }
+
     /// Records a folder that the caller filled under [`tmp_dir`](Self::tmp_dir)`/NAME` as an output.
     pub fn add_dir(&mut self, name: &str, role: Role, rows: Option<u64>) -> Result<()> {
         self.check_new_file(name)?;

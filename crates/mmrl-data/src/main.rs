@@ -1,0 +1,70 @@
+//! `mmrl-data`: the data stages as commands (`generate`, `ingest`, `select`), in the stage protocol of
+//! [`mmrl_artifact::cli`].
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use mmrl_artifact::cli::{StageArgs, init_logging, print_resolved};
+use mmrl_data::{generate, ingest, select};
+
+#[derive(Parser)]
+#[command(name = "mmrl-data", version, about = "mmrl data stages: default dataset generation, ingest, selection")]
+struct Cli {
+    #[command(subcommand)]
+    stage: Stage,
+}
+
+#[derive(Subcommand)]
+enum Stage {
+    /// Write the seeded synthetic dataset folder (manifest.csv, images/, audio/) as an artifact.
+    Generate(StageArgs),
+    /// Validate a dataset folder (--input dataset=DIR) into samples.parquet and rejects.parquet.
+    Ingest(StageArgs),
+    /// Filter, deduplicate and split the ingest artifact (--input samples=DIR).
+    Select(StageArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    init_logging();
+    match Cli::parse().stage {
+        Stage::Generate(args) => {
+            let config: generate::GenerateConfig = args.params().map_err(|e| anyhow!(e))?;
+            config.validate()?;
+            if args.check {
+                return print_resolved(&config).map_err(|e| anyhow!(e));
+            }
+            let output = args.output().map_err(|e| anyhow!(e))?;
+            let summary = generate::run(&config, args.seed, output)
+                .with_context(|| format!("generate into {}", output.display()))?;
+            tracing::info!(rows = summary.rows, output = %output.display(), "generated the default dataset");
+        }
+        Stage::Ingest(args) => {
+            let config: ingest::IngestConfig = args.params().map_err(|e| anyhow!(e))?;
+            config.validate()?;
+            if args.check {
+                return print_resolved(&config).map_err(|e| anyhow!(e));
+            }
+            let dataset = args.input("dataset").map_err(|e| anyhow!(e))?;
+            let output = args.output().map_err(|e| anyhow!(e))?;
+            let summary = ingest::run(&config, dataset, output)
+                .with_context(|| format!("ingest {}", dataset.display()))?;
+            for (reason, n) in &summary.rejects_by_reason {
+                tracing::warn!(reason = %reason, rows = n, "rows rejected");
+            }
+        }
+        Stage::Select(args) => {
+            let config: select::SelectConfig = args.params().map_err(|e| anyhow!(e))?;
+            config.validate()?;
+            if args.check {
+                return print_resolved(&config).map_err(|e| anyhow!(e));
+            }
+            let input = args.input("samples").map_err(|e| anyhow!(e))?;
+            let output = args.output().map_err(|e| anyhow!(e))?;
+            let report = select::run(&config, args.seed, input, output)
+                .with_context(|| format!("select from {}", input.display()))?;
+            for f in &report.filters {
+                tracing::info!(filter = %f.filter, removed = f.removed, "filter");
+            }
+        }
+    }
+    Ok(())
+}
