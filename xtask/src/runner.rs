@@ -137,6 +137,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         resolved.insert(stage.clone(), (params_path, seed, config));
     }
 
+    let progress = Progress::new(order.len() as u64);
     let mut lock = read_lock(&root);
     let mut reports = Vec::new();
     let mut content: BTreeMap<String, String> = BTreeMap::new();
@@ -218,22 +219,22 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 report.status = Status::Skipped;
                 report.rows_in = m.rows_in();
                 report.rows_out = Some(m.data_rows());
-                eprintln!("[{}/{}] {stage}: up to date, skipped", i + 1, order.len());
+                progress.log(format!("[{}/{}] {stage}: up to date, skipped", i + 1, order.len()));
             }
             Some(why) if opts.dry_run => {
                 changed_upstream.insert(stage.clone());
-                eprintln!("[{}/{}] {stage}: would run ({why})", i + 1, order.len());
+                progress.log(format!("[{}/{}] {stage}: would run ({why})", i + 1, order.len()));
                 report.status = Status::WouldRun(why);
             }
             Some(why) => {
-                eprintln!("[{}/{}] {stage}: running {} ({why})", i + 1, order.len(), spec.run);
+                progress.log(format!("[{}/{}] {stage}: running {} ({why})", i + 1, order.len(), spec.run));
                 let mut command = Command::new(bin_dir.join(bin));
                 command.args([cmd, "--seed", &seed.to_string(), "--params"]).arg(params_path).arg("--output").arg(&output);
                 for (input, path) in &inputs {
                     command.arg("--input").arg(format!("{input}={}", path.display()));
                 }
                 let started = Instant::now();
-                let status = command.status().with_context(|| format!("starting stage {stage}"))?;
+                let status = progress.run_stage(stage, &mut command).with_context(|| format!("starting stage {stage}"))?;
                 report.wall = started.elapsed();
                 let manifest = if status.success() { read_manifest(&output) } else { None };
                 match manifest {
@@ -257,9 +258,56 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 }
             }
         }
+        progress.bar.inc(1);
         reports.push(report);
     }
+    progress.bar.finish_and_clear();
     Ok(Outcome { stages: reports, root, error })
+}
+
+/// The runner's progress bar, on stderr when it is a terminal and `CI` is unset. A stage's stderr is piped
+/// through it: each line is printed above the bar and the latest one shown beside it, so a stage's progress
+/// log lines (loss, ETA) stay visible while the bar tracks the pipeline.
+struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn new(stages: u64) -> Self {
+        use std::io::IsTerminal;
+        let visible = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        let bar = if visible { indicatif::ProgressBar::new(stages) } else { indicatif::ProgressBar::hidden() };
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {elapsed_precise} {wide_msg}") {
+            bar.set_style(style);
+        }
+        if visible {
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        Self { bar }
+    }
+
+    fn log(&self, line: String) {
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    /// Runs a stage process with its stderr relayed through the bar; returns its exit status.
+    fn run_stage(&self, stage: &str, command: &mut Command) -> std::io::Result<std::process::ExitStatus> {
+        use std::io::BufRead;
+        self.bar.set_message(stage.to_owned());
+        let mut child = command.stderr(std::process::Stdio::piped()).spawn()?;
+        if let Some(stderr) = child.stderr.take() {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let line = line?;
+                self.bar.set_message(format!("{stage}: {}", line.trim()));
+                self.log(line);
+            }
+        }
+        child.wait()
+    }
 }
 
 /// With `--dataset DIR`, drops the dataset stage and points its readers at DIR.

@@ -62,6 +62,23 @@ impl StageArgs {
     }
 }
 
+/// Reads the params into `C` and validates them; with `--check`, prints the resolved config and returns `None`.
+///
+/// Every stage subcommand starts with this, so `--check` behaves the same everywhere.
+pub fn config<C, E>(args: &StageArgs, validate: impl FnOnce(&C) -> Result<(), E>) -> Result<Option<C>, String>
+where
+    C: DeserializeOwned + Default + Serialize,
+    E: std::fmt::Display,
+{
+    let config: C = args.params()?;
+    validate(&config).map_err(|e| e.to_string())?;
+    if args.check {
+        print_resolved(&config)?;
+        return Ok(None);
+    }
+    Ok(Some(config))
+}
+
 /// Prints a resolved configuration for `--check`.
 pub fn print_resolved(config: &impl Serialize) -> Result<(), String> {
     let json = serde_json::to_string(config).map_err(|e| format!("serializing the resolved config: {e}"))?;

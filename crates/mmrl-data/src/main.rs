@@ -3,7 +3,7 @@
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
-use mmrl_artifact::cli::{StageArgs, init_logging, print_resolved};
+use mmrl_artifact::cli::{StageArgs, config, init_logging};
 use mmrl_data::{generate, ingest, select};
 
 #[derive(Parser)]
@@ -27,22 +27,18 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     match Cli::parse().stage {
         Stage::Generate(args) => {
-            let config: generate::GenerateConfig = args.params().map_err(|e| anyhow!(e))?;
-            config.validate()?;
-            if args.check {
-                return print_resolved(&config).map_err(|e| anyhow!(e));
-            }
+            let Some(config) = config(&args, generate::GenerateConfig::validate).map_err(|e| anyhow!(e))? else {
+                return Ok(());
+            };
             let output = args.output().map_err(|e| anyhow!(e))?;
             let summary = generate::run(&config, args.seed, output)
                 .with_context(|| format!("generate into {}", output.display()))?;
             tracing::info!(rows = summary.rows, output = %output.display(), "generated the default dataset");
         }
         Stage::Ingest(args) => {
-            let config: ingest::IngestConfig = args.params().map_err(|e| anyhow!(e))?;
-            config.validate()?;
-            if args.check {
-                return print_resolved(&config).map_err(|e| anyhow!(e));
-            }
+            let Some(config) = config(&args, ingest::IngestConfig::validate).map_err(|e| anyhow!(e))? else {
+                return Ok(());
+            };
             let dataset = args.input("dataset").map_err(|e| anyhow!(e))?;
             let output = args.output().map_err(|e| anyhow!(e))?;
             let summary = ingest::run(&config, dataset, output)
@@ -52,11 +48,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Stage::Select(args) => {
-            let config: select::SelectConfig = args.params().map_err(|e| anyhow!(e))?;
-            config.validate()?;
-            if args.check {
-                return print_resolved(&config).map_err(|e| anyhow!(e));
-            }
+            let Some(config) = config(&args, select::SelectConfig::validate).map_err(|e| anyhow!(e))? else {
+                return Ok(());
+            };
             let input = args.input("samples").map_err(|e| anyhow!(e))?;
             let output = args.output().map_err(|e| anyhow!(e))?;
             let report = select::run(&config, args.seed, input, output)
