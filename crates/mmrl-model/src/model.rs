@@ -1,0 +1,907 @@
+//! The multimodal encoder-decoder transformer and the policy API the rl stage drives.
+//!
+//! Architecture (see the crate README for the exact dimensions of each preset):
+//!
+//! * tokens: one fusion token; question words (embedding + learned position); image patches
+//!   (ViT: non-overlapping `p x p` patches flattened and projected, + learned position); audio patches
+//!   (`audio_patch` consecutive mel frames flattened and projected, + learned position); one token per
+//!   numeric tabular feature (`x * w_f + b_f`, FT-Transformer) and per categorical feature (its own
+//!   embedding table); every segment adds its modality-type embedding;
+//! * absent modalities, question padding and dropped modalities are masked out of attention as keys
+//!   (additive `-1e9` bias, so their softmax weight is exactly zero);
+//! * a pre-norm encoder (LayerNorm -> self-attention -> residual; LayerNorm -> Linear(d, ff) -> GELU ->
+//!   Linear(ff, d) -> residual), final LayerNorm;
+//! * a pre-norm decoder over answer tokens (causal self-attention, cross-attention to the encoder
+//!   tokens with the same key mask, feed-forward), final LayerNorm, linear head to the answer vocabulary.
+//!
+//! Parameters are initialized from the caller's seed (not the backend's global RNG) and dropout masks
+//! come from a caller-owned [`ChaCha8Rng`], so training is reproducible and resumable bit for bit.
+
+use burn::config::Config;
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::{Device, Int, Tensor, TensorData, activation, module as ops};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Result, config_err};
+use crate::vocab::{BOS, EOS, PAD};
+
+/// Additive attention bias of a masked key: large enough that `exp` underflows to exactly zero.
+const MASKED: f32 = -1e9;
+
+/// Hyperparameters and data-derived sizes of the model.
+#[derive(Config, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Width of every token.
+    #[config(default = 64)]
+    pub d_model: usize,
+    /// Encoder layers.
+    #[config(default = 2)]
+    pub encoder_layers: usize,
+    /// Decoder layers.
+    #[config(default = 1)]
+    pub decoder_layers: usize,
+    /// Attention heads (must divide `d_model`).
+    #[config(default = 4)]
+    pub heads: usize,
+    /// Feed-forward width as a multiple of `d_model`.
+    #[config(default = 4)]
+    pub ff_mult: usize,
+    /// Image patch side in pixels (must divide the image height and width).
+    #[config(default = 8)]
+    pub image_patch: usize,
+    /// Mel frames per audio token.
+    #[config(default = 4)]
+    pub audio_patch: usize,
+    /// Dropout on embeddings and residual branches while training.
+    #[config(default = 0.1)]
+    pub dropout: f64,
+    /// Question words kept (longer questions are truncated).
+    #[config(default = 16)]
+    pub max_question_len: usize,
+    /// Answer tokens generated at most (before `<eos>`).
+    #[config(default = 4)]
+    pub max_answer_len: usize,
+    /// Question vocabulary size (from `vocab.json`).
+    #[config(default = 2)]
+    pub question_vocab: usize,
+    /// Answer vocabulary size (from `vocab.json`).
+    #[config(default = 4)]
+    pub answer_vocab: usize,
+    /// Image tensor shape `[channels, height, width]`; `None` without an image input.
+    pub image_shape: Option<[usize; 3]>,
+    /// Audio tensor shape `[mels, frames]`; `None` without an audio input.
+    pub audio_shape: Option<[usize; 2]>,
+    /// Numeric tabular features (normalized values and missing indicators).
+    #[config(default = 0)]
+    pub numeric_features: usize,
+    /// Number of codes of each categorical tabular feature.
+    #[config(default = "Vec::new()")]
+    pub categorical_cardinalities: Vec<usize>,
+}
+
+/// A named size preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// d 64, 2 encoder + 1 decoder layers, 4 heads: trains in minutes on 2 CPU cores.
+    Tiny,
+    /// d 128, 3 + 2 layers, 4 heads.
+    Small,
+    /// d 256, 6 + 2 layers, 8 heads.
+    Base,
+}
+
+impl Preset {
+    /// `(d_model, encoder_layers, decoder_layers, heads)`.
+    pub fn sizes(self) -> (usize, usize, usize, usize) {
+        match self {
+            Preset::Tiny => (64, 2, 1, 4),
+            Preset::Small => (128, 3, 2, 4),
+            Preset::Base => (256, 6, 2, 8),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The config of a preset (data-derived sizes left at their defaults).
+    pub fn preset(preset: Preset) -> Self {
+        let (d, enc, dec, heads) = preset.sizes();
+        Self::new().with_d_model(d).with_encoder_layers(enc).with_decoder_layers(dec).with_heads(heads)
+    }
+
+    /// Checks every size; errors name the field and the accepted range.
+    pub fn check(&self) -> Result<()> {
+        let positive = [
+            ("d_model", self.d_model),
+            ("encoder_layers", self.encoder_layers),
+            ("decoder_layers", self.decoder_layers),
+            ("heads", self.heads),
+            ("ff_mult", self.ff_mult),
+            ("image_patch", self.image_patch),
+            ("audio_patch", self.audio_patch),
+            ("max_question_len", self.max_question_len),
+            ("max_answer_len", self.max_answer_len),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(config_err(field, "must be at least 1"));
+            }
+        }
+        if !self.d_model.is_multiple_of(self.heads) {
+            return Err(config_err("heads", format!("must divide d_model {}, got {}", self.d_model, self.heads)));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(config_err("dropout", format!("must be in [0, 1), got {}", self.dropout)));
+        }
+        if let Some([_, h, w]) = self.image_shape
+            && (h % self.image_patch != 0 || w % self.image_patch != 0)
+        {
+            return Err(config_err(
+                "image_patch",
+                format!("must divide the image size {h}x{w}, got {}; pick a divisor", self.image_patch),
+            ));
+        }
+        if let Some([_, frames]) = self.audio_shape
+            && frames < self.audio_patch
+        {
+            return Err(config_err(
+                "audio_patch",
+                format!("must be at most the {frames} mel frames of the audio input, got {}", self.audio_patch),
+            ));
+        }
+        if self.categorical_cardinalities.contains(&0) {
+            return Err(config_err("categorical_cardinalities", "every categorical feature needs at least 1 code"));
+        }
+        Ok(())
+    }
+
+    /// Initializes the model on `device`, parameters drawn from `seed`.
+    pub fn init(&self, device: &Device, seed: u64) -> Result<MultimodalModel> {
+        self.check()?;
+        let d = self.d_model;
+        let mut init = Init { rng: ChaCha8Rng::seed_from_u64(seed), next_id: 0, device: device.clone() };
+        let image = self.image_shape.map(|[c, h, w]| {
+            let n = (h / self.image_patch) * (w / self.image_patch);
+            PatchEmbed { proj: init.dense(c * self.image_patch * self.image_patch, d), pos: init.embedding([n, d]) }
+        });
+        let audio = self.audio_shape.map(|[mels, frames]| {
+            let n = frames / self.audio_patch;
+            PatchEmbed { proj: init.dense(mels * self.audio_patch, d), pos: init.embedding([n, d]) }
+        });
+        let numeric = (self.numeric_features > 0).then(|| NumericEmbed {
+            weight: init.embedding([self.numeric_features, d]),
+            bias: init.embedding([self.numeric_features, d]),
+        });
+        let categorical = (!self.categorical_cardinalities.is_empty()).then(|| {
+            // One extra code per feature for values never seen in training.
+            let rows: usize = self.categorical_cardinalities.iter().map(|c| c + 1).sum();
+            init.embedding([rows, d])
+        });
+        let encoder = (0..self.encoder_layers).map(|_| EncoderLayer::new(&mut init, d, self.ff_mult * d)).collect();
+        let decoder = (0..self.decoder_layers).map(|_| DecoderLayer::new(&mut init, d, self.ff_mult * d)).collect();
+        Ok(MultimodalModel {
+            fusion: init.embedding([1, d]),
+            type_embed: init.embedding([Segment::COUNT, d]),
+            question_embed: init.embedding([self.question_vocab, d]),
+            question_pos: init.embedding([self.max_question_len, d]),
+            image,
+            audio,
+            numeric,
+            categorical,
+            encoder,
+            encoder_norm: init.norm(d),
+            answer_embed: init.embedding([self.answer_vocab, d]),
+            answer_pos: init.embedding([self.max_answer_len + 1, d]),
+            decoder,
+            decoder_norm: init.norm(d),
+            head: init.dense(d, self.answer_vocab),
+            config: self.clone(),
+        })
+    }
+}
+
+/// Draws parameters from the caller's seed and numbers them deterministically, so two runs with one seed
+/// produce byte-identical checkpoints.
+struct Init {
+    rng: ChaCha8Rng,
+    next_id: u64,
+    device: Device,
+}
+
+impl Init {
+    fn param<const D: usize>(&mut self, data: TensorData) -> Param<Tensor<D>> {
+        let (_, value, mapper) = Param::from_tensor(Tensor::<D>::from_data(data, &self.device)).consume();
+        self.next_id += 1;
+        Param::from_mapped_value(ParamId::from(self.next_id), value, mapper)
+    }
+
+    fn uniform<const D: usize>(&mut self, shape: [usize; D], bound: f32) -> Param<Tensor<D>> {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| self.rng.random_range(-bound..=bound)).collect();
+        self.param(TensorData::new(values, shape))
+    }
+
+    fn constant<const D: usize>(&mut self, shape: [usize; D], value: f32) -> Param<Tensor<D>> {
+        let n: usize = shape.iter().product();
+        self.param(TensorData::new(vec![value; n], shape))
+    }
+
+    /// Xavier-uniform weight, zero bias.
+    fn dense(&mut self, d_in: usize, d_out: usize) -> Dense {
+        let bound = (6.0 / (d_in + d_out) as f32).sqrt();
+        Dense { weight: self.uniform([d_in, d_out], bound), bias: self.constant([d_out], 0.0) }
+    }
+
+    /// Embedding-style table with standard deviation 0.02 (uniform with that variance).
+    fn embedding(&mut self, shape: [usize; 2]) -> Param<Tensor<2>> {
+        self.uniform(shape, 0.02 * 3f32.sqrt())
+    }
+
+    fn norm(&mut self, d: usize) -> Norm {
+        Norm { gamma: self.constant([d], 1.0), beta: self.constant([d], 0.0) }
+    }
+}
+
+/// Dropout driven by a caller-owned RNG; the identity when there is none (evaluation) or `p` is zero.
+pub struct Dropout<'a> {
+    rng: Option<&'a mut ChaCha8Rng>,
+    p: f64,
+}
+
+impl<'a> Dropout<'a> {
+    /// Training dropout with probability `p`, masks drawn from `rng`.
+    pub fn train(rng: &'a mut ChaCha8Rng, p: f64) -> Self {
+        Self { rng: Some(rng), p }
+    }
+
+    /// No dropout (evaluation, scoring under a frozen reference).
+    pub fn off() -> Self {
+        Self { rng: None, p: 0.0 }
+    }
+
+    fn apply<const D: usize>(&mut self, x: Tensor<D>) -> Tensor<D> {
+        let Some(rng) = self.rng.as_deref_mut() else { return x };
+        if self.p <= 0.0 {
+            return x;
+        }
+        let dims = x.dims();
+        let n: usize = dims.iter().product();
+        let keep = 1.0 - self.p;
+        let scale = (1.0 / keep) as f32;
+        let mask: Vec<f32> = (0..n).map(|_| if rng.random_bool(keep) { scale } else { 0.0 }).collect();
+        let mask = Tensor::<D>::from_data(TensorData::new(mask, dims), &x.device());
+        x * mask
+    }
+}
+
+/// `x @ W + b` with `W` stored `[d_in, d_out]`.
+#[derive(Module, Debug)]
+pub struct Dense {
+    weight: Param<Tensor<2>>,
+    bias: Param<Tensor<1>>,
+}
+
+impl Dense {
+    fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        ops::linear(x, self.weight.val(), Some(self.bias.val()))
+    }
+}
+
+/// LayerNorm over the last axis (epsilon 1e-5).
+#[derive(Module, Debug)]
+pub struct Norm {
+    gamma: Param<Tensor<1>>,
+    beta: Param<Tensor<1>>,
+}
+
+impl Norm {
+    fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        ops::layer_norm(x, self.gamma.val(), Some(self.beta.val()), 1e-5)
+    }
+}
+
+/// Multi-head attention; self-attention projects q, k, v with one fused matmul.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// `[d, 3d]` for self-attention, `[d, d]` (queries only) for cross-attention.
+    query: Dense,
+    /// `[d, 2d]` keys and values of the memory, for cross-attention only.
+    key_value: Option<Dense>,
+    out: Dense,
+}
+
+fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, n, d] = x.dims();
+    x.reshape([b, n, heads, d / heads]).swap_dims(1, 2)
+}
+
+impl Attention {
+    fn new(init: &mut Init, d: usize, cross: bool) -> Self {
+        if cross {
+            Self { query: init.dense(d, d), key_value: Some(init.dense(d, 2 * d)), out: init.dense(d, d) }
+        } else {
+            Self { query: init.dense(d, 3 * d), key_value: None, out: init.dense(d, d) }
+        }
+    }
+
+    /// `bias` is `[B or 1, 1, Lq or 1, Lk]`, added to the scores.
+    fn forward(&self, x: Tensor<3>, memory: Option<Tensor<3>>, bias: Tensor<4>, heads: usize) -> Tensor<3> {
+        let [b, n, d] = x.dims();
+        let (q, k, v) = match (&self.key_value, memory) {
+            (Some(kv), Some(memory)) => {
+                let q = self.query.forward(x);
+                let mut kv = kv.forward(memory).split(d, 2);
+                let v = kv.pop();
+                let k = kv.pop();
+                match (k, v) {
+                    (Some(k), Some(v)) => (q, k, v),
+                    _ => unreachable!("split of 2d into d gives two parts"),
+                }
+            }
+            _ => {
+                let mut qkv = self.query.forward(x).split(d, 2);
+                let v = qkv.pop();
+                let k = qkv.pop();
+                let q = qkv.pop();
+                match (q, k, v) {
+                    (Some(q), Some(k), Some(v)) => (q, k, v),
+                    _ => unreachable!("split of 3d into d gives three parts"),
+                }
+            }
+        };
+        let (q, k, v) = (split_heads(q, heads), split_heads(k, heads), split_heads(v, heads));
+        let scale = 1.0 / ((d / heads) as f32).sqrt();
+        let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3)) + bias;
+        let weights = activation::softmax(scores, 3);
+        let context = weights.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
+        self.out.forward(context)
+    }
+}
+
+/// Linear(d, ff) -> GELU -> Linear(ff, d).
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    up: Dense,
+    down: Dense,
+}
+
+impl FeedForward {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down.forward(activation::gelu(self.up.forward(x)))
+    }
+}
+
+/// Pre-norm encoder layer.
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    norm_attn: Norm,
+    attn: Attention,
+    norm_ff: Norm,
+    ff: FeedForward,
+}
+
+impl EncoderLayer {
+    fn new(init: &mut Init, d: usize, ff: usize) -> Self {
+        Self {
+            norm_attn: init.norm(d),
+            attn: Attention::new(init, d, false),
+            norm_ff: init.norm(d),
+            ff: FeedForward { up: init.dense(d, ff), down: init.dense(ff, d) },
+        }
+    }
+
+    fn forward(&self, x: Tensor<3>, bias: Tensor<4>, heads: usize, drop: &mut Dropout) -> Tensor<3> {
+        let a = self.attn.forward(self.norm_attn.forward(x.clone()), None, bias, heads);
+        let x = x + drop.apply(a);
+        let f = self.ff.forward(self.norm_ff.forward(x.clone()));
+        x + drop.apply(f)
+    }
+}
+
+/// Pre-norm decoder layer: causal self-attention, cross-attention, feed-forward.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    norm_self: Norm,
+    self_attn: Attention,
+    norm_cross: Norm,
+    cross_attn: Attention,
+    norm_ff: Norm,
+    ff: FeedForward,
+}
+
+impl DecoderLayer {
+    fn new(init: &mut Init, d: usize, ff: usize) -> Self {
+        Self {
+            norm_self: init.norm(d),
+            self_attn: Attention::new(init, d, false),
+            norm_cross: init.norm(d),
+            cross_attn: Attention::new(init, d, true),
+            norm_ff: init.norm(d),
+            ff: FeedForward { up: init.dense(d, ff), down: init.dense(ff, d) },
+        }
+    }
+
+    fn forward(&self, y: Tensor<3>, enc: &Encoded, causal: Tensor<4>, heads: usize, drop: &mut Dropout) -> Tensor<3> {
+        let a = self.self_attn.forward(self.norm_self.forward(y.clone()), None, causal, heads);
+        let y = y + drop.apply(a);
+        let c = self.cross_attn.forward(
+            self.norm_cross.forward(y.clone()),
+            Some(enc.memory.clone()),
+            enc.bias.clone(),
+            heads,
+        );
+        let y = y + drop.apply(c);
+        let f = self.ff.forward(self.norm_ff.forward(y.clone()));
+        y + drop.apply(f)
+    }
+}
+
+/// Patch projection plus learned positions.
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    proj: Dense,
+    pos: Param<Tensor<2>>,
+}
+
+/// FT-Transformer numeric feature tokens: `x_f * weight_f + bias_f`.
+#[derive(Module, Debug)]
+pub struct NumericEmbed {
+    weight: Param<Tensor<2>>,
+    bias: Param<Tensor<2>>,
+}
+
+/// Token segments, each with its own type embedding.
+#[derive(Debug, Clone, Copy)]
+enum Segment {
+    Fusion = 0,
+    Question = 1,
+    Image = 2,
+    Audio = 3,
+    Tabular = 4,
+}
+
+impl Segment {
+    const COUNT: usize = 5;
+}
+
+/// One modality of a host batch: `values` row-major `[batch, ...shape]`, `present[i]` false when sample `i`
+/// lacks it (its values are then never attended to).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModalityBatch {
+    /// The values.
+    pub values: Vec<f32>,
+    /// Whether each sample has the modality.
+    pub present: Vec<bool>,
+}
+
+/// Tabular features of a host batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TabularBatch {
+    /// Numeric values `[batch, numeric_features]`.
+    pub numeric: Vec<f32>,
+    /// Categorical codes `[batch, categorical features]` (codes at or beyond a feature's cardinality map to
+    /// its unknown slot).
+    pub categorical: Vec<u32>,
+    /// Whether each sample has tabular features.
+    pub present: Vec<bool>,
+}
+
+/// The model inputs of a batch of samples, on the host. Build it with [`Batch::new`] and the `with_*`
+/// methods; absent modalities are `None` (every sample lacks them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Samples.
+    pub size: usize,
+    /// Question ids per sample (unpadded).
+    pub questions: Vec<Vec<u32>>,
+    /// Images `[batch, C, H, W]`.
+    pub image: Option<ModalityBatch>,
+    /// Audio `[batch, mels, frames]`.
+    pub audio: Option<ModalityBatch>,
+    /// Tabular features.
+    pub tabular: Option<TabularBatch>,
+}
+
+impl Batch {
+    /// A batch of questions only.
+    pub fn new(questions: Vec<Vec<u32>>) -> Self {
+        Self { size: questions.len(), questions, image: None, audio: None, tabular: None }
+    }
+
+    /// Whether any input value of a present modality is NaN or infinite.
+    pub fn has_non_finite(&self, config: &ModelConfig) -> bool {
+        let bad = |m: &Option<ModalityBatch>, per: usize| {
+            m.as_ref().is_some_and(|m| {
+                m.values
+                    .chunks(per.max(1))
+                    .zip(&m.present)
+                    .any(|(row, &present)| present && row.iter().any(|v| !v.is_finite()))
+            })
+        };
+        let image_per = config.image_shape.map_or(1, |s| s.iter().product());
+        let audio_per = config.audio_shape.map_or(1, |s| s.iter().product());
+        let tab = self.tabular.as_ref().is_some_and(|t| {
+            t.numeric
+                .chunks(config.numeric_features.max(1))
+                .zip(&t.present)
+                .any(|(row, &present)| present && row.iter().any(|v| !v.is_finite()))
+        });
+        bad(&self.image, image_per) || bad(&self.audio, audio_per) || tab
+    }
+}
+
+/// Encoder output: fused tokens and the attention bias that masks absent keys.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// `[batch, tokens, d_model]`.
+    pub memory: Tensor<3>,
+    /// `[batch, 1, 1, tokens]`: 0 for attended keys, -1e9 for masked ones.
+    pub bias: Tensor<4>,
+}
+
+/// Per-token scores of given answer sequences (batched, differentiable on an autodiff device).
+#[derive(Debug, Clone)]
+pub struct SequenceScores {
+    /// `log p(target_t | ...)`, `[batch, steps]`; the last scored step of each row is `<eos>`.
+    pub token_logprobs: Tensor<2>,
+    /// Entropy of the next-token distribution at each step, `[batch, steps]`.
+    pub entropy: Tensor<2>,
+    /// 1 for real steps, 0 for padding, `[batch, steps]`.
+    pub mask: Tensor<2>,
+}
+
+impl SequenceScores {
+    /// Sum of token log-probabilities per sequence, `[batch]`.
+    pub fn sequence_logprobs(&self) -> Tensor<1> {
+        (self.token_logprobs.clone() * self.mask.clone()).sum_dim(1).squeeze_dim(1)
+    }
+}
+
+/// How to pick the next answer token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decoding {
+    /// The most probable token.
+    Greedy,
+    /// Sample from `softmax(logits / temperature)` restricted to the `top_k` most probable tokens
+    /// (`None`: all); with probability `epsilon` pick a uniformly random token instead. A temperature at or
+    /// below 1e-6 is greedy.
+    Sample {
+        /// Softmax temperature.
+        temperature: f32,
+        /// Keep only the k most probable tokens.
+        top_k: Option<usize>,
+        /// Probability of a uniformly random token.
+        epsilon: f64,
+    },
+}
+
+/// A generated answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// Answer token ids, without `<eos>`.
+    pub tokens: Vec<u32>,
+    /// Log-probability under the model (temperature 1) of each generated token, `<eos>` included when
+    /// it was generated.
+    pub token_logprobs: Vec<f32>,
+    /// Their sum.
+    pub logprob: f32,
+}
+
+/// The multimodal question-answering transformer.
+#[derive(Module, Debug)]
+pub struct MultimodalModel {
+    fusion: Param<Tensor<2>>,
+    type_embed: Param<Tensor<2>>,
+    question_embed: Param<Tensor<2>>,
+    question_pos: Param<Tensor<2>>,
+    image: Option<PatchEmbed>,
+    audio: Option<PatchEmbed>,
+    numeric: Option<NumericEmbed>,
+    categorical: Option<Param<Tensor<2>>>,
+    encoder: Vec<EncoderLayer>,
+    encoder_norm: Norm,
+    answer_embed: Param<Tensor<2>>,
+    answer_pos: Param<Tensor<2>>,
+    decoder: Vec<DecoderLayer>,
+    decoder_norm: Norm,
+    head: Dense,
+    #[module(skip)]
+    config: ModelConfig,
+}
+
+fn bias_tensor(masked: &[bool], b: usize, n: usize, device: &Device) -> Tensor<4> {
+    let values: Vec<f32> = masked.iter().map(|&m| if m { MASKED } else { 0.0 }).collect();
+    Tensor::<4>::from_data(TensorData::new(values, [b, 1, 1, n]), device)
+}
+
+impl MultimodalModel {
+    /// The config the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device of the parameters (autodiff while training, plain for a [`valid`](Module::valid) copy).
+    pub fn device(&self) -> Device {
+        self.fusion.val().device()
+    }
+
+    /// A frozen copy for use as a reference model: no autodiff, no dropout; later optimizer steps on
+    /// `self` never change it.
+    pub fn reference(&self) -> Self {
+        self.valid()
+    }
+
+    fn type_row(&self, segment: Segment) -> Tensor<3> {
+        let d = self.config.d_model;
+        self.type_embed.val().narrow(0, segment as usize, 1).reshape([1, 1, d])
+    }
+
+    /// Encodes a batch into fused tokens.
+    pub fn encode(&self, batch: &Batch, drop: &mut Dropout) -> Encoded {
+        let device = self.device();
+        let cfg = &self.config;
+        let (b, d) = (batch.size, cfg.d_model);
+        let lq = batch.questions.iter().map(Vec::len).max().unwrap_or(1).clamp(1, cfg.max_question_len);
+        let mut segments: Vec<Tensor<3>> = Vec::with_capacity(5);
+        // Key mask per segment, row-major [b, tokens of the segment].
+        let mut masks: Vec<(usize, Vec<bool>)> = Vec::with_capacity(5);
+
+        segments.push(self.fusion.val().reshape([1, 1, d]).expand([b, 1, d]) + self.type_row(Segment::Fusion));
+        masks.push((1, vec![false; b]));
+
+        let mut ids = vec![PAD as i64; b * lq];
+        let mut q_mask = vec![true; b * lq];
+        for (i, q) in batch.questions.iter().enumerate() {
+            for (t, &id) in q.iter().take(lq).enumerate() {
+                ids[i * lq + t] = i64::from(id.min(cfg.question_vocab.saturating_sub(1) as u32));
+                q_mask[i * lq + t] = false;
+            }
+        }
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, lq]), &device);
+        let q = ops::embedding(self.question_embed.val(), ids)
+            + self.question_pos.val().narrow(0, 0, lq).unsqueeze_dim(0)
+            + self.type_row(Segment::Question);
+        segments.push(q);
+        masks.push((lq, q_mask));
+
+        if let (Some(embed), Some(img), Some([c, h, w])) = (&self.image, &batch.image, cfg.image_shape) {
+            let p = cfg.image_patch;
+            let (gh, gw) = (h / p, w / p);
+            let x = Tensor::<4>::from_data(TensorData::new(img.values.clone(), [b, c, h, w]), &device)
+                .reshape([b, c, gh, p, gw, p])
+                .permute([0, 2, 4, 1, 3, 5])
+                .reshape([b, gh * gw, c * p * p]);
+            let tokens = embed.proj.forward(x) + embed.pos.val().unsqueeze_dim(0) + self.type_row(Segment::Image);
+            segments.push(tokens);
+            masks.push((gh * gw, img.present.iter().flat_map(|&pr| std::iter::repeat_n(!pr, gh * gw)).collect()));
+        }
+
+        if let (Some(embed), Some(aud), Some([mels, frames])) = (&self.audio, &batch.audio, cfg.audio_shape) {
+            let pf = cfg.audio_patch;
+            let n = frames / pf;
+            let x = Tensor::<3>::from_data(TensorData::new(aud.values.clone(), [b, mels, frames]), &device)
+                .narrow(2, 0, n * pf)
+                .swap_dims(1, 2)
+                .reshape([b, n, pf * mels]);
+            let tokens = embed.proj.forward(x) + embed.pos.val().unsqueeze_dim(0) + self.type_row(Segment::Audio);
+            segments.push(tokens);
+            masks.push((n, aud.present.iter().flat_map(|&pr| std::iter::repeat_n(!pr, n)).collect()));
+        }
+
+        if let Some(tab) = &batch.tabular {
+            if let Some(embed) = &self.numeric {
+                let f = cfg.numeric_features;
+                let x = Tensor::<3>::from_data(TensorData::new(tab.numeric.clone(), [b, f, 1]), &device);
+                let tokens = x * embed.weight.val().unsqueeze_dim(0)
+                    + embed.bias.val().unsqueeze_dim(0)
+                    + self.type_row(Segment::Tabular);
+                segments.push(tokens);
+                masks.push((f, tab.present.iter().flat_map(|&pr| std::iter::repeat_n(!pr, f)).collect()));
+            }
+            if let Some(table) = &self.categorical {
+                let cards = &cfg.categorical_cardinalities;
+                let nc = cards.len();
+                let mut offsets = Vec::with_capacity(nc);
+                let mut acc = 0usize;
+                for c in cards {
+                    offsets.push(acc);
+                    acc += c + 1;
+                }
+                let idx: Vec<i64> = (0..b * nc)
+                    .map(|k| {
+                        let j = k % nc;
+                        let code = (tab.categorical.get(k).copied().unwrap_or(0) as usize).min(cards[j]);
+                        (offsets[j] + code) as i64
+                    })
+                    .collect();
+                let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [b, nc]), &device);
+                let tokens = ops::embedding(table.val(), idx) + self.type_row(Segment::Tabular);
+                segments.push(tokens);
+                masks.push((nc, tab.present.iter().flat_map(|&pr| std::iter::repeat_n(!pr, nc)).collect()));
+            }
+        }
+
+        let n: usize = masks.iter().map(|(len, _)| len).sum();
+        let mut masked = Vec::with_capacity(b * n);
+        for i in 0..b {
+            for (len, m) in &masks {
+                masked.extend_from_slice(&m[i * len..(i + 1) * len]);
+            }
+        }
+        let bias = bias_tensor(&masked, b, n, &device);
+        let mut x = drop.apply(Tensor::cat(segments, 1));
+        for layer in &self.encoder {
+            x = layer.forward(x, bias.clone(), cfg.heads, drop);
+        }
+        Encoded { memory: self.encoder_norm.forward(x), bias }
+    }
+
+    fn causal_bias(&self, steps: usize) -> Tensor<4> {
+        let mut values = vec![0f32; steps * steps];
+        for i in 0..steps {
+            for j in i + 1..steps {
+                values[i * steps + j] = MASKED;
+            }
+        }
+        Tensor::<4>::from_data(TensorData::new(values, [1, 1, steps, steps]), &self.device())
+    }
+
+    /// Decoder logits `[batch, steps, answer_vocab]` for decoder inputs `[batch, steps]` (starting with `<bos>`).
+    pub fn decode(&self, enc: &Encoded, inputs: Tensor<2, Int>, drop: &mut Dropout) -> Tensor<3> {
+        let [_, steps] = inputs.dims();
+        let mut y = ops::embedding(self.answer_embed.val(), inputs)
+            + self.answer_pos.val().narrow(0, 0, steps).unsqueeze_dim(0);
+        y = drop.apply(y);
+        let causal = self.causal_bias(steps);
+        for layer in &self.decoder {
+            y = layer.forward(y, enc, causal.clone(), self.config.heads, drop);
+        }
+        self.head.forward(self.decoder_norm.forward(y))
+    }
+
+    /// Decoder inputs (`<bos>` + answer) and targets (answer + `<eos>`), padded, `[batch, steps]`, with the
+    /// mask of real steps. Answers longer than `max_answer_len` are truncated.
+    pub fn teacher_forcing(&self, answers: &[Vec<u32>]) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
+        let max = self.config.max_answer_len;
+        let b = answers.len();
+        let steps = answers.iter().map(|a| a.len().min(max)).max().unwrap_or(0) + 1;
+        let mut inputs = vec![PAD as i64; b * steps];
+        let mut targets = vec![PAD as i64; b * steps];
+        let mut mask = vec![0f32; b * steps];
+        for (i, a) in answers.iter().enumerate() {
+            let a = &a[..a.len().min(max)];
+            inputs[i * steps] = i64::from(BOS);
+            for (t, &tok) in a.iter().enumerate() {
+                inputs[i * steps + t + 1] = i64::from(tok);
+                targets[i * steps + t] = i64::from(tok);
+                mask[i * steps + t] = 1.0;
+            }
+            targets[i * steps + a.len()] = i64::from(EOS);
+            mask[i * steps + a.len()] = 1.0;
+        }
+        let device = self.device();
+        (
+            Tensor::from_data(TensorData::new(inputs, [b, steps]), &device),
+            Tensor::from_data(TensorData::new(targets, [b, steps]), &device),
+            Tensor::from_data(TensorData::new(mask, [b, steps]), &device),
+        )
+    }
+
+    /// Per-token log-probabilities and entropies of `answers` (token ids without `<bos>`/`<eos>`) given the
+    /// batch; differentiable when the model is on an autodiff device.
+    pub fn score(&self, batch: &Batch, answers: &[Vec<u32>], drop: &mut Dropout) -> SequenceScores {
+        let enc = self.encode(batch, drop);
+        let (inputs, targets, mask) = self.teacher_forcing(answers);
+        let logits = self.decode(&enc, inputs, drop);
+        let logp = activation::log_softmax(logits, 2);
+        let entropy = -(logp.clone().exp() * logp.clone()).sum_dim(2).squeeze_dim(2);
+        let token_logprobs = logp.gather(2, targets.unsqueeze_dim(2)).squeeze_dim(2);
+        SequenceScores { token_logprobs, entropy, mask }
+    }
+
+    /// The supervised loss: summed negative log-likelihood of the answer tokens (and `<eos>`) divided by
+    /// `normalizer` (the number of scored tokens of the whole optimizer batch, so accumulated micro-batches
+    /// add up to the full-batch mean).
+    pub fn nll(&self, batch: &Batch, answers: &[Vec<u32>], normalizer: f32, drop: &mut Dropout) -> Tensor<1> {
+        let s = self.score(batch, answers, drop);
+        -(s.token_logprobs * s.mask).sum().div_scalar(normalizer)
+    }
+
+    /// Generates an answer per sample. The encoder runs once; the decoder reruns on the growing prefix
+    /// (answers are a few tokens, so a KV cache would not pay off).
+    pub fn generate(&self, batch: &Batch, decoding: Decoding, rng: &mut ChaCha8Rng) -> Vec<Generated> {
+        let b = batch.size;
+        let vocab = self.config.answer_vocab;
+        let device = self.device();
+        let enc = self.encode(batch, &mut Dropout::off());
+        let mut prefix: Vec<Vec<i64>> = vec![vec![i64::from(BOS)]; b];
+        let mut out: Vec<Generated> =
+            (0..b).map(|_| Generated { tokens: Vec::new(), token_logprobs: Vec::new(), logprob: 0.0 }).collect();
+        let mut done = vec![false; b];
+        for step in 0..=self.config.max_answer_len {
+            let steps = step + 1;
+            let flat: Vec<i64> = prefix.iter().flatten().copied().collect();
+            let inputs = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, steps]), &device);
+            let logits = self.decode(&enc, inputs, &mut Dropout::off()).narrow(1, step, 1).reshape([b, vocab]);
+            let logits: Vec<f32> = logits.into_data().try_into_vec::<f32>().unwrap_or_default();
+            for i in 0..b {
+                let row = &logits[i * vocab..(i + 1) * vocab];
+                let (token, lp) = if done[i] {
+                    (PAD, 0.0)
+                } else {
+                    let force_eos = step == self.config.max_answer_len;
+                    let token = if force_eos { EOS } else { pick(row, decoding, rng) };
+                    (token, log_softmax_at(row, token as usize))
+                };
+                if !done[i] {
+                    out[i].token_logprobs.push(lp);
+                    out[i].logprob += lp;
+                    if token == EOS {
+                        done[i] = true;
+                    } else {
+                        out[i].tokens.push(token);
+                    }
+                }
+                prefix[i].push(i64::from(token));
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// Tokens a generated answer may hold: everything but `<pad>` and `<bos>`.
+fn allowed(token: usize) -> bool {
+    token != PAD as usize && token != BOS as usize
+}
+
+fn log_softmax_at(row: &[f32], token: usize) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+    row.get(token).map_or(f32::NEG_INFINITY, |&v| v - max - sum.ln())
+}
+
+/// Picks the next token from one row of logits.
+pub fn pick(row: &[f32], decoding: Decoding, rng: &mut ChaCha8Rng) -> u32 {
+    let argmax = || {
+        row.iter()
+            .enumerate()
+            .filter(|(t, _)| allowed(*t))
+            .fold((EOS as usize, f32::NEG_INFINITY), |best, (t, &v)| if v > best.1 { (t, v) } else { best })
+            .0 as u32
+    };
+    match decoding {
+        Decoding::Greedy => argmax(),
+        Decoding::Sample { temperature, top_k, epsilon } => {
+            let candidates: Vec<usize> = (0..row.len()).filter(|&t| allowed(t)).collect();
+            if candidates.is_empty() {
+                return EOS;
+            }
+            if epsilon > 0.0 && rng.random_bool(epsilon.min(1.0)) {
+                return candidates[rng.random_range(0..candidates.len())] as u32;
+            }
+            if temperature <= 1e-6 {
+                return argmax();
+            }
+            let mut ranked: Vec<(usize, f32)> = candidates.iter().map(|&t| (t, row[t] / temperature)).collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            if let Some(k) = top_k {
+                ranked.truncate(k.max(1));
+            }
+            let max = ranked[0].1;
+            let weights: Vec<f64> = ranked.iter().map(|(_, v)| f64::from(v - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            let mut u = rng.random_range(0.0..total);
+            for ((t, _), w) in ranked.iter().zip(&weights) {
+                if u < *w {
+                    return *t as u32;
+                }
+                u -= w;
+            }
+            ranked[ranked.len() - 1].0 as u32
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Word-level vocabularies of questions and answers, fit on the train split only.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Padding id in both vocabularies.
+pub const PAD: u32 = 0;
+/// Unknown word id in both vocabularies.
+pub const UNK: u32 = 1;
+/// Begin-of-answer id (answer vocabulary only): the first decoder input.
+pub const BOS: u32 = 2;
+/// End-of-answer id (answer vocabulary only): the last decoder target.
+pub const EOS: u32 = 3;
+
+/// Special tokens of the question vocabulary, in id order.
+pub const QUESTION_SPECIALS: [&str; 2] = ["<pad>", "<unk>"];
+/// Special tokens of the answer vocabulary, in id order.
+pub const ANSWER_SPECIALS: [&str; 4] = ["<pad>", "<unk>", "<bos>", "<eos>"];
+
+/// Splits text into lowercase words, dropping punctuation around them.
+pub fn words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// The question and answer vocabularies (`vocab.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vocab {
+    /// Question words by id; ids 0 and 1 are `<pad>` and `<unk>`.
+    pub question: Vec<String>,
+    /// Answer tokens by id; ids 0 to 3 are `<pad>`, `<unk>`, `<bos>`, `<eos>`.
+    pub answer: Vec<String>,
+}
+
+impl Vocab {
+    /// Builds both vocabularies from (question, answer) pairs of the train split. Words are ordered by
+    /// descending count, then alphabetically, so the ids do not depend on row order.
+    pub fn fit<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut q_counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut a_counts: BTreeMap<String, u64> = BTreeMap::new();
+        for (q, a) in pairs {
+            for w in words(q) {
+                *q_counts.entry(w).or_default() += 1;
+            }
+            for w in words(a) {
+                *a_counts.entry(w).or_default() += 1;
+            }
+        }
+        let order = |counts: BTreeMap<String, u64>| {
+            let mut v: Vec<(String, u64)> = counts.into_iter().collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            v.into_iter().map(|(w, _)| w)
+        };
+        let mut question: Vec<String> = QUESTION_SPECIALS.iter().map(|s| (*s).to_owned()).collect();
+        question.extend(order(q_counts));
+        let mut answer: Vec<String> = ANSWER_SPECIALS.iter().map(|s| (*s).to_owned()).collect();
+        answer.extend(order(a_counts));
+        Self { question, answer }
+    }
+
+    fn lookup(table: &[String], specials: usize, word: &str) -> u32 {
+        // Linear scan over a few dozen words is cheaper than keeping a map in sync with the serialized form.
+        table.iter().skip(specials).position(|w| w == word).map_or(UNK, |i| (i + specials) as u32)
+    }
+
+    /// Question ids, truncated to `max_len` words (at least one id: `<unk>` for an empty question).
+    pub fn encode_question(&self, text: &str, max_len: usize) -> Vec<u32> {
+        let mut ids: Vec<u32> = words(text)
+            .iter()
+            .take(max_len)
+            .map(|w| Self::lookup(&self.question, QUESTION_SPECIALS.len(), w))
+            .collect();
+        if ids.is_empty() {
+            ids.push(UNK);
+        }
+        ids
+    }
+
+    /// Answer ids without `<bos>`/`<eos>`, truncated to `max_len` tokens.
+    pub fn encode_answer(&self, text: &str, max_len: usize) -> Vec<u32> {
+        words(text).iter().take(max_len).map(|w| Self::lookup(&self.answer, ANSWER_SPECIALS.len(), w)).collect()
+    }
+
+    /// The answer text of generated ids (special tokens other than `<unk>` are skipped).
+    pub fn decode_answer(&self, ids: &[u32]) -> String {
+        ids.iter()
+            .filter(|&&i| i == UNK || i as usize >= ANSWER_SPECIALS.len())
+            .map(|&i| self.answer.get(i as usize).map_or("<unk>", String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Normalizes an answer for exact-match comparison: lowercase words joined by single spaces.
+pub fn normalize_answer(text: &str) -> String {
+    words(text).join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_orders_by_count_then_word_and_maps_unknowns() {
+        let v = Vocab::fit([("Is there a circle?", "yes"), ("is there a square", "no"), ("how many", "1 2")]);
+        assert_eq!(&v.question[2..5], ["a", "is", "there"]);
+        assert_eq!(v.encode_question("is there a dragon", 10), [3, 4, 2, UNK]);
+        assert_eq!(v.encode_question("", 10), [UNK]);
+        assert_eq!(v.encode_question("is is is", 2).len(), 2);
+        let ids = v.encode_answer("1 2", 4);
+        assert_eq!(v.decode_answer(&ids), "1 2");
+        assert_eq!(v.encode_answer("maybe", 4), [UNK]);
+        assert_eq!(normalize_answer("  Yes "), "yes");
+    }
+}
