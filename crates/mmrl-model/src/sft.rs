@@ -9,7 +9,7 @@
 //! While training, checkpoints live in a work folder next to the output (`.NAME.sft-work/`), keyed by the
 //! resolved config, the seed and the inputs' content hashes; running the stage again with the same key
 //! resumes from there. The committed artifact holds the best model (`model.bpk`), the last checkpoint
-//! (`checkpoint/`), `config.json`, `vocab.json`, the metrics tables and `report.json`.
+//! (`checkpoint/`: model and training state; the optimizer state stays in the work folder), `config.json`, `vocab.json`, the metrics tables and `report.json`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -765,9 +765,11 @@ pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, ho
     let copy = |from: &Path, to: &Path| std::fs::copy(from, to).map(|_| ()).map_err(io("copying", from));
     copy(&work.join("best.bpk"), &tmp.join("model.bpk"))?;
     writer.add_file("model.bpk", Role::State)?;
+    // The optimizer state stays in the work folder: burn serializes it in hash-map order, so its bytes differ
+    // between identical runs and would make the artifact's content hash irreproducible.
     let ck = tmp.join("checkpoint");
     std::fs::create_dir_all(&ck).map_err(io("creating", &ck))?;
-    for f in ["model.bpk", "optimizer.bpk", "state.json"] {
+    for f in ["model.bpk", "state.json"] {
         copy(&work.join(f), &ck.join(f))?;
     }
     writer.add_dir("checkpoint", Role::State, None)?;

@@ -99,25 +99,12 @@ fn a_killed_and_resumed_run_ends_bit_identical() {
         std::fs::read(a.join("checkpoint").join("model.bpk")).unwrap(),
         std::fs::read(b.join("checkpoint").join("model.bpk")).unwrap(),
     );
-    // burn writes optimizer state in HashMap order, so compare it by what it does: one more step from each
-    // checkpoint must give bit-identical parameters.
-    let cfg: mmrl_model::ModelConfig = serde_json::from_slice(&std::fs::read(a.join("config.json")).unwrap()).unwrap();
-    let vocab: Vocab = serde_json::from_slice(&std::fs::read(a.join("vocab.json")).unwrap()).unwrap();
-    let data = Dataset::load(&inputs).unwrap();
-    let items: Vec<(usize, usize)> = data.split(Split::Train).into_iter().take(16).map(|i| (i, 0)).collect();
-    let device = Device::flex().autodiff();
-    let mut flats = Vec::new();
-    for dir in [&a, &b] {
-        let model = sft::load_model(cfg.init(&device, 0).unwrap(), &dir.join("checkpoint").join("model.bpk")).unwrap();
-        let mut optim = AdamWConfig::new().with_weight_decay(0.01).with_epsilon(1e-8).init();
-        optim = optim.load(dir.join("checkpoint").join("optimizer.bpk")).unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let (model, _) = sft::train_step(model, &mut optim, &data, &vocab, &items, 1, 1e-3, 1.0, 0.0, &mut rng).unwrap();
-        let mut f = Flat(Vec::new());
-        model.visit(&mut f);
-        flats.push(f.0);
-    }
-    assert_eq!(flats[0], flats[1]);
+    // The artifacts themselves are identical, checkpoint included. (The resumed run read the optimizer state
+    // saved at step 5 from the work folder, so equal final models also show the optimizer state resumed exactly.)
+    assert_eq!(
+        mmrl_artifact::Artifact::open(&a).unwrap().manifest().content_hash,
+        mmrl_artifact::Artifact::open(&b).unwrap().manifest().content_hash
+    );
 }
 
 struct Flat(Vec<f32>);
