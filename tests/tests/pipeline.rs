@@ -23,6 +23,14 @@ run = "mmrl-data ingest"
 inputs = { dataset = "generate/dataset" }
 [stages.ingest.params]
 max_reject_fraction = 0.2
+
+[stages.select]
+run = "mmrl-data select"
+inputs = { samples = "ingest" }
+[stages.select.params.split]
+train = 0.6
+val = 0.2
+test = 0.2
 "#;
 
 fn options(dir: &Path, pipeline: &str, artifacts: &str) -> Options {
@@ -61,7 +69,7 @@ fn runner_caches_invalidates_and_recovers() {
     let root = tmp.path().join("a");
 
     let first = runner::run(&opts).unwrap();
-    expect(&first, &[("generate", Status::Ran), ("ingest", Status::Ran)]);
+    expect(&first, &[("generate", Status::Ran), ("ingest", Status::Ran), ("select", Status::Ran)]);
     assert!(first.error.is_none());
     let ingest = Artifact::open(root.join("ingest")).unwrap();
     ingest.verify_hashes().unwrap();
@@ -70,31 +78,32 @@ fn runner_caches_invalidates_and_recovers() {
     assert!(runner::table(&first).contains("ingest"));
 
     // Unchanged: everything skipped.
-    expect(&runner::run(&opts).unwrap(), &[("generate", Status::Skipped), ("ingest", Status::Skipped)]);
+    let all_skipped = [("generate", Status::Skipped), ("ingest", Status::Skipped), ("select", Status::Skipped)];
+    expect(&runner::run(&opts).unwrap(), &all_skipped);
 
-    // A downstream param change re-runs only that stage.
+    // A param change re-runs that stage; its output is unchanged here, so what reads it is still skipped.
     std::fs::write(&opts.config, PIPELINE.replace("max_reject_fraction = 0.2", "max_reject_fraction = 0.25")).unwrap();
     let mut dry = opts.clone();
     dry.dry_run = true;
     let plan = runner::run(&dry).unwrap();
     assert_eq!(plan.stages[0].status, Status::Skipped);
     assert!(matches!(&plan.stages[1].status, Status::WouldRun(why) if why.contains("params")));
-    expect(&runner::run(&opts).unwrap(), &[("generate", Status::Skipped), ("ingest", Status::Ran)]);
+    expect(&runner::run(&opts).unwrap(), &[("generate", Status::Skipped), ("ingest", Status::Ran), ("select", Status::Skipped)]);
 
     // An upstream change re-runs it and everything that depends on it.
     std::fs::write(&opts.config, PIPELINE.replace("samples = 80", "samples = 90")).unwrap();
     let plan = runner::run(&dry).unwrap();
     assert!(matches!(&plan.stages[1].status, Status::WouldRun(why) if why.contains("upstream generate")));
-    expect(&runner::run(&opts).unwrap(), &[("generate", Status::Ran), ("ingest", Status::Ran)]);
+    expect(&runner::run(&opts).unwrap(), &[("generate", Status::Ran), ("ingest", Status::Ran), ("select", Status::Ran)]);
 
     // --force re-runs all; --from/--to slice the DAG.
     opts.force = true;
-    expect(&runner::run(&opts).unwrap(), &[("generate", Status::Ran), ("ingest", Status::Ran)]);
+    expect(&runner::run(&opts).unwrap(), &[("generate", Status::Ran), ("ingest", Status::Ran), ("select", Status::Ran)]);
     opts.from = Some("ingest".into());
-    expect(&runner::run(&opts).unwrap(), &[("generate", Status::NotRun), ("ingest", Status::Ran)]);
+    expect(&runner::run(&opts).unwrap(), &[("generate", Status::NotRun), ("ingest", Status::Ran), ("select", Status::Ran)]);
     opts.from = None;
     opts.to = Some("generate".into());
-    expect(&runner::run(&opts).unwrap(), &[("generate", Status::Ran), ("ingest", Status::NotRun)]);
+    expect(&runner::run(&opts).unwrap(), &[("generate", Status::Ran), ("ingest", Status::NotRun), ("select", Status::NotRun)]);
     opts.to = None;
     opts.force = false;
 
@@ -102,7 +111,7 @@ fn runner_caches_invalidates_and_recovers() {
     let before = content_hash(root.join("ingest"));
     std::fs::write(&opts.config, PIPELINE.replace("samples = 80", "samples = 90").replace("max_reject_fraction = 0.2", "max_reject_fraction = 0.2\ncolumn_types = { no_such_column = \"numeric\" }")).unwrap();
     let failed = runner::run(&opts).unwrap();
-    expect(&failed, &[("generate", Status::Skipped), ("ingest", Status::Failed)]);
+    expect(&failed, &[("generate", Status::Skipped), ("ingest", Status::Failed), ("select", Status::NotRun)]);
     assert!(failed.error.as_deref().unwrap().contains("ingest"));
     assert_eq!(content_hash(root.join("ingest")), before);
 
@@ -110,7 +119,7 @@ fn runner_caches_invalidates_and_recovers() {
     let mut user = options(tmp.path(), PIPELINE, "user");
     user.dataset = Some(root.join("generate/dataset"));
     let own = runner::run(&user).unwrap();
-    expect(&own, &[("ingest", Status::Ran)]);
+    expect(&own, &[("ingest", Status::Ran), ("select", Status::Ran)]);
     assert_eq!(content_hash(tmp.path().join("user/ingest")), before);
 }
 
@@ -120,7 +129,7 @@ fn same_seed_gives_identical_artifacts() {
     runner::run(&options(tmp.path(), PIPELINE, "one")).unwrap();
     runner::run(&options(tmp.path(), PIPELINE, "two")).unwrap();
     runner::run(&options(tmp.path(), &PIPELINE.replace("seed = 5", "seed = 6"), "three")).unwrap();
-    for stage in ["generate", "ingest"] {
+    for stage in ["generate", "ingest", "select"] {
         let one = content_hash(tmp.path().join("one").join(stage));
         assert_eq!(one, content_hash(tmp.path().join("two").join(stage)), "{stage} differs between runs");
         assert_ne!(one, content_hash(tmp.path().join("three").join(stage)), "{stage} ignores the seed");
