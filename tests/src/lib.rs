@@ -12,7 +12,11 @@ pub fn workspace_root() -> PathBuf {
 pub fn current_profile() -> String {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile dir>/deps/<test binary>
-    let dir = exe.parent().and_then(Path::parent).and_then(Path::file_name).and_then(|n| n.to_str());
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str());
     match dir {
         Some("release") => "release".to_owned(),
         Some("debug") | None => "dev".to_owned(),

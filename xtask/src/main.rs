@@ -45,9 +45,20 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
-    let Cmd::Pipeline { config, from, to, force, dry_run, dataset, artifacts, release } = Cli::parse().command;
+    let Cmd::Pipeline {
+        config,
+        from,
+        to,
+        force,
+        dry_run,
+        dataset,
+        artifacts,
+        release,
+    } = Cli::parse().command;
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir.parent().map_or(manifest_dir.clone(), PathBuf::from);
+    let workspace = manifest_dir
+        .parent()
+        .map_or(manifest_dir.clone(), PathBuf::from);
     let opts = Options {
         config,
         from,

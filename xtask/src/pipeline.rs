@@ -81,7 +81,10 @@ impl StageSpec {
         let mut parts = self.run.split_whitespace();
         match (parts.next(), parts.next(), parts.next()) {
             (Some(bin), Some(cmd), None) => Ok((bin, cmd)),
-            _ => bail!("run = {:?}: expected \"BINARY SUBCOMMAND\", e.g. \"mmrl-data ingest\"", self.run),
+            _ => bail!(
+                "run = {:?}: expected \"BINARY SUBCOMMAND\", e.g. \"mmrl-data ingest\"",
+                self.run
+            ),
         }
     }
 }
@@ -90,16 +93,19 @@ impl Pipeline {
     /// Reads a pipeline file (following `extends`) and validates it.
     pub fn load(path: &Path) -> Result<Self> {
         let table = load_table(path, 0)?;
-        let pipeline: Pipeline = table
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
-        pipeline.validate().with_context(|| format!("{}", path.display()))?;
+        let pipeline: Pipeline = table.try_into().map_err(|e: toml::de::Error| {
+            anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end())
+        })?;
+        pipeline
+            .validate()
+            .with_context(|| format!("{}", path.display()))?;
         Ok(pipeline)
     }
 
     /// Parses and validates pipeline text (no `extends`).
     pub fn parse(text: &str) -> Result<Self> {
-        let pipeline: Pipeline = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let pipeline: Pipeline =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         pipeline.validate()?;
         Ok(pipeline)
     }
@@ -110,7 +116,11 @@ impl Pipeline {
             bail!("the pipeline has no [stages.*]");
         }
         for (name, spec) in &self.stages {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 bail!("stage name {name:?}: use letters, digits, '-' and '_'");
             }
             spec.command().with_context(|| format!("[stages.{name}]"))?;
@@ -143,7 +153,10 @@ impl Pipeline {
             Some((s, o)) => (s, Some(o.to_owned())),
             None => (reference, None),
         };
-        Source::Stage { stage: stage.to_owned(), output }
+        Source::Stage {
+            stage: stage.to_owned(),
+            output,
+        }
     }
 
     /// The stages each stage reads from.
@@ -154,7 +167,9 @@ impl Pipeline {
                 spec.inputs
                     .values()
                     .filter_map(|r| match self.source(r) {
-                        Source::Stage { stage, .. } if self.stages.contains_key(&stage) => Some(stage),
+                        Source::Stage { stage, .. } if self.stages.contains_key(&stage) => {
+                            Some(stage)
+                        }
                         _ => None,
                     })
                     .collect()
@@ -164,7 +179,8 @@ impl Pipeline {
 
     /// Stages in dependency order (ties by name); an error names the stages on a cycle.
     pub fn order(&self) -> Result<Vec<String>> {
-        let mut indegree: BTreeMap<&str, usize> = self.stages.keys().map(|k| (k.as_str(), 0)).collect();
+        let mut indegree: BTreeMap<&str, usize> =
+            self.stages.keys().map(|k| (k.as_str(), 0)).collect();
         let mut downstream: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for name in self.stages.keys() {
             for up in self.upstream(name) {
@@ -172,8 +188,11 @@ impl Pipeline {
                 downstream.entry(up).or_default().push(name.clone());
             }
         }
-        let mut ready: BTreeSet<String> =
-            indegree.iter().filter(|(_, d)| **d == 0).map(|(n, _)| (*n).to_owned()).collect();
+        let mut ready: BTreeSet<String> = indegree
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(n, _)| (*n).to_owned())
+            .collect();
         let mut order = Vec::with_capacity(self.stages.len());
         while let Some(next) = ready.pop_first() {
             for down in downstream.get(&next).into_iter().flatten() {
@@ -187,8 +206,16 @@ impl Pipeline {
             order.push(next);
         }
         if order.len() != self.stages.len() {
-            let stuck: Vec<_> = self.stages.keys().filter(|k| !order.contains(k)).cloned().collect();
-            bail!("the stages {} form a cycle through their inputs", stuck.join(", "));
+            let stuck: Vec<_> = self
+                .stages
+                .keys()
+                .filter(|k| !order.contains(k))
+                .cloned()
+                .collect();
+            bail!(
+                "the stages {} form a cycle through their inputs",
+                stuck.join(", ")
+            );
         }
         Ok(order)
     }
@@ -229,11 +256,15 @@ const MAX_EXTENDS_DEPTH: usize = 8;
 
 fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
     if depth > MAX_EXTENDS_DEPTH {
-        bail!("{}: `extends` nests deeper than {MAX_EXTENDS_DEPTH} files (a loop?)", path.display());
+        bail!(
+            "{}: `extends` nests deeper than {MAX_EXTENDS_DEPTH} files (a loop?)",
+            path.display()
+        );
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading pipeline file {}", path.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading pipeline file {}", path.display()))?;
+    let mut table: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
     match table.remove("extends") {
         None => Ok(table),
         Some(toml::Value::String(base)) => {
@@ -242,7 +273,10 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
             merge(&mut merged, table);
             Ok(merged)
         }
-        Some(other) => bail!("{}: extends = {other}: expected a file name string", path.display()),
+        Some(other) => bail!(
+            "{}: extends = {other}: expected a file name string",
+            path.display()
+        ),
     }
 }
 
@@ -290,19 +324,52 @@ mod tests {
     fn orders_stages_by_their_inputs() {
         let p = Pipeline::parse(GOOD).unwrap();
         assert_eq!(p.order().unwrap(), ["a", "b", "c"]);
-        assert_eq!(p.descendants("b"), BTreeSet::from(["b".to_owned(), "c".to_owned()]));
-        assert_eq!(p.ancestors("b"), BTreeSet::from(["a".to_owned(), "b".to_owned()]));
-        assert_eq!(p.source("a/out"), Source::Stage { stage: "a".into(), output: Some("out".into()) });
+        assert_eq!(
+            p.descendants("b"),
+            BTreeSet::from(["b".to_owned(), "c".to_owned()])
+        );
+        assert_eq!(
+            p.ancestors("b"),
+            BTreeSet::from(["a".to_owned(), "b".to_owned()])
+        );
+        assert_eq!(
+            p.source("a/out"),
+            Source::Stage {
+                stage: "a".into(),
+                output: Some("out".into())
+            }
+        );
     }
 
     #[test]
     fn bad_pipelines_get_clear_errors() {
-        check_err(&GOOD.replace("run = \"bin-a gen\"", "run = \"bin-a gen\"\nrunn = 1"), &["unknown field", "runn"]);
-        check_err(&GOOD.replace("name = \"t\"", "name = \"t\"\nsed = 1"), &["unknown field", "sed"]);
-        check_err(&GOOD.replace("x = \"a/out\"", "x = \"nope/out\""), &["stages.b", "unknown stage \"nope\""]);
-        check_err(&GOOD.replace("[stages.a]\n        run = \"bin-a gen\"", "[stages.a]\n        run = \"bin-a gen\"\n        inputs = { z = \"c\" }"), &["cycle", "a, b, c"]);
-        check_err(&GOOD.replace("run = \"bin-a gen\"", "run = \"bin-a\""), &["stages.a", "BINARY SUBCOMMAND"]);
-        check_err(&GOOD.replace("name = \"t\"", "name = \"t\"\ndataset_stage = \"zz\""), &["dataset_stage", "zz"]);
+        check_err(
+            &GOOD.replace("run = \"bin-a gen\"", "run = \"bin-a gen\"\nrunn = 1"),
+            &["unknown field", "runn"],
+        );
+        check_err(
+            &GOOD.replace("name = \"t\"", "name = \"t\"\nsed = 1"),
+            &["unknown field", "sed"],
+        );
+        check_err(
+            &GOOD.replace("x = \"a/out\"", "x = \"nope/out\""),
+            &["stages.b", "unknown stage \"nope\""],
+        );
+        check_err(
+            &GOOD.replace(
+                "[stages.a]\n        run = \"bin-a gen\"",
+                "[stages.a]\n        run = \"bin-a gen\"\n        inputs = { z = \"c\" }",
+            ),
+            &["cycle", "a, b, c"],
+        );
+        check_err(
+            &GOOD.replace("run = \"bin-a gen\"", "run = \"bin-a\""),
+            &["stages.a", "BINARY SUBCOMMAND"],
+        );
+        check_err(
+            &GOOD.replace("name = \"t\"", "name = \"t\"\ndataset_stage = \"zz\""),
+            &["dataset_stage", "zz"],
+        );
         check_err("[pipeline]\nname = \"t\"\n[stages]\n", &["no [stages.*]"]);
         check_err("[pipeline\n", &["TOML parse error"]);
     }
@@ -310,8 +377,19 @@ mod tests {
     #[test]
     fn extends_merges_tables_and_overrides_values() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("base.toml"), GOOD.replace("run = \"bin-a gen\"", "run = \"bin-a gen\"\n[stages.a.params]\nsamples = 4000\nkeep = true")).unwrap();
-        std::fs::write(dir.path().join("small.toml"), "extends = \"base.toml\"\n[stages.a.params]\nsamples = 10\n").unwrap();
+        std::fs::write(
+            dir.path().join("base.toml"),
+            GOOD.replace(
+                "run = \"bin-a gen\"",
+                "run = \"bin-a gen\"\n[stages.a.params]\nsamples = 4000\nkeep = true",
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("small.toml"),
+            "extends = \"base.toml\"\n[stages.a.params]\nsamples = 10\n",
+        )
+        .unwrap();
         let p = Pipeline::load(&dir.path().join("small.toml")).unwrap();
         let params = &p.stages["a"].params;
         assert_eq!(params["samples"].as_integer(), Some(10));
@@ -319,7 +397,10 @@ mod tests {
         assert_eq!(p.stages.len(), 3);
 
         std::fs::write(dir.path().join("loop.toml"), "extends = \"loop.toml\"\n").unwrap();
-        let err = format!("{:#}", Pipeline::load(&dir.path().join("loop.toml")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Pipeline::load(&dir.path().join("loop.toml")).unwrap_err()
+        );
         assert!(err.contains("nests deeper"), "{err}");
     }
 }

@@ -99,17 +99,23 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         Some(dir) => format!(
             "{}-{}",
             pipeline.pipeline.name,
-            dir.file_name().and_then(|n| n.to_str()).unwrap_or("dataset")
+            dir.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("dataset")
         ),
         None => pipeline.pipeline.name.clone(),
     };
-    let root = opts.artifacts.clone().unwrap_or_else(|| opts.workspace.join("artifacts").join(&name));
+    let root = opts
+        .artifacts
+        .clone()
+        .unwrap_or_else(|| opts.workspace.join("artifacts").join(&name));
     let order = pipeline.order()?;
     let selected = select(&pipeline, opts)?;
 
     let bin_dir = build(opts, &pipeline)?;
     let runner_dir = root.join(".runner");
-    std::fs::create_dir_all(&runner_dir).with_context(|| format!("creating {}", runner_dir.display()))?;
+    std::fs::create_dir_all(&runner_dir)
+        .with_context(|| format!("creating {}", runner_dir.display()))?;
 
     // Validate every stage's params before the first stage runs.
     let mut resolved = BTreeMap::new();
@@ -117,14 +123,17 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         let spec = &pipeline.stages[stage];
         let (bin, cmd) = spec.command()?;
         let params_path = runner_dir.join(format!("{stage}.params.toml"));
-        let text = toml::to_string(&spec.params).with_context(|| format!("[stages.{stage}.params]"))?;
+        let text =
+            toml::to_string(&spec.params).with_context(|| format!("[stages.{stage}.params]"))?;
         write_atomic(&params_path, text.as_bytes())?;
         let seed = spec.seed.unwrap_or(pipeline.pipeline.seed);
         let out = Command::new(bin_dir.join(bin))
             .args([cmd, "--check", "--seed", &seed.to_string(), "--params"])
             .arg(&params_path)
             .output()
-            .with_context(|| format!("starting {} for stage {stage}", bin_dir.join(bin).display()))?;
+            .with_context(|| {
+                format!("starting {} for stage {stage}", bin_dir.join(bin).display())
+            })?;
         if !out.status.success() {
             bail!(
                 "[stages.{stage}.params] in {}: {}",
@@ -147,8 +156,14 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         let spec = &pipeline.stages[stage];
         let (bin, cmd) = spec.command()?;
         let output = root.join(stage);
-        let mut report =
-            StageReport { stage: stage.clone(), status: Status::NotRun, wall: Duration::ZERO, rows_in: None, rows_out: None, output: output.clone() };
+        let mut report = StageReport {
+            stage: stage.clone(),
+            status: Status::NotRun,
+            wall: Duration::ZERO,
+            rows_in: None,
+            rows_out: None,
+            output: output.clone(),
+        };
         if error.is_some() || !selected.contains(stage) {
             if let Some(m) = read_manifest(&output) {
                 content.insert(stage.clone(), m.content_hash.clone());
@@ -163,13 +178,19 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         let mut identities = BTreeMap::new();
         let mut missing = None;
         for (input, reference) in &spec.inputs {
-            let source = overrides.get(reference).cloned().unwrap_or_else(|| pipeline.source(reference));
+            let source = overrides
+                .get(reference)
+                .cloned()
+                .unwrap_or_else(|| pipeline.source(reference));
             let (path, identity) = match source {
                 Source::External(path) => {
                     let id = fingerprint(&path)?;
                     (path, id)
                 }
-                Source::Stage { stage: up, output: sub } => {
+                Source::Stage {
+                    stage: up,
+                    output: sub,
+                } => {
                     let dir = root.join(&up);
                     let id = match content.get(&up) {
                         Some(id) => id.clone(),
@@ -186,7 +207,10 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         }
         if let Some(up) = missing {
             if !opts.dry_run {
-                bail!("stage {stage} reads stage {up}, which has no artifact under {}; run without --from first", root.display());
+                bail!(
+                    "stage {stage} reads stage {up}, which has no artifact under {}; run without --from first",
+                    root.display()
+                );
             }
         }
         let (params_path, seed, config) = &resolved[stage];
@@ -202,14 +226,23 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         let current = read_manifest(&output);
         // In a real run the key already holds the upstream content hashes; a dry run cannot know them yet for
         // upstream stages that would run, so it says so.
-        let upstream_runs = pipeline.upstream(stage).into_iter().find(|u| changed_upstream.contains(u));
+        let upstream_runs = pipeline
+            .upstream(stage)
+            .into_iter()
+            .find(|u| changed_upstream.contains(u));
         let reason = match (lock.stages.get(stage), &current) {
             _ if opts.force => Some("--force".to_owned()),
-            _ if opts.dry_run && upstream_runs.is_some() => upstream_runs.map(|u| format!("upstream {u} would run")),
+            _ if opts.dry_run && upstream_runs.is_some() => {
+                upstream_runs.map(|u| format!("upstream {u} would run"))
+            }
             (None, _) => Some("never ran".to_owned()),
             (_, None) => Some("artifact missing or incomplete".to_owned()),
-            (Some(entry), Some(m)) if entry.content_hash != m.content_hash => Some("artifact changed on disk".to_owned()),
-            (Some(entry), _) if entry.key != key => Some("params, inputs or code changed".to_owned()),
+            (Some(entry), Some(m)) if entry.content_hash != m.content_hash => {
+                Some("artifact changed on disk".to_owned())
+            }
+            (Some(entry), _) if entry.key != key => {
+                Some("params, inputs or code changed".to_owned())
+            }
             _ => None,
         };
         match reason {
@@ -219,29 +252,60 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 report.status = Status::Skipped;
                 report.rows_in = m.rows_in();
                 report.rows_out = Some(m.data_rows());
-                progress.log(format!("[{}/{}] {stage}: up to date, skipped", i + 1, order.len()));
+                progress.log(format!(
+                    "[{}/{}] {stage}: up to date, skipped",
+                    i + 1,
+                    order.len()
+                ));
             }
             Some(why) if opts.dry_run => {
                 changed_upstream.insert(stage.clone());
-                progress.log(format!("[{}/{}] {stage}: would run ({why})", i + 1, order.len()));
+                progress.log(format!(
+                    "[{}/{}] {stage}: would run ({why})",
+                    i + 1,
+                    order.len()
+                ));
                 report.status = Status::WouldRun(why);
             }
             Some(why) => {
-                progress.log(format!("[{}/{}] {stage}: running {} ({why})", i + 1, order.len(), spec.run));
+                progress.log(format!(
+                    "[{}/{}] {stage}: running {} ({why})",
+                    i + 1,
+                    order.len(),
+                    spec.run
+                ));
                 let mut command = Command::new(bin_dir.join(bin));
-                command.args([cmd, "--seed", &seed.to_string(), "--params"]).arg(params_path).arg("--output").arg(&output);
+                command
+                    .args([cmd, "--seed", &seed.to_string(), "--params"])
+                    .arg(params_path)
+                    .arg("--output")
+                    .arg(&output);
                 for (input, path) in &inputs {
-                    command.arg("--input").arg(format!("{input}={}", path.display()));
+                    command
+                        .arg("--input")
+                        .arg(format!("{input}={}", path.display()));
                 }
                 let started = Instant::now();
-                let status = progress.run_stage(stage, &mut command).with_context(|| format!("starting stage {stage}"))?;
+                let status = progress
+                    .run_stage(stage, &mut command)
+                    .with_context(|| format!("starting stage {stage}"))?;
                 report.wall = started.elapsed();
-                let manifest = if status.success() { read_manifest(&output) } else { None };
+                let manifest = if status.success() {
+                    read_manifest(&output)
+                } else {
+                    None
+                };
                 match manifest {
                     Some(m) => {
                         content.insert(stage.clone(), m.content_hash.clone());
                         changed_upstream.insert(stage.clone());
-                        lock.stages.insert(stage.clone(), LockEntry { key, content_hash: m.content_hash.clone() });
+                        lock.stages.insert(
+                            stage.clone(),
+                            LockEntry {
+                                key,
+                                content_hash: m.content_hash.clone(),
+                            },
+                        );
                         write_lock(&root, &lock)?;
                         report.status = Status::Ran;
                         report.rows_in = m.rows_in();
@@ -250,7 +314,10 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                     None => {
                         report.status = Status::Failed;
                         error = Some(if status.success() {
-                            format!("stage {stage} exited successfully but wrote no valid artifact at {}", output.display())
+                            format!(
+                                "stage {stage} exited successfully but wrote no valid artifact at {}",
+                                output.display()
+                            )
                         } else {
                             format!("stage {stage} failed ({status}); earlier artifacts are intact")
                         });
@@ -262,7 +329,11 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         reports.push(report);
     }
     progress.bar.finish_and_clear();
-    Ok(Outcome { stages: reports, root, error })
+    Ok(Outcome {
+        stages: reports,
+        root,
+        error,
+    })
 }
 
 /// The runner's progress bar, on stderr when it is a terminal and `CI` is unset. A stage's stderr is piped
@@ -276,8 +347,14 @@ impl Progress {
     fn new(stages: u64) -> Self {
         use std::io::IsTerminal;
         let visible = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
-        let bar = if visible { indicatif::ProgressBar::new(stages) } else { indicatif::ProgressBar::hidden() };
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {elapsed_precise} {wide_msg}") {
+        let bar = if visible {
+            indicatif::ProgressBar::new(stages)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{pos}/{len}] {elapsed_precise} {wide_msg}",
+        ) {
             bar.set_style(style);
         }
         if visible {
@@ -295,7 +372,11 @@ impl Progress {
     }
 
     /// Runs a stage process with its stderr relayed through the bar; returns its exit status.
-    fn run_stage(&self, stage: &str, command: &mut Command) -> std::io::Result<std::process::ExitStatus> {
+    fn run_stage(
+        &self,
+        stage: &str,
+        command: &mut Command,
+    ) -> std::io::Result<std::process::ExitStatus> {
         use std::io::BufRead;
         self.bar.set_message(stage.to_owned());
         let mut child = command.stderr(std::process::Stdio::piped()).spawn()?;
@@ -312,14 +393,24 @@ impl Progress {
 
 /// With `--dataset DIR`, drops the dataset stage and points its readers at DIR.
 fn dataset_override(pipeline: &mut Pipeline, opts: &Options) -> Result<BTreeMap<String, Source>> {
-    let Some(dir) = &opts.dataset else { return Ok(BTreeMap::new()) };
+    let Some(dir) = &opts.dataset else {
+        return Ok(BTreeMap::new());
+    };
     let Some(ds) = pipeline.pipeline.dataset_stage.clone() else {
-        bail!("{}: --dataset needs `dataset_stage` in [pipeline] to know which stage it replaces", opts.config.display());
+        bail!(
+            "{}: --dataset needs `dataset_stage` in [pipeline] to know which stage it replaces",
+            opts.config.display()
+        );
     };
     if !dir.join("manifest.csv").is_file() {
-        bail!("--dataset {}: no manifest.csv there; see README 'Your own dataset'", dir.display());
+        bail!(
+            "--dataset {}: no manifest.csv there; see README 'Your own dataset'",
+            dir.display()
+        );
     }
-    let dir = dir.canonicalize().with_context(|| format!("--dataset {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("--dataset {}", dir.display()))?;
     let mut overrides = BTreeMap::new();
     for spec in pipeline.stages.values() {
         for reference in spec.inputs.values() {
@@ -339,7 +430,15 @@ fn select(pipeline: &Pipeline, opts: &Options) -> Result<BTreeSet<String>> {
         if pipeline.stages.contains_key(s) {
             Ok(())
         } else {
-            bail!("{flag} {s}: no such stage; stages are {}", pipeline.stages.keys().cloned().collect::<Vec<_>>().join(", "))
+            bail!(
+                "{flag} {s}: no such stage; stages are {}",
+                pipeline
+                    .stages
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         }
     };
     let mut selected: BTreeSet<String> = pipeline.stages.keys().cloned().collect();
@@ -366,10 +465,16 @@ fn build(opts: &Options, pipeline: &Pipeline) -> Result<PathBuf> {
         .output()
         .context("running cargo metadata")?;
     if !meta.status.success() {
-        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&meta.stderr));
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&meta.stderr)
+        );
     }
-    let meta: serde_json::Value = serde_json::from_slice(&meta.stdout).context("parsing cargo metadata")?;
-    let target = meta["target_directory"].as_str().ok_or_else(|| anyhow!("cargo metadata has no target_directory"))?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&meta.stdout).context("parsing cargo metadata")?;
+    let target = meta["target_directory"]
+        .as_str()
+        .ok_or_else(|| anyhow!("cargo metadata has no target_directory"))?;
     let packages: BTreeSet<&str> = meta["packages"]
         .as_array()
         .into_iter()
@@ -379,7 +484,10 @@ fn build(opts: &Options, pipeline: &Pipeline) -> Result<PathBuf> {
     for (stage, spec) in &pipeline.stages {
         let (bin, _) = spec.command()?;
         if !packages.contains(bin) {
-            bail!("[stages.{stage}] run = {:?}: no workspace package {bin:?}", spec.run);
+            bail!(
+                "[stages.{stage}] run = {:?}: no workspace package {bin:?}",
+                spec.run
+            );
         }
     }
     // Build the whole workspace's binaries, as the tests do: the same feature set, so nothing is compiled twice.
@@ -424,7 +532,11 @@ struct OutputView {
 
 impl ManifestView {
     fn data_rows(&self) -> u64 {
-        self.outputs.iter().filter(|o| o.role == "data").filter_map(|o| o.rows).sum()
+        self.outputs
+            .iter()
+            .filter(|o| o.role == "data")
+            .filter_map(|o| o.rows)
+            .sum()
     }
 
     fn rows_in(&self) -> Option<u64> {
@@ -439,7 +551,13 @@ fn read_manifest(dir: &Path) -> Option<ManifestView> {
     let m: ManifestView = serde_json::from_str(&text).ok()?;
     let intact = m.outputs.iter().all(|o| {
         let path = dir.join(&o.file);
-        if o.dir { path.is_dir() } else { std::fs::metadata(&path).map(|md| md.len() == o.bytes).unwrap_or(false) }
+        if o.dir {
+            path.is_dir()
+        } else {
+            std::fs::metadata(&path)
+                .map(|md| md.len() == o.bytes)
+                .unwrap_or(false)
+        }
     });
     intact.then_some(m)
 }
@@ -464,7 +582,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 fn hash_file(path: &Path) -> Result<String> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(file).with_context(|| format!("reading {}", path.display()))?;
+    hasher
+        .update_reader(file)
+        .with_context(|| format!("reading {}", path.display()))?;
     Ok(hasher.finalize().to_hex().to_string())
 }
 
@@ -477,18 +597,31 @@ fn fingerprint(dir: &Path) -> Result<String> {
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
             let entry = entry.with_context(|| format!("listing {}", d.display()))?;
-            let meta = std::fs::metadata(entry.path()).with_context(|| format!("reading {}", entry.path().display()))?;
+            let meta = std::fs::metadata(entry.path())
+                .with_context(|| format!("reading {}", entry.path().display()))?;
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
-                let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-                entries.push((entry.path(), meta.len(), mtime.map(|d| d.as_nanos()).unwrap_or(0)));
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                entries.push((
+                    entry.path(),
+                    meta.len(),
+                    mtime.map(|d| d.as_nanos()).unwrap_or(0),
+                ));
             }
         }
     }
     entries.sort();
     for (path, len, mtime) in entries {
-        hasher.update(path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().as_bytes());
+        hasher.update(
+            path.strip_prefix(dir)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .as_bytes(),
+        );
         hasher.update(&len.to_le_bytes());
         hasher.update(&mtime.to_le_bytes());
     }
@@ -497,7 +630,14 @@ fn fingerprint(dir: &Path) -> Result<String> {
 
 /// The closing table: where the time went and what each stage produced.
 pub fn table(outcome: &Outcome) -> String {
-    let mut rows = vec![["stage".to_owned(), "status".into(), "wall".into(), "rows in".into(), "rows out".into(), "output".into()]];
+    let mut rows = vec![[
+        "stage".to_owned(),
+        "status".into(),
+        "wall".into(),
+        "rows in".into(),
+        "rows out".into(),
+        "output".into(),
+    ]];
     let fmt_rows = |r: Option<u64>| r.map_or("-".to_owned(), |n| n.to_string());
     let mut total = Duration::ZERO;
     for r in &outcome.stages {
@@ -509,23 +649,55 @@ pub fn table(outcome: &Outcome) -> String {
             Status::Failed => "FAILED".to_owned(),
             Status::NotRun => "not run".to_owned(),
         };
-        let wall = if r.status == Status::Ran || r.status == Status::Failed { format!("{:.1}s", r.wall.as_secs_f64()) } else { "-".into() };
-        rows.push([r.stage.clone(), status, wall, fmt_rows(r.rows_in), fmt_rows(r.rows_out), r.output.display().to_string()]);
+        let wall = if r.status == Status::Ran || r.status == Status::Failed {
+            format!("{:.1}s", r.wall.as_secs_f64())
+        } else {
+            "-".into()
+        };
+        rows.push([
+            r.stage.clone(),
+            status,
+            wall,
+            fmt_rows(r.rows_in),
+            fmt_rows(r.rows_out),
+            r.output.display().to_string(),
+        ]);
     }
-    rows.push(["total".into(), String::new(), format!("{:.1}s", total.as_secs_f64()), String::new(), String::new(), String::new()]);
-    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    rows.push([
+        "total".into(),
+        String::new(),
+        format!("{:.1}s", total.as_secs_f64()),
+        String::new(),
+        String::new(),
+        String::new(),
+    ]);
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)
             .enumerate()
-            .map(|(c, (cell, w))| if (2..5).contains(&c) { format!("{cell:>w$}") } else { format!("{cell:<w$}") })
+            .map(|(c, (cell, w))| {
+                if (2..5).contains(&c) {
+                    format!("{cell:>w$}")
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
         if i == 0 {
-            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+            out.push_str(
+                &widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("  "),
+            );
             out.push('\n');
         }
     }

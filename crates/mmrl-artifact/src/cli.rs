@@ -33,7 +33,9 @@ pub struct StageArgs {
 
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
-        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_owned(), PathBuf::from(path))),
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_owned(), PathBuf::from(path)))
+        }
         _ => Err(format!("expected NAME=PATH, got {s:?}")),
     }
 }
@@ -42,9 +44,13 @@ impl StageArgs {
     /// Reads the parameters file into `T` (`T::default()` without one). Unknown keys and wrong types are
     /// errors that name the file and the key.
     pub fn params<T: DeserializeOwned + Default>(&self) -> Result<T, String> {
-        let Some(path) = &self.params else { return Ok(T::default()) };
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))
+        let Some(path) = &self.params else {
+            return Ok(T::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))
     }
 
     /// The path given for input `name`.
@@ -58,14 +64,19 @@ impl StageArgs {
 
     /// The output directory; required unless `--check`.
     pub fn output(&self) -> Result<&Path, String> {
-        self.output.as_deref().ok_or_else(|| "missing --output DIR".to_owned())
+        self.output
+            .as_deref()
+            .ok_or_else(|| "missing --output DIR".to_owned())
     }
 }
 
 /// Reads the params into `C` and validates them; with `--check`, prints the resolved config and returns `None`.
 ///
 /// Every stage subcommand starts with this, so `--check` behaves the same everywhere.
-pub fn config<C, E>(args: &StageArgs, validate: impl FnOnce(&C) -> Result<(), E>) -> Result<Option<C>, String>
+pub fn config<C, E>(
+    args: &StageArgs,
+    validate: impl FnOnce(&C) -> Result<(), E>,
+) -> Result<Option<C>, String>
 where
     C: DeserializeOwned + Default + Serialize,
     E: std::fmt::Display,
@@ -81,7 +92,8 @@ where
 
 /// Prints a resolved configuration for `--check`.
 pub fn print_resolved(config: &impl Serialize) -> Result<(), String> {
-    let json = serde_json::to_string(config).map_err(|e| format!("serializing the resolved config: {e}"))?;
+    let json = serde_json::to_string(config)
+        .map_err(|e| format!("serializing the resolved config: {e}"))?;
     println!("{json}");
     Ok(())
 }
@@ -103,7 +115,11 @@ pub fn init_logging() {
 pub fn progress_bar(len: u64, message: &str) -> ProgressBar {
     use std::io::IsTerminal;
     let hidden = !std::io::stderr().is_terminal() || std::env::var_os("CI").is_some();
-    let bar = if hidden { ProgressBar::hidden() } else { ProgressBar::new(len) };
+    let bar = if hidden {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len)
+    };
     if let Ok(style) = ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} ({eta})") {
         bar.set_style(style.progress_chars("=> "));
     }

@@ -85,7 +85,14 @@ pub enum ArtifactError {
 /// The result type of this crate.
 pub type Result<T, E = ArtifactError> = std::result::Result<T, E>;
 
-pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ArtifactError {
+pub(crate) fn io(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> ArtifactError {
     let path = path.into();
-    move |source| ArtifactError::Io { action, path, source }
+    move |source| ArtifactError::Io {
+        action,
+        path,
+        source,
+    }
 }

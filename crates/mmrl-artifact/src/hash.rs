@@ -10,7 +10,9 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
     let file = File::open(path).map_err(io("opening", path))?;
     let mut hasher = blake3::Hasher::new();
     hasher.update_reader(file).map_err(io("reading", path))?;
-    let bytes = std::fs::metadata(path).map_err(io("reading metadata of", path))?.len();
+    let bytes = std::fs::metadata(path)
+        .map_err(io("reading metadata of", path))?
+        .len();
     Ok((hasher.finalize().to_hex().to_string(), bytes))
 }
 
@@ -58,7 +60,9 @@ pub fn dir_bytes(dir: &Path) -> Result<u64> {
     walk(dir, dir, &mut files)?;
     let mut total = 0;
     for (_, path) in files {
-        total += std::fs::metadata(&path).map_err(io("reading metadata of", &path))?.len();
+        total += std::fs::metadata(&path)
+            .map_err(io("reading metadata of", &path))?
+            .len();
     }
     Ok(total)
 }
@@ -71,12 +75,18 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, std::path::PathBuf)>) ->
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = entry.path();
-        let kind = entry.file_type().map_err(io("reading metadata of", &path))?;
+        let kind = entry
+            .file_type()
+            .map_err(io("reading metadata of", &path))?;
         if kind.is_dir() {
             walk(root, &path, out)?;
         } else if kind.is_file() {
             let rel = path.strip_prefix(root).unwrap_or(&path);
-            let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            let rel = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
             out.push((rel, path));
         }
     }

@@ -38,7 +38,9 @@ pub mod sample;
 mod write;
 
 pub use error::{ArtifactError, Result};
-pub use manifest::{FORMAT_VERSION, FileRecord, InputKind, InputRecord, MANIFEST_FILE, Manifest, Role};
+pub use manifest::{
+    FORMAT_VERSION, FileRecord, InputKind, InputRecord, MANIFEST_FILE, Manifest, Role,
+};
 pub use read::{Artifact, same_columns};
 pub use write::{ArtifactWriter, PARTIAL_MARKER, StageInfo, TableWriter, git_revision};
 

@@ -120,10 +120,11 @@ impl Manifest {
     /// Reads and checks a manifest file.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io("reading", path))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| ArtifactError::InvalidManifest {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| ArtifactError::InvalidManifest {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         if manifest.format_version != FORMAT_VERSION {
             return Err(ArtifactError::InvalidManifest {
                 path: path.to_path_buf(),
@@ -133,7 +134,12 @@ impl Manifest {
                 ),
             });
         }
-        let expected = crate::hash::combine(manifest.outputs.iter().map(|o| (o.file.as_str(), o.blake3.as_str())));
+        let expected = crate::hash::combine(
+            manifest
+                .outputs
+                .iter()
+                .map(|o| (o.file.as_str(), o.blake3.as_str())),
+        );
         if manifest.content_hash != expected {
             return Err(ArtifactError::InvalidManifest {
                 path: path.to_path_buf(),
@@ -150,7 +156,11 @@ impl Manifest {
 
     /// Total rows of the outputs with [`Role::Data`].
     pub fn data_rows(&self) -> u64 {
-        self.outputs.iter().filter(|o| o.role == Role::Data).filter_map(|o| o.rows).sum()
+        self.outputs
+            .iter()
+            .filter(|o| o.role == Role::Data)
+            .filter_map(|o| o.rows)
+            .sum()
     }
 
     /// The splits fit on anywhere in this artifact's lineage: its own and every input artifact's.

@@ -53,7 +53,9 @@ impl Artifact {
         let bytes = if record.dir {
             crate::hash::dir_bytes(&path)?
         } else {
-            std::fs::metadata(&path).map_err(io("reading metadata of", &path))?.len()
+            std::fs::metadata(&path)
+                .map_err(io("reading metadata of", &path))?
+                .len()
         };
         if bytes != record.bytes {
             return Err(ArtifactError::Corrupt {
@@ -61,7 +63,9 @@ impl Artifact {
                 reason: format!("size is {bytes} bytes, the manifest says {}", record.bytes),
             });
         }
-        let Some(expected) = &record.schema else { return Ok(()) };
+        let Some(expected) = &record.schema else {
+            return Ok(());
+        };
         let builder = parquet_builder(&path)?;
         let rows = builder.metadata().file_metadata().num_rows() as u64;
         if Some(rows) != record.rows {
@@ -80,7 +84,11 @@ impl Artifact {
     pub fn verify_hashes(&self) -> Result<()> {
         for record in &self.manifest.outputs {
             let path = self.dir.join(&record.file);
-            let hash = if record.dir { crate::hash::hash_dir(&path)?.0 } else { hash_file(&path)?.0 };
+            let hash = if record.dir {
+                crate::hash::hash_dir(&path)?.0
+            } else {
+                hash_file(&path)?.0
+            };
             if hash != record.blake3 {
                 return Err(ArtifactError::Corrupt {
                     path,
@@ -108,7 +116,13 @@ impl Artifact {
             None => Err(ArtifactError::NoSuchOutput {
                 dir: self.dir.clone(),
                 name: file.to_owned(),
-                available: self.manifest.outputs.iter().map(|o| o.file.as_str()).collect::<Vec<_>>().join(", "),
+                available: self
+                    .manifest
+                    .outputs
+                    .iter()
+                    .map(|o| o.file.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }
@@ -119,7 +133,10 @@ impl Artifact {
         let path = self.file(&file)?;
         match self.manifest.output(&file).and_then(|o| o.schema.clone()) {
             Some(schema) => Ok(std::sync::Arc::new(schema)),
-            None => Err(ArtifactError::Schema { path, reason: "not a table".into() }),
+            None => Err(ArtifactError::Schema {
+                path,
+                reason: "not a table".into(),
+            }),
         }
     }
 
@@ -139,32 +156,57 @@ impl Artifact {
         let batches = self
             .table_reader(name, 8192)?
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|source| ArtifactError::Arrow { context: path.display().to_string(), source })?;
+            .map_err(|source| ArtifactError::Arrow {
+                context: path.display().to_string(),
+                source,
+            })?;
         Ok((schema, batches))
     }
 }
 
 fn parquet_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let file = File::open(path).map_err(io("opening", path))?;
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|source| ArtifactError::Parquet { path: path.to_path_buf(), source })
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| ArtifactError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Compares the columns (names, types, nullability) of two schemas; `Err` names the first difference.
 pub fn same_columns(expected: &Schema, actual: &Schema) -> std::result::Result<(), String> {
     if expected.fields().len() != actual.fields().len() {
-        let names = |s: &Schema| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
-        return Err(format!("columns {:?}, expected {:?}", names(actual), names(expected)));
+        let names = |s: &Schema| {
+            s.fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+        };
+        return Err(format!(
+            "columns {:?}, expected {:?}",
+            names(actual),
+            names(expected)
+        ));
     }
     for (e, a) in expected.fields().iter().zip(actual.fields()) {
-        if e.name() != a.name() || e.data_type() != a.data_type() || e.is_nullable() != a.is_nullable() {
+        if e.name() != a.name()
+            || e.data_type() != a.data_type()
+            || e.is_nullable() != a.is_nullable()
+        {
             return Err(format!(
                 "column {:?} is {} {:?}, expected {:?} {} {:?}",
                 a.name(),
-                if a.is_nullable() { "nullable" } else { "non-null" },
+                if a.is_nullable() {
+                    "nullable"
+                } else {
+                    "non-null"
+                },
                 a.data_type(),
                 e.name(),
-                if e.is_nullable() { "nullable" } else { "non-null" },
+                if e.is_nullable() {
+                    "nullable"
+                } else {
+                    "non-null"
+                },
                 e.data_type()
             ));
         }

@@ -42,10 +42,22 @@ pub const SHAPE_KEY: &str = "mmrl.shape";
 pub const VIEW: &str = "view";
 
 /// The fixed columns of a sample table, in order.
-pub const FIXED_COLUMNS: [&str; 9] = [ID, SPLIT, TASK, QTYPE, QUESTION, ANSWER, IMAGE, AUDIO, SOURCE_LINE];
+pub const FIXED_COLUMNS: [&str; 9] = [
+    ID,
+    SPLIT,
+    TASK,
+    QTYPE,
+    QUESTION,
+    ANSWER,
+    IMAGE,
+    AUDIO,
+    SOURCE_LINE,
+];
 
 /// A split of the dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Split {
     /// Rows statistics and weights are fit on.
@@ -116,8 +128,10 @@ pub fn feature_field(name: &str, kind: FeatureKind) -> Field {
         FeatureKind::Numeric => DataType::Float64,
         FeatureKind::Categorical => DataType::Utf8,
     };
-    Field::new(name, data_type, true)
-        .with_metadata(HashMap::from([(FEATURE_KEY.to_owned(), kind.as_str().to_owned())]))
+    Field::new(name, data_type, true).with_metadata(HashMap::from([(
+        FEATURE_KEY.to_owned(),
+        kind.as_str().to_owned(),
+    )]))
 }
 
 /// A fixed-shape `Float32` tensor column: a `FixedSizeList<Float32>` of the shape's element count, with the
@@ -125,7 +139,14 @@ pub fn feature_field(name: &str, kind: FeatureKind) -> Field {
 pub fn tensor_field(name: &str, shape: &[usize], nullable: bool) -> Field {
     let len = shape.iter().product::<usize>();
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let shape_json = format!("[{}]", shape.iter().map(usize::to_string).collect::<Vec<_>>().join(","));
+    let shape_json = format!(
+        "[{}]",
+        shape
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     Field::new(name, DataType::FixedSizeList(item, len as i32), nullable)
         .with_metadata(HashMap::from([(SHAPE_KEY.to_owned(), shape_json)]))
 }
@@ -135,7 +156,9 @@ pub fn tensor_shape(field: &Field) -> Option<Vec<usize>> {
     let text = field.metadata().get(SHAPE_KEY)?;
     let shape: Vec<usize> = serde_json::from_str(text).ok()?;
     match field.data_type() {
-        DataType::FixedSizeList(_, len) if *len as usize == shape.iter().product::<usize>() => Some(shape),
+        DataType::FixedSizeList(_, len) if *len as usize == shape.iter().product::<usize>() => {
+            Some(shape)
+        }
         _ => None,
     }
 }
@@ -143,7 +166,11 @@ pub fn tensor_shape(field: &Field) -> Option<Vec<usize>> {
 /// The schema of a sample table with these features.
 pub fn sample_schema(features: &[(String, FeatureKind)]) -> SchemaRef {
     let mut fields = fixed_fields();
-    fields.extend(features.iter().map(|(name, kind)| feature_field(name, *kind)));
+    fields.extend(
+        features
+            .iter()
+            .map(|(name, kind)| feature_field(name, *kind)),
+    );
     Arc::new(Schema::new(fields))
 }
 
@@ -228,7 +255,13 @@ impl Rejects {
     }
 
     /// Records a rejected row. `reason` is a short stable code (`missing_media`), `detail` the human message.
-    pub fn push(&mut self, source_line: u64, id: Option<&str>, reason: &str, detail: impl AsRef<str>) {
+    pub fn push(
+        &mut self,
+        source_line: u64,
+        id: Option<&str>,
+        reason: &str,
+        detail: impl AsRef<str>,
+    ) {
         self.line.append_value(source_line);
         self.id.append_option(id);
         self.stage_col.append_value(&self.stage);
@@ -259,7 +292,10 @@ impl Rejects {
                 Arc::new(self.detail.finish()),
             ],
         )
-        .map_err(|source| ArtifactError::Arrow { context: "building rejects".into(), source })
+        .map_err(|source| ArtifactError::Arrow {
+            context: "building rejects".into(),
+            source,
+        })
     }
 }
 
@@ -271,17 +307,36 @@ mod tests {
     fn tensor_shape_round_trips_and_rejects_inconsistent_fields() {
         let field = tensor_field("image_tensor", &[3, 4, 5], true);
         assert_eq!(tensor_shape(&field), Some(vec![3, 4, 5]));
-        let wrong = field.clone().with_metadata(HashMap::from([(SHAPE_KEY.to_owned(), "[2,2]".to_owned())]));
+        let wrong = field
+            .clone()
+            .with_metadata(HashMap::from([(SHAPE_KEY.to_owned(), "[2,2]".to_owned())]));
         assert_eq!(tensor_shape(&wrong), None);
-        assert_eq!(tensor_shape(&Field::new("x", DataType::Float32, false)), None);
+        assert_eq!(
+            tensor_shape(&Field::new("x", DataType::Float32, false)),
+            None
+        );
     }
 
     #[test]
     fn features_are_found_by_metadata() {
-        let schema = sample_schema(&[("a".into(), FeatureKind::Numeric), ("b".into(), FeatureKind::Categorical)]);
-        assert_eq!(features(&schema), [("a".to_owned(), FeatureKind::Numeric), ("b".to_owned(), FeatureKind::Categorical)]);
+        let schema = sample_schema(&[
+            ("a".into(), FeatureKind::Numeric),
+            ("b".into(), FeatureKind::Categorical),
+        ]);
+        assert_eq!(
+            features(&schema),
+            [
+                ("a".to_owned(), FeatureKind::Numeric),
+                ("b".to_owned(), FeatureKind::Categorical)
+            ]
+        );
         check_sample_schema(&schema, std::path::Path::new("t")).unwrap();
         let partial = Schema::new(fixed_fields()[1..].to_vec());
-        assert!(check_sample_schema(&partial, std::path::Path::new("t")).unwrap_err().to_string().contains("\"id\""));
+        assert!(
+            check_sample_schema(&partial, std::path::Path::new("t"))
+                .unwrap_err()
+                .to_string()
+                .contains("\"id\"")
+        );
     }
 }

@@ -60,15 +60,26 @@ impl ArtifactWriter {
         let name = dest
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| ArtifactError::Usage(format!("{}: artifact path needs a file name", dest.display())))?
+            .ok_or_else(|| {
+                ArtifactError::Usage(format!(
+                    "{}: artifact path needs a file name",
+                    dest.display()
+                ))
+            })?
             .to_owned();
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let tmp = parent.join(format!(".{name}{PARTIAL_MARKER}{}-{nanos}", std::process::id()));
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let tmp = parent.join(format!(
+            ".{name}{PARTIAL_MARKER}{}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir(&tmp).map_err(io("creating", &tmp))?;
         tracing::debug!(dest = %dest.display(), tmp = %tmp.display(), "artifact started");
         Ok(Self {
@@ -123,13 +134,32 @@ impl ArtifactWriter {
             .set_compression(Compression::SNAPPY)
             .set_created_by(format!("mmrl-artifact {}", env!("CARGO_PKG_VERSION")))
             .build();
-        let writer = ArrowWriter::try_new(handle, schema.clone(), Some(props))
-            .map_err(|source| ArtifactError::Parquet { path: path.clone(), source })?;
-        Ok(TableWriter { owner: self, file, path, role, schema, writer: Some(writer), rows: 0 })
+        let writer =
+            ArrowWriter::try_new(handle, schema.clone(), Some(props)).map_err(|source| {
+                ArtifactError::Parquet {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        Ok(TableWriter {
+            owner: self,
+            file,
+            path,
+            role,
+            schema,
+            writer: Some(writer),
+            rows: 0,
+        })
     }
 
     /// Writes a whole table from batches that share one schema.
-    pub fn write_table(&mut self, name: &str, role: Role, schema: SchemaRef, batches: &[RecordBatch]) -> Result<u64> {
+    pub fn write_table(
+        &mut self,
+        name: &str,
+        role: Role,
+        schema: SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<u64> {
         let mut table = self.table(name, role, schema)?;
         for batch in batches {
             table.write(batch)?;
@@ -138,7 +168,12 @@ impl ArtifactWriter {
     }
 
     /// Writes a JSON file (state, report) into the artifact.
-    pub fn write_json(&mut self, file: &str, role: Role, value: &impl serde::Serialize) -> Result<()> {
+    pub fn write_json(
+        &mut self,
+        file: &str,
+        role: Role,
+        value: &impl serde::Serialize,
+    ) -> Result<()> {
         let text = serde_json::to_vec_pretty(value)
             .map_err(|e| ArtifactError::Usage(format!("serializing {file}: {e}")))?;
         self.write_bytes(file, role, &text)
@@ -159,14 +194,21 @@ impl ArtifactWriter {
         self.check_new_file(file)?;
         let path = self.tmp.join(file);
         if !path.is_file() {
-            return Err(ArtifactError::Usage(format!("{}: not a file", path.display())));
+            return Err(ArtifactError::Usage(format!(
+                "{}: not a file",
+                path.display()
+            )));
         }
         if !file.ends_with(".parquet") {
             return self.register(file.to_owned(), role, None, None);
         }
         let handle = File::open(&path).map_err(io("opening", &path))?;
-        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(handle)
-            .map_err(|source| ArtifactError::Parquet { path: path.clone(), source })?;
+        let builder =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(handle)
+                .map_err(|source| ArtifactError::Parquet {
+                    path: path.clone(),
+                    source,
+                })?;
         let rows = builder.metadata().file_metadata().num_rows() as u64;
         let schema = builder.schema().clone();
         self.register(file.to_owned(), role, Some(rows), Some(schema))
@@ -177,10 +219,21 @@ impl ArtifactWriter {
         self.check_new_file(name)?;
         let path = self.tmp.join(name);
         if !path.is_dir() {
-            return Err(ArtifactError::Usage(format!("{}: not a directory", path.display())));
+            return Err(ArtifactError::Usage(format!(
+                "{}: not a directory",
+                path.display()
+            )));
         }
         let (blake3, bytes, _) = crate::hash::hash_dir(&path)?;
-        self.outputs.push(FileRecord { file: name.to_owned(), role, blake3, bytes, rows, schema: None, dir: true });
+        self.outputs.push(FileRecord {
+            file: name.to_owned(),
+            role,
+            blake3,
+            bytes,
+            rows,
+            schema: None,
+            dir: true,
+        });
         Ok(())
     }
 
@@ -191,18 +244,36 @@ impl ArtifactWriter {
             && !file.contains(['/', '\\'])
             && file != "..";
         if !safe {
-            return Err(ArtifactError::Usage(format!("{file:?} is not a valid output file name")));
+            return Err(ArtifactError::Usage(format!(
+                "{file:?} is not a valid output file name"
+            )));
         }
         if self.outputs.iter().any(|o| o.file == file) {
-            return Err(ArtifactError::Usage(format!("output {file:?} written twice")));
+            return Err(ArtifactError::Usage(format!(
+                "output {file:?} written twice"
+            )));
         }
         Ok(())
     }
 
-    fn register(&mut self, file: String, role: Role, rows: Option<u64>, schema: Option<SchemaRef>) -> Result<()> {
+    fn register(
+        &mut self,
+        file: String,
+        role: Role,
+        rows: Option<u64>,
+        schema: Option<SchemaRef>,
+    ) -> Result<()> {
         let path = self.tmp.join(&file);
         let (blake3, bytes) = hash_file(&path)?;
-        self.outputs.push(FileRecord { file, role, blake3, bytes, rows, schema: schema.map(|s| (*s).clone()), dir: false });
+        self.outputs.push(FileRecord {
+            file,
+            role,
+            blake3,
+            bytes,
+            rows,
+            schema: schema.map(|s| (*s).clone()),
+            dir: false,
+        });
         Ok(())
     }
 
@@ -217,7 +288,11 @@ impl ArtifactWriter {
             seed: self.info.seed,
             fit_splits: std::mem::take(&mut self.fit_splits),
             inputs: std::mem::take(&mut self.inputs),
-            content_hash: combine(self.outputs.iter().map(|o| (o.file.as_str(), o.blake3.as_str()))),
+            content_hash: combine(
+                self.outputs
+                    .iter()
+                    .map(|o| (o.file.as_str(), o.blake3.as_str())),
+            ),
             outputs: std::mem::take(&mut self.outputs),
             started_at: self.started_at.clone(),
             finished_at: now_rfc3339(),
@@ -235,7 +310,10 @@ impl ArtifactWriter {
 
         let old = self.dest.with_file_name(format!(
             ".{}.old-{}",
-            self.dest.file_name().and_then(|n| n.to_str()).unwrap_or("artifact"),
+            self.dest
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("artifact"),
             std::process::id()
         ));
         let replaced = self.dest.exists();
@@ -283,29 +361,54 @@ impl TableWriter<'_> {
         if batch.schema().fields() != self.schema.fields() {
             return Err(ArtifactError::Schema {
                 path: self.path.clone(),
-                reason: format!("batch schema {:?} differs from the table's {:?}", batch.schema(), self.schema),
+                reason: format!(
+                    "batch schema {:?} differs from the table's {:?}",
+                    batch.schema(),
+                    self.schema
+                ),
             });
         }
         let Some(writer) = self.writer.as_mut() else {
-            return Err(ArtifactError::Usage(format!("{}: write after finish", self.file)));
+            return Err(ArtifactError::Usage(format!(
+                "{}: write after finish",
+                self.file
+            )));
         };
-        writer.write(batch).map_err(|source| ArtifactError::Parquet { path: self.path.clone(), source })?;
+        writer
+            .write(batch)
+            .map_err(|source| ArtifactError::Parquet {
+                path: self.path.clone(),
+                source,
+            })?;
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
 
     /// Closes the table and records it in the manifest. Returns the row count.
     pub fn finish(mut self) -> Result<u64> {
-        let writer = self.writer.take().ok_or_else(|| ArtifactError::Usage(format!("{}: finished twice", self.file)))?;
-        writer.close().map_err(|source| ArtifactError::Parquet { path: self.path.clone(), source })?;
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| ArtifactError::Usage(format!("{}: finished twice", self.file)))?;
+        writer.close().map_err(|source| ArtifactError::Parquet {
+            path: self.path.clone(),
+            source,
+        })?;
         let file = std::mem::take(&mut self.file);
-        self.owner.register(file, self.role, Some(self.rows), Some(Arc::clone(&self.schema)))?;
+        self.owner.register(
+            file,
+            self.role,
+            Some(self.rows),
+            Some(Arc::clone(&self.schema)),
+        )?;
         Ok(self.rows)
     }
 }
 
 fn sync_file(path: &Path) -> Result<()> {
-    File::open(path).and_then(|f| f.sync_all()).map_err(io("syncing", path))
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io("syncing", path))
 }
 
 fn now_rfc3339() -> String {
@@ -314,7 +417,10 @@ fn now_rfc3339() -> String {
 
 /// The current git revision (`-dirty` when the tree has changes), or `None` outside a git checkout.
 pub fn git_revision() -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }

@@ -63,30 +63,49 @@ impl AugmentConfig {
             if r[0].is_finite() && r[1].is_finite() && lo <= r[0] && r[0] <= r[1] && r[1] <= hi {
                 Ok(())
             } else {
-                Err(config_error(&f(name), format!("must be [low, high] with {lo} <= low <= high <= {hi}, got {r:?}")))
+                Err(config_error(
+                    &f(name),
+                    format!("must be [low, high] with {lo} <= low <= high <= {hi}, got {r:?}"),
+                ))
             }
         };
         if self.views > 64 {
-            return Err(config_error(&f("views"), format!("must be in 0..=64, got {}", self.views)));
+            return Err(config_error(
+                &f("views"),
+                format!("must be in 0..=64, got {}", self.views),
+            ));
         }
         range("speed", self.speed, 0.5, 2.0)?;
         if !(0.0..=10.0).contains(&self.max_shift_s) {
-            return Err(config_error(&f("max_shift_s"), format!("must be in [0, 10], got {}", self.max_shift_s)));
+            return Err(config_error(
+                &f("max_shift_s"),
+                format!("must be in [0, 10], got {}", self.max_shift_s),
+            ));
         }
         if !(0.0..=1.0).contains(&self.noise_prob) {
-            return Err(config_error(&f("noise_prob"), format!("must be in [0, 1], got {}", self.noise_prob)));
+            return Err(config_error(
+                &f("noise_prob"),
+                format!("must be in [0, 1], got {}", self.noise_prob),
+            ));
         }
         range("noise_snr_db", self.noise_snr_db, -20.0, 100.0)?;
         range("gain_db", self.gain_db, -60.0, 60.0)?;
         if self.time_masks > 64 || self.freq_masks > 64 {
-            return Err(config_error(&f("time_masks"), "time_masks and freq_masks must be in 0..=64"));
+            return Err(config_error(
+                &f("time_masks"),
+                "time_masks and freq_masks must be in 0..=64",
+            ));
         }
         Ok(())
     }
 }
 
 fn draw(rng: &mut ChaCha8Rng, r: [f32; 2]) -> f32 {
-    if r[0] < r[1] { rng.random_range(r[0]..=r[1]) } else { r[0] }
+    if r[0] < r[1] {
+        rng.random_range(r[0]..=r[1])
+    } else {
+        r[0]
+    }
 }
 
 /// Applies speed perturbation, time shift and noise injection to a clip of fixed length, in place (the length is
@@ -145,7 +164,13 @@ pub fn random_gain(x: &mut [f32], config: &AugmentConfig, rng: &mut ChaCha8Rng) 
 }
 
 /// SpecAugment: zeroes (the normalized mean) random time and mel-bin stripes of a `[n_mels, n_frames]` log-mel.
-pub fn spec_augment(mel: &mut [f32], n_mels: usize, n_frames: usize, config: &AugmentConfig, rng: &mut ChaCha8Rng) {
+pub fn spec_augment(
+    mel: &mut [f32],
+    n_mels: usize,
+    n_frames: usize,
+    config: &AugmentConfig,
+    rng: &mut ChaCha8Rng,
+) {
     for _ in 0..config.time_masks {
         let width = rng.random_range(0..=config.time_mask_frames.min(n_frames));
         let start = rng.random_range(0..=n_frames - width);
@@ -167,7 +192,10 @@ mod tests {
 
     #[test]
     fn waveform_augmentation_keeps_length_and_is_seeded() {
-        let config = AugmentConfig { noise_prob: 1.0, ..AugmentConfig::default() };
+        let config = AugmentConfig {
+            noise_prob: 1.0,
+            ..AugmentConfig::default()
+        };
         let x: Vec<f32> = (0..8000).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
         let run = |seed: u64| {
             let mut y = x.clone();
@@ -206,15 +234,29 @@ mod tests {
 
     #[test]
     fn spec_augment_masks_stripes() {
-        let config = AugmentConfig { time_masks: 1, time_mask_frames: 3, freq_masks: 0, ..AugmentConfig::default() };
+        let config = AugmentConfig {
+            time_masks: 1,
+            time_mask_frames: 3,
+            freq_masks: 0,
+            ..AugmentConfig::default()
+        };
         let mut zeroed_somewhere = false;
         for seed in 0..20 {
             let mut mel = vec![1.0; 4 * 10];
-            spec_augment(&mut mel, 4, 10, &config, &mut ChaCha8Rng::seed_from_u64(seed));
+            spec_augment(
+                &mut mel,
+                4,
+                10,
+                &config,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            );
             // A time mask zeroes the same frames in every mel row.
             for t in 0..10 {
                 let col: Vec<f32> = (0..4).map(|m| mel[m * 10 + t]).collect();
-                assert!(col.iter().all(|v| *v == col[0]), "seed {seed} frame {t}: {col:?}");
+                assert!(
+                    col.iter().all(|v| *v == col[0]),
+                    "seed {seed} frame {t}: {col:?}"
+                );
                 zeroed_somewhere |= col[0] == 0.0;
             }
             assert!(mel.iter().filter(|v| **v == 0.0).count() <= 4 * 3);
@@ -224,9 +266,19 @@ mod tests {
 
     #[test]
     fn bad_ranges_name_the_field() {
-        let e = AugmentConfig { speed: [1.2, 0.9], ..AugmentConfig::default() }.validate("augment.").unwrap_err();
+        let e = AugmentConfig {
+            speed: [1.2, 0.9],
+            ..AugmentConfig::default()
+        }
+        .validate("augment.")
+        .unwrap_err();
         assert!(e.to_string().contains("augment.speed"), "{e}");
-        let e = AugmentConfig { noise_prob: 2.0, ..AugmentConfig::default() }.validate("augment.").unwrap_err();
+        let e = AugmentConfig {
+            noise_prob: 2.0,
+            ..AugmentConfig::default()
+        }
+        .validate("augment.")
+        .unwrap_err();
         assert!(e.to_string().contains("augment.noise_prob"), "{e}");
     }
 }

@@ -93,7 +93,12 @@ pub struct SpectralGateParams {
 
 impl Default for SpectralGateParams {
     fn default() -> Self {
-        Self { n_std: 1.5, prop_decrease: 1.0, freq_smooth_hz: 500.0, time_smooth_ms: 50.0 }
+        Self {
+            n_std: 1.5,
+            prop_decrease: 1.0,
+            freq_smooth_hz: 500.0,
+            time_smooth_ms: 50.0,
+        }
     }
 }
 
@@ -140,7 +145,10 @@ pub struct SpectralSubtractionParams {
 
 impl Default for SpectralSubtractionParams {
     fn default() -> Self {
-        Self { over_subtraction: 3.0, floor: 0.01 }
+        Self {
+            over_subtraction: 3.0,
+            floor: 0.01,
+        }
     }
 }
 
@@ -160,7 +168,12 @@ pub struct WienerParams {
 
 impl Default for WienerParams {
     fn default() -> Self {
-        Self { alpha: 0.98, xi_min_db: -25.0, gain_floor_db: -30.0, noise_scale: 1.0 }
+        Self {
+            alpha: 0.98,
+            xi_min_db: -25.0,
+            gain_floor_db: -30.0,
+            noise_scale: 1.0,
+        }
     }
 }
 
@@ -212,29 +225,51 @@ impl Default for DenoiseConfig {
 impl DenoiseConfig {
     /// A default config running `method`.
     pub fn with_method(method: Method) -> Self {
-        Self { method, ..Self::default() }
+        Self {
+            method,
+            ..Self::default()
+        }
     }
 
     /// Checks every field; `prefix` is prepended to field names in errors (`denoise.`).
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let f = |name: &str| format!("{prefix}{name}");
         if self.n_fft < 16 || !self.n_fft.is_multiple_of(2) || self.n_fft > 65536 {
-            return Err(config_error(&f("n_fft"), format!("must be even and in 16..=65536, got {}", self.n_fft)));
+            return Err(config_error(
+                &f("n_fft"),
+                format!("must be even and in 16..=65536, got {}", self.n_fft),
+            ));
         }
         if self.hop == 0 || self.hop > self.n_fft / 2 {
-            return Err(config_error(&f("hop"), format!("must be in 1..={}, got {}", self.n_fft / 2, self.hop)));
+            return Err(config_error(
+                &f("hop"),
+                format!("must be in 1..={}, got {}", self.n_fft / 2, self.hop),
+            ));
         }
         if !(self.noise_quantile > 0.0 && self.noise_quantile <= 1.0) {
-            return Err(config_error(&f("noise_quantile"), format!("must be in (0, 1], got {}", self.noise_quantile)));
+            return Err(config_error(
+                &f("noise_quantile"),
+                format!("must be in (0, 1], got {}", self.noise_quantile),
+            ));
         }
         let unit = |name: &str, v: f32| -> Result<()> {
-            if (0.0..=1.0).contains(&v) { Ok(()) } else { Err(config_error(&f(name), format!("must be in [0, 1], got {v}"))) }
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(config_error(
+                    &f(name),
+                    format!("must be in [0, 1], got {v}"),
+                ))
+            }
         };
         let non_negative = |name: &str, v: f32| -> Result<()> {
             if v >= 0.0 && v.is_finite() {
                 Ok(())
             } else {
-                Err(config_error(&f(name), format!("must be finite and >= 0, got {v}")))
+                Err(config_error(
+                    &f(name),
+                    format!("must be finite and >= 0, got {v}"),
+                ))
             }
         };
         let g = &self.spectral_gate;
@@ -259,10 +294,16 @@ impl DenoiseConfig {
         unit("spectral_subtraction.floor", s.floor)?;
         let w = &self.wiener;
         if !(0.0..1.0).contains(&w.alpha) {
-            return Err(config_error(&f("wiener.alpha"), format!("must be in [0, 1), got {}", w.alpha)));
+            return Err(config_error(
+                &f("wiener.alpha"),
+                format!("must be in [0, 1), got {}", w.alpha),
+            ));
         }
         if !(-100.0..=0.0).contains(&w.xi_min_db) {
-            return Err(config_error(&f("wiener.xi_min_db"), format!("must be in [-100, 0], got {}", w.xi_min_db)));
+            return Err(config_error(
+                &f("wiener.xi_min_db"),
+                format!("must be in [-100, 0], got {}", w.xi_min_db),
+            ));
         }
         if !(-100.0..=0.0).contains(&w.gain_floor_db) {
             return Err(config_error(
@@ -271,7 +312,10 @@ impl DenoiseConfig {
             ));
         }
         if !(w.noise_scale > 0.0 && w.noise_scale.is_finite()) {
-            return Err(config_error(&f("wiener.noise_scale"), format!("must be finite and > 0, got {}", w.noise_scale)));
+            return Err(config_error(
+                &f("wiener.noise_scale"),
+                format!("must be finite and > 0, got {}", w.noise_scale),
+            ));
         }
         self.nmf.validate(&f("nmf."))?;
         Ok(())
@@ -309,7 +353,13 @@ impl NoiseAccumulator {
     /// An empty accumulator for `n_fft`.
     pub fn new(n_fft: usize) -> Self {
         let n_bins = n_fft / 2 + 1;
-        Self { n_fft, frames: 0, sum_db: vec![0.0; n_bins], sum_db2: vec![0.0; n_bins], sum_power: vec![0.0; n_bins] }
+        Self {
+            n_fft,
+            frames: 0,
+            sum_db: vec![0.0; n_bins],
+            sum_db2: vec![0.0; n_bins],
+            sum_power: vec![0.0; n_bins],
+        }
     }
 
     /// Adds one frame's power spectrum.
@@ -365,8 +415,18 @@ impl NoiseAccumulator {
             .zip(&self.sum_db2)
             .map(|(s, s2)| ((s2 / n - (s / n) * (s / n)).max(0.0)).sqrt() as f32)
             .collect();
-        let mean_power = self.sum_power.iter().map(|s| ((s / n) as f32).max(POWER_FLOOR)).collect();
-        Some(NoiseProfile { n_fft: self.n_fft, frames: self.frames, mean_db, std_db, mean_power })
+        let mean_power = self
+            .sum_power
+            .iter()
+            .map(|s| ((s / n) as f32).max(POWER_FLOOR))
+            .collect();
+        Some(NoiseProfile {
+            n_fft: self.n_fft,
+            frames: self.frames,
+            mean_db,
+            std_db,
+            mean_power,
+        })
     }
 }
 
@@ -442,7 +502,9 @@ impl Denoiser {
         if config.method != Method::None && config.noise_source == NoiseSource::Train {
             match &fitted.noise {
                 None => {
-                    return Err(Error::State("noise_source is \"train\" but no train noise profile was fit".into()));
+                    return Err(Error::State(
+                        "noise_source is \"train\" but no train noise profile was fit".into(),
+                    ));
                 }
                 Some(p) if p.n_fft != config.n_fft || p.mean_power.len() != n_bins => {
                     return Err(Error::State(format!(
@@ -455,7 +517,11 @@ impl Denoiser {
         }
         if config.method == Method::Nmf {
             match &fitted.nmf {
-                None => return Err(Error::State("method \"nmf\" needs dictionaries fit on train clips".into())),
+                None => {
+                    return Err(Error::State(
+                        "method \"nmf\" needs dictionaries fit on train clips".into(),
+                    ));
+                }
                 Some(m) if m.n_bins != n_bins => {
                     return Err(Error::State(format!(
                         "the nmf dictionaries have {} bins, the denoiser's stft {}",
@@ -518,8 +584,13 @@ impl Denoiser {
             self.estimate_noise(len);
         }
         let n_bins = self.spec.n_bins;
-        let (mut noise_in, mut noise_out, mut signal_in, mut signal_out) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-        for (frame_p, frame_g) in self.power.chunks_exact(n_bins).zip(self.gains.chunks_exact(n_bins)) {
+        let (mut noise_in, mut noise_out, mut signal_in, mut signal_out) =
+            (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for (frame_p, frame_g) in self
+            .power
+            .chunks_exact(n_bins)
+            .zip(self.gains.chunks_exact(n_bins))
+        {
             for ((p, g), n) in frame_p.iter().zip(frame_g).zip(&self.noise_power) {
                 let g2 = f64::from(g * g);
                 let s = f64::from((p - n).max(0.0));
@@ -555,7 +626,11 @@ impl Denoiser {
 
     /// Writes the STFT power of `input` (frame-major) into `out` and returns `(n_frames, n_bins)`; used to gather
     /// NMF training frames.
-    pub fn power_spectrogram(&mut self, input: &[f32], out: &mut Vec<f32>) -> Result<(usize, usize)> {
+    pub fn power_spectrogram(
+        &mut self,
+        input: &[f32],
+        out: &mut Vec<f32>,
+    ) -> Result<(usize, usize)> {
         self.stft.analyze(input, &mut self.spec)?;
         self.spec.power_into(out);
         Ok((self.spec.n_frames, self.spec.n_bins))
@@ -568,8 +643,15 @@ impl Denoiser {
         let half = self.config.n_fft / 2;
         let hop = self.config.hop;
         // Frames fully inside the clip, unless the clip is shorter than one frame.
-        let (first, last) = ((half.div_ceil(hop)).min(n_frames), (len.saturating_sub(half) / hop + 1).min(n_frames));
-        let (first, last) = if first < last { (first, last) } else { (0, n_frames) };
+        let (first, last) = (
+            (half.div_ceil(hop)).min(n_frames),
+            (len.saturating_sub(half) / hop + 1).min(n_frames),
+        );
+        let (first, last) = if first < last {
+            (first, last)
+        } else {
+            (0, n_frames)
+        };
         // Per-bin low percentile over those frames (into `noise_thresh`, reused as scratch).
         self.scratch.clear();
         self.scratch.resize(last - first, 0.0);
@@ -577,7 +659,8 @@ impl Denoiser {
             for (v, t) in self.scratch.iter_mut().zip(first..last) {
                 *v = self.power[t * n_bins + k];
             }
-            let nth = ((self.scratch.len() as f32 * NOISE_RANK_PERCENTILE) as usize).min(self.scratch.len() - 1);
+            let nth = ((self.scratch.len() as f32 * NOISE_RANK_PERCENTILE) as usize)
+                .min(self.scratch.len() - 1);
             let (_, low, _) = self.scratch.select_nth_unstable_by(nth, f32::total_cmp);
             self.noise_thresh[k] = NOISE_RANK_MARGIN * low.max(POWER_FLOOR);
         }
@@ -592,18 +675,29 @@ impl Denoiser {
             }
             self.order.push((excess, t as u32));
         }
-        self.order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let keep = ((self.order.len() as f32 * self.config.noise_quantile).ceil() as usize).clamp(1, self.order.len());
+        self.order
+            .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let keep = ((self.order.len() as f32 * self.config.noise_quantile).ceil() as usize)
+            .clamp(1, self.order.len());
         self.order.truncate(keep);
     }
 
     /// Fills `noise_power` (mean power per bin) and, for the stationary gate, `noise_thresh` (power threshold).
     fn estimate_noise(&mut self, len: usize) {
         let n_bins = self.spec.n_bins;
-        if let Some(p) = self.fitted.noise.as_ref().filter(|_| self.config.noise_source == NoiseSource::Train) {
+        if let Some(p) = self
+            .fitted
+            .noise
+            .as_ref()
+            .filter(|_| self.config.noise_source == NoiseSource::Train)
+        {
             self.noise_power.copy_from_slice(&p.mean_power);
             let n_std = self.config.spectral_gate.n_std;
-            for (th, (m, s)) in self.noise_thresh.iter_mut().zip(p.mean_db.iter().zip(&p.std_db)) {
+            for (th, (m, s)) in self
+                .noise_thresh
+                .iter_mut()
+                .zip(p.mean_db.iter().zip(&p.std_db))
+            {
                 *th = 10f32.powf((m + n_std * s) / 10.0);
             }
             return;
@@ -652,7 +746,11 @@ impl Denoiser {
                 for t in 0..n_frames {
                     let row = t * n_bins;
                     for k in 0..n_bins {
-                        self.gains[row + k] = if self.power[row + k] > self.noise_thresh[k] { 1.0 } else { 0.0 };
+                        self.gains[row + k] = if self.power[row + k] > self.noise_thresh[k] {
+                            1.0
+                        } else {
+                            0.0
+                        };
                     }
                 }
                 self.smooth_mask(p.freq_smooth_hz, p.time_smooth_ms);
@@ -665,7 +763,8 @@ impl Denoiser {
                 // Magnitudes into `scratch`, their time-smoothed floor into `gains`.
                 self.scratch.clear();
                 self.scratch.extend(self.power.iter().map(|v| v.sqrt()));
-                let frames_per_tau = p.time_constant_s * self.sample_rate as f32 / self.config.hop as f32;
+                let frames_per_tau =
+                    p.time_constant_s * self.sample_rate as f32 / self.config.hop as f32;
                 let b = ((1.0 + 4.0 * frames_per_tau * frames_per_tau).sqrt() - 1.0)
                     / (2.0 * frames_per_tau * frames_per_tau);
                 self.gains.copy_from_slice(&self.scratch);
@@ -707,7 +806,12 @@ impl Denoiser {
                     for k in 0..n_bins {
                         let gamma = self.power[row + k] / self.noise_power[k];
                         let ml = (gamma - 1.0).max(0.0);
-                        let xi = if t == 0 { ml } else { p.alpha * self.prev[k] + (1.0 - p.alpha) * ml }.max(xi_min);
+                        let xi = if t == 0 {
+                            ml
+                        } else {
+                            p.alpha * self.prev[k] + (1.0 - p.alpha) * ml
+                        }
+                        .max(xi_min);
                         let g = (xi / (1.0 + xi)).max(g_min);
                         self.gains[row + k] = g;
                         self.prev[k] = g * g * gamma;
@@ -717,7 +821,9 @@ impl Denoiser {
             Method::Nmf => {
                 self.estimate_noise(len);
                 let Some(model) = self.fitted.nmf.as_ref() else {
-                    return Err(Error::State("method \"nmf\" needs dictionaries fit on train clips".into()));
+                    return Err(Error::State(
+                        "method \"nmf\" needs dictionaries fit on train clips".into(),
+                    ));
                 };
                 self.nmf.speech_mask(
                     model,
@@ -738,15 +844,30 @@ impl Denoiser {
         let n_frames = self.spec.n_frames;
         let bin_hz = self.sample_rate as f32 / (self.config.n_fft as f32 / 2.0);
         let n_freq = (freq_hz / bin_hz) as usize;
-        let n_time = (time_ms / (self.config.hop as f32 / self.sample_rate as f32 * 1000.0)) as usize;
+        let n_time =
+            (time_ms / (self.config.hop as f32 / self.sample_rate as f32 * 1000.0)) as usize;
         if n_freq > 0 {
             for t in 0..n_frames {
-                triangle_smooth(&mut self.gains, t * n_bins, 1, n_bins, n_freq, &mut self.scratch);
+                triangle_smooth(
+                    &mut self.gains,
+                    t * n_bins,
+                    1,
+                    n_bins,
+                    n_freq,
+                    &mut self.scratch,
+                );
             }
         }
         if n_time > 0 {
             for k in 0..n_bins {
-                triangle_smooth(&mut self.gains, k, n_bins, n_frames, n_time, &mut self.scratch);
+                triangle_smooth(
+                    &mut self.gains,
+                    k,
+                    n_bins,
+                    n_frames,
+                    n_time,
+                    &mut self.scratch,
+                );
             }
         }
     }
@@ -754,7 +875,14 @@ impl Denoiser {
 
 /// Convolves `len` values of `data` at `offset + i * stride` with the normalized triangle of half-width `n`
 /// (weights `1, 2, .., n+1, .., 2, 1`), zero outside, output centered ("same"), as two running box sums.
-fn triangle_smooth(data: &mut [f32], offset: usize, stride: usize, len: usize, n: usize, scratch: &mut Vec<f32>) {
+fn triangle_smooth(
+    data: &mut [f32],
+    offset: usize,
+    stride: usize,
+    len: usize,
+    n: usize,
+    scratch: &mut Vec<f32>,
+) {
     // c[j] = sum of x[j-n ..= j] for j in 0..len+n; out[i] = sum of c[i ..= i+n].
     if len == 0 {
         return;
@@ -822,9 +950,17 @@ mod tests {
             .collect();
         assert!(speech.len() / n_bins > n_frames / 3);
         let mut noise_frames = Vec::new();
-        d.power_spectrogram(&noise(8000, 99).iter().map(|v| v * 0.1).collect::<Vec<_>>(), &mut noise_frames).unwrap();
+        d.power_spectrogram(
+            &noise(8000, 99).iter().map(|v| v * 0.1).collect::<Vec<_>>(),
+            &mut noise_frames,
+        )
+        .unwrap();
         let noise_frames: Vec<f32> = noise_frames.iter().map(|p| p.sqrt()).collect();
-        let params = NmfParams { speech_atoms: 4, noise_atoms: 4, ..NmfParams::default() };
+        let params = NmfParams {
+            speech_atoms: 4,
+            noise_atoms: 4,
+            ..NmfParams::default()
+        };
         NmfModel::fit(&speech, &noise_frames, n_bins, &params, 5).unwrap()
     }
 
@@ -832,7 +968,10 @@ mod tests {
         let mut config = DenoiseConfig::with_method(method);
         config.nmf.speech_atoms = 4;
         config.nmf.noise_atoms = 4;
-        let fitted = Fitted { noise: None, nmf: Some(tone_model()) };
+        let fitted = Fitted {
+            noise: None,
+            nmf: Some(tone_model()),
+        };
         Denoiser::new(&config, 8000, Arc::new(fitted)).unwrap()
     }
 
@@ -867,9 +1006,14 @@ mod tests {
     fn silence_stays_silence() {
         for method in Method::ALL {
             let mut out = Vec::new();
-            denoiser(method).process(&vec![0.0; 4000], &mut out).unwrap();
+            denoiser(method)
+                .process(&vec![0.0; 4000], &mut out)
+                .unwrap();
             assert_eq!(out.len(), 4000);
-            assert!(out.iter().all(|v| v.is_finite() && v.abs() < 1e-6), "{method:?} made sound from silence");
+            assert!(
+                out.iter().all(|v| v.is_finite() && v.abs() < 1e-6),
+                "{method:?} made sound from silence"
+            );
         }
     }
 
@@ -878,15 +1022,25 @@ mod tests {
         let (clean, start, end) = tone_burst(8000, 0.5);
         let noisy = mix(&clean, &noise(8000, 5), start, end, 5.0);
         let mut out = Vec::new();
-        Denoiser::new(&config, 8000, Arc::default()).unwrap().process(&noisy, &mut out).unwrap();
-        let err = noisy.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        Denoiser::new(&config, 8000, Arc::default())
+            .unwrap()
+            .process(&noisy, &mut out)
+            .unwrap();
+        let err = noisy
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(err < 1e-4, "{:?}: max deviation {err}", config.method);
     }
 
     #[test]
     fn identity_settings_leave_the_clip_unchanged() {
         let base = DenoiseConfig::default();
-        check_identity(DenoiseConfig { method: Method::None, ..base.clone() });
+        check_identity(DenoiseConfig {
+            method: Method::None,
+            ..base.clone()
+        });
         let mut c = DenoiseConfig::with_method(Method::SpectralGate);
         c.spectral_gate.prop_decrease = 0.0;
         check_identity(c);
@@ -903,8 +1057,14 @@ mod tests {
 
     #[test]
     fn a_train_profile_is_applied_unchanged_and_required() {
-        let config = DenoiseConfig { noise_source: NoiseSource::Train, ..DenoiseConfig::default() };
-        assert!(matches!(Denoiser::new(&config, 8000, Arc::default()), Err(Error::State(_))));
+        let config = DenoiseConfig {
+            noise_source: NoiseSource::Train,
+            ..DenoiseConfig::default()
+        };
+        assert!(matches!(
+            Denoiser::new(&config, 8000, Arc::default()),
+            Err(Error::State(_))
+        ));
         // Fit on noise-only clips, apply to a tone in the same noise.
         let mut d = Denoiser::new(&DenoiseConfig::default(), 8000, Arc::default()).unwrap();
         let mut acc = NoiseAccumulator::new(256);
@@ -914,21 +1074,44 @@ mod tests {
         }
         let profile = acc.finish().unwrap();
         assert_eq!(profile.mean_power.len(), 129);
-        let fitted = Arc::new(Fitted { noise: Some(profile), nmf: None });
+        let fitted = Arc::new(Fitted {
+            noise: Some(profile),
+            nmf: None,
+        });
         let (clean, start, end) = tone_burst(8000, 0.9);
         let n: Vec<f32> = noise(8000, 7).iter().map(|v| v * 0.05).collect();
         let p_s = clean[start..end].iter().map(|v| v * v).sum::<f32>() / (end - start) as f32;
         let noisy: Vec<f32> = clean.iter().zip(&n).map(|(a, b)| a + b).collect();
         let snr_in = 10.0 * (p_s / 0.0025f32).log10();
-        for method in [Method::SpectralGate, Method::SpectralSubtraction, Method::Wiener] {
-            let config = DenoiseConfig { method, noise_source: NoiseSource::Train, ..DenoiseConfig::default() };
+        for method in [
+            Method::SpectralGate,
+            Method::SpectralSubtraction,
+            Method::Wiener,
+        ] {
+            let config = DenoiseConfig {
+                method,
+                noise_source: NoiseSource::Train,
+                ..DenoiseConfig::default()
+            };
             let mut out = Vec::new();
-            Denoiser::new(&config, 8000, Arc::clone(&fitted)).unwrap().process(&noisy, &mut out).unwrap();
+            Denoiser::new(&config, 8000, Arc::clone(&fitted))
+                .unwrap()
+                .process(&noisy, &mut out)
+                .unwrap();
             let gain = si_snr(&clean, &out) - si_snr(&clean, &noisy);
-            assert!(gain > 5.0, "{method:?} with a train profile at {snr_in:.1} dB input gained only {gain:.2} dB");
+            assert!(
+                gain > 5.0,
+                "{method:?} with a train profile at {snr_in:.1} dB input gained only {gain:.2} dB"
+            );
         }
-        let wrong = Fitted { noise: Some(NoiseAccumulator::new(512).finish_or_empty()), nmf: None };
-        assert!(matches!(Denoiser::new(&config, 8000, Arc::new(wrong)), Err(Error::State(_))));
+        let wrong = Fitted {
+            noise: Some(NoiseAccumulator::new(512).finish_or_empty()),
+            nmf: None,
+        };
+        assert!(matches!(
+            Denoiser::new(&config, 8000, Arc::new(wrong)),
+            Err(Error::State(_))
+        ));
     }
 
     #[test]
@@ -953,9 +1136,28 @@ mod tests {
             let e = c.validate("denoise.").unwrap_err().to_string();
             assert!(e.contains(field), "expected {field} in {e}");
         };
-        check(DenoiseConfig { n_fft: 255, hop: 64, ..DenoiseConfig::default() }, "denoise.n_fft");
-        check(DenoiseConfig { hop: 129, ..DenoiseConfig::default() }, "denoise.hop");
-        check(DenoiseConfig { noise_quantile: 0.0, ..DenoiseConfig::default() }, "denoise.noise_quantile");
+        check(
+            DenoiseConfig {
+                n_fft: 255,
+                hop: 64,
+                ..DenoiseConfig::default()
+            },
+            "denoise.n_fft",
+        );
+        check(
+            DenoiseConfig {
+                hop: 129,
+                ..DenoiseConfig::default()
+            },
+            "denoise.hop",
+        );
+        check(
+            DenoiseConfig {
+                noise_quantile: 0.0,
+                ..DenoiseConfig::default()
+            },
+            "denoise.noise_quantile",
+        );
         let mut c = DenoiseConfig::default();
         c.wiener.alpha = 1.0;
         check(c, "denoise.wiener.alpha");

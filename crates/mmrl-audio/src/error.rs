@@ -63,10 +63,20 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn config_error(field: &str, message: impl Into<String>) -> Error {
-    Error::Config { field: field.to_owned(), message: message.into() }
+    Error::Config {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
-pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
-    move |source| Error::Io { action, path, source }
+    move |source| Error::Io {
+        action,
+        path,
+        source,
+    }
 }

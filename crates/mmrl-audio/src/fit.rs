@@ -27,13 +27,22 @@ pub struct FitProbe {
 impl FitProbe {
     /// A probe for clips at `sample_rate`.
     pub fn new(config: &DenoiseConfig, sample_rate: u32) -> Result<Self> {
-        let probe_config = DenoiseConfig { method: Method::None, noise_source: NoiseSource::Clip, ..config.clone() };
-        Ok(Self { config: config.clone(), probe: Denoiser::new(&probe_config, sample_rate, Arc::default())?, power: Vec::new() })
+        let probe_config = DenoiseConfig {
+            method: Method::None,
+            noise_source: NoiseSource::Clip,
+            ..config.clone()
+        };
+        Ok(Self {
+            config: config.clone(),
+            probe: Denoiser::new(&probe_config, sample_rate, Arc::default())?,
+            power: Vec::new(),
+        })
     }
 
     /// Whether the config fits anything at all.
     pub fn needed(config: &DenoiseConfig) -> bool {
-        (config.method != Method::None && config.noise_source == NoiseSource::Train) || config.method == Method::Nmf
+        (config.method != Method::None && config.noise_source == NoiseSource::Train)
+            || config.method == Method::Nmf
     }
 
     /// Measures one clip: its quietest frames for the noise profile and, for NMF, up to `max_frames` frames split
@@ -48,7 +57,9 @@ impl FitProbe {
         self.probe.clip_noise(x, &mut noise)?;
         let (mut speech_frames, mut noise_frames) = (Vec::new(), Vec::new());
         if self.config.method == Method::Nmf {
-            let Some(profile) = noise.finish() else { return Ok(None) };
+            let Some(profile) = noise.finish() else {
+                return Ok(None);
+            };
             self.probe.power_spectrogram(x, &mut self.power)?;
             let floor: f32 = profile.mean_power.iter().sum();
             let speech_ratio = 10f32.powf(self.config.nmf.speech_frame_snr_db / 10.0);
@@ -57,19 +68,32 @@ impl FitProbe {
             for frame in self.power.chunks_exact(n_bins).step_by(step) {
                 let e: f32 = frame.iter().sum();
                 if e > speech_ratio * floor {
-                    speech_frames.extend(frame.iter().zip(&profile.mean_power).map(|(p, n)| (p - n).max(0.0).sqrt()));
+                    speech_frames.extend(
+                        frame
+                            .iter()
+                            .zip(&profile.mean_power)
+                            .map(|(p, n)| (p - n).max(0.0).sqrt()),
+                    );
                 } else if e < floor * 1.585 {
                     noise_frames.extend(frame.iter().map(|p| p.sqrt()));
                 }
             }
         }
-        Ok(Some(ClipFit { noise, speech_frames, noise_frames }))
+        Ok(Some(ClipFit {
+            noise,
+            speech_frames,
+            noise_frames,
+        }))
     }
 }
 
 /// Combines clip measurements, in the order given (so the result is deterministic), into the fitted state.
 /// Returns it and the number of clips used.
-pub fn finish_fit(config: &DenoiseConfig, clips: impl IntoIterator<Item = ClipFit>, seed: u64) -> Result<(Fitted, usize)> {
+pub fn finish_fit(
+    config: &DenoiseConfig,
+    clips: impl IntoIterator<Item = ClipFit>,
+    seed: u64,
+) -> Result<(Fitted, usize)> {
     let n_bins = config.n_fft / 2 + 1;
     let mut acc = NoiseAccumulator::new(config.n_fft);
     let (mut speech, mut noise) = (Vec::new(), Vec::new());
@@ -88,10 +112,16 @@ pub fn finish_fit(config: &DenoiseConfig, clips: impl IntoIterator<Item = ClipFi
     }
     if config.method == Method::Nmf {
         fitted.nmf = Some(
-            NmfModel::fit(&speech, &noise, n_bins, &config.nmf, seed)
-                .map_err(|e| Error::State(format!("fitting nmf dictionaries on {used} clips: {e}")))?,
+            NmfModel::fit(&speech, &noise, n_bins, &config.nmf, seed).map_err(|e| {
+                Error::State(format!("fitting nmf dictionaries on {used} clips: {e}"))
+            })?,
         );
     }
-    tracing::info!(clips = used, speech_frames = speech.len() / n_bins, noise_frames = noise.len() / n_bins, "fit the denoiser");
+    tracing::info!(
+        clips = used,
+        speech_frames = speech.len() / n_bins,
+        noise_frames = noise.len() / n_bins,
+        "fit the denoiser"
+    );
     Ok((fitted, used))
 }

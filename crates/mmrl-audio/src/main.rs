@@ -15,7 +15,11 @@ use mmrl_audio::wav::{DecodeLimits, decode, encode_i16};
 use rayon::prelude::*;
 
 #[derive(Parser)]
-#[command(name = "mmrl-audio", version, about = "mmrl audio stage: denoise, filter and featurize clips")]
+#[command(
+    name = "mmrl-audio",
+    version,
+    about = "mmrl audio stage: denoise, filter and featurize clips"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -119,7 +123,9 @@ fn fit_folder(config: &DenoiseConfig, dir: &Path, seed: u64) -> anyhow::Result<(
             clips.push(clip);
         }
     }
-    let Some(rate) = rate else { bail!("{}: no decodable WAV to fit on", dir.display()) };
+    let Some(rate) = rate else {
+        bail!("{}: no decodable WAV to fit on", dir.display())
+    };
     let (fitted, used) = finish_fit(config, clips, seed)?;
     tracing::info!(clips = used, rate, folder = %dir.display(), "fit the denoiser");
     Ok((fitted, rate))
@@ -130,12 +136,17 @@ fn run_denoise(args: &DenoiseArgs) -> anyhow::Result<()> {
         anyhow!(
             "--method {:?} is not one of {}",
             args.method,
-            Method::ALL.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+            Method::ALL
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })?;
     let mut config: DenoiseConfig = match &args.params {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
         }
         None => DenoiseConfig::default(),
@@ -148,7 +159,11 @@ fn run_denoise(args: &DenoiseArgs) -> anyhow::Result<()> {
             (f, Some(r))
         }
         None if FitProbe::needed(&config) => {
-            bail!("--method {} with noise_source {:?} needs --fit DIR (clips to fit on)", method.as_str(), config.noise_source)
+            bail!(
+                "--method {} with noise_source {:?} needs --fit DIR (clips to fit on)",
+                method.as_str(),
+                config.noise_source
+            )
         }
         None => (Fitted::default(), None),
     };
@@ -157,14 +172,18 @@ fn run_denoise(args: &DenoiseArgs) -> anyhow::Result<()> {
     if files.is_empty() {
         bail!("{}: no .wav files", args.input.display());
     }
-    std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()?;
     let bar = progress_bar(files.len() as u64, "denoise");
     let results: Vec<Result<(), String>> = pool.install(|| {
         files
             .par_iter()
             .map_init(BTreeMap::<u32, Denoiser>::new, |denoisers, path| {
-                let result = denoise_file(path, &args.output, &config, &fitted, fit_rate, denoisers);
+                let result =
+                    denoise_file(path, &args.output, &config, &fitted, fit_rate, denoisers);
                 bar.inc(1);
                 result
             })
@@ -177,7 +196,11 @@ fn run_denoise(args: &DenoiseArgs) -> anyhow::Result<()> {
     }
     tracing::info!(files = files.len(), written = files.len() - failed.len(), method = method.as_str(), output = %args.output.display(), "denoised");
     if !failed.is_empty() {
-        bail!("{} of {} files were rejected (listed above); the others were written", failed.len(), files.len());
+        bail!(
+            "{} of {} files were rejected (listed above); the others were written",
+            failed.len(),
+            files.len()
+        );
     }
     Ok(())
 }
@@ -191,7 +214,8 @@ fn denoise_file(
     denoisers: &mut BTreeMap<u32, Denoiser>,
 ) -> Result<(), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let decoded = decode(&bytes, &DecodeLimits::default()).map_err(|r| format!("{}: {r}", path.display()))?;
+    let decoded =
+        decode(&bytes, &DecodeLimits::default()).map_err(|r| format!("{}: {r}", path.display()))?;
     if fit_rate.is_some_and(|r| r != decoded.sample_rate) {
         return Err(format!(
             "{}: sample rate {} Hz differs from the {} Hz of the --fit clips",
@@ -203,13 +227,19 @@ fn denoise_file(
     let denoiser = match denoisers.entry(decoded.sample_rate) {
         std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::btree_map::Entry::Vacant(e) => e.insert(
-            Denoiser::new(config, decoded.sample_rate, Arc::clone(fitted)).map_err(|e| format!("{}: {e}", path.display()))?,
+            Denoiser::new(config, decoded.sample_rate, Arc::clone(fitted))
+                .map_err(|e| format!("{}: {e}", path.display()))?,
         ),
     };
     let mut out = Vec::new();
-    denoiser.process(&decoded.samples, &mut out).map_err(|e| format!("{}: {e}", path.display()))?;
-    let wav = encode_i16(&out, decoded.sample_rate).map_err(|e| format!("{}: encoding: {e}", path.display()))?;
-    let Some(name) = path.file_name() else { return Err(format!("{}: no file name", path.display())) };
+    denoiser
+        .process(&decoded.samples, &mut out)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let wav = encode_i16(&out, decoded.sample_rate)
+        .map_err(|e| format!("{}: encoding: {e}", path.display()))?;
+    let Some(name) = path.file_name() else {
+        return Err(format!("{}: no file name", path.display()));
+    };
     let dest = output.join(name);
     std::fs::write(&dest, wav).map_err(|e| format!("writing {}: {e}", dest.display()))
 }

@@ -23,7 +23,13 @@ pub struct MelConfig {
 
 impl Default for MelConfig {
     fn default() -> Self {
-        Self { n_fft: 256, hop: 128, n_mels: 32, fmin: 0.0, fmax: 0.0 }
+        Self {
+            n_fft: 256,
+            hop: 128,
+            n_mels: 32,
+            fmin: 0.0,
+            fmax: 0.0,
+        }
     }
 }
 
@@ -32,26 +38,42 @@ impl MelConfig {
     pub fn validate(&self, sample_rate: u32, prefix: &str) -> Result<()> {
         let f = |name: &str| format!("{prefix}{name}");
         if self.n_fft < 16 || !self.n_fft.is_multiple_of(2) || self.n_fft > 65536 {
-            return Err(config_error(&f("n_fft"), format!("must be even and in 16..=65536, got {}", self.n_fft)));
+            return Err(config_error(
+                &f("n_fft"),
+                format!("must be even and in 16..=65536, got {}", self.n_fft),
+            ));
         }
         if self.hop == 0 || self.hop > self.n_fft / 2 {
-            return Err(config_error(&f("hop"), format!("must be in 1..={}, got {}", self.n_fft / 2, self.hop)));
+            return Err(config_error(
+                &f("hop"),
+                format!("must be in 1..={}, got {}", self.n_fft / 2, self.hop),
+            ));
         }
         if self.n_mels == 0 || self.n_mels > self.n_fft / 2 + 1 {
             return Err(config_error(
                 &f("n_mels"),
-                format!("must be in 1..={} (n_fft/2+1), got {}", self.n_fft / 2 + 1, self.n_mels),
+                format!(
+                    "must be in 1..={} (n_fft/2+1), got {}",
+                    self.n_fft / 2 + 1,
+                    self.n_mels
+                ),
             ));
         }
         let nyquist = sample_rate as f32 / 2.0;
         let fmax = self.fmax_hz(sample_rate);
         if !(self.fmin >= 0.0 && self.fmin.is_finite()) {
-            return Err(config_error(&f("fmin"), format!("must be finite and >= 0, got {}", self.fmin)));
+            return Err(config_error(
+                &f("fmin"),
+                format!("must be finite and >= 0, got {}", self.fmin),
+            ));
         }
         if !(fmax > self.fmin && fmax <= nyquist) {
             return Err(config_error(
                 &f("fmax"),
-                format!("must be in (fmin, {nyquist}] (0 = Nyquist), got {} with fmin {}", self.fmax, self.fmin),
+                format!(
+                    "must be in (fmin, {nyquist}] (0 = Nyquist), got {} with fmin {}",
+                    self.fmax, self.fmin
+                ),
             ));
         }
         Ok(())
@@ -59,7 +81,11 @@ impl MelConfig {
 
     /// The upper edge in Hz.
     pub fn fmax_hz(&self, sample_rate: u32) -> f32 {
-        if self.fmax == 0.0 { sample_rate as f32 / 2.0 } else { self.fmax }
+        if self.fmax == 0.0 {
+            sample_rate as f32 / 2.0
+        } else {
+            self.fmax
+        }
     }
 
     /// Frames of a clip of `len` samples.
@@ -88,9 +114,13 @@ struct Filter {
 fn filterbank(config: &MelConfig, sample_rate: u32) -> Vec<Filter> {
     let n_bins = config.n_fft / 2 + 1;
     let bin_hz = f64::from(sample_rate) / config.n_fft as f64;
-    let (m_lo, m_hi) = (hz_to_mel(f64::from(config.fmin)), hz_to_mel(f64::from(config.fmax_hz(sample_rate))));
-    let edges: Vec<f64> =
-        (0..config.n_mels + 2).map(|i| mel_to_hz(m_lo + (m_hi - m_lo) * i as f64 / (config.n_mels + 1) as f64)).collect();
+    let (m_lo, m_hi) = (
+        hz_to_mel(f64::from(config.fmin)),
+        hz_to_mel(f64::from(config.fmax_hz(sample_rate))),
+    );
+    let edges: Vec<f64> = (0..config.n_mels + 2)
+        .map(|i| mel_to_hz(m_lo + (m_hi - m_lo) * i as f64 / (config.n_mels + 1) as f64))
+        .collect();
     (0..config.n_mels)
         .map(|m| {
             let (lo, center, hi) = (edges[m], edges[m + 1], edges[m + 2]);
@@ -117,7 +147,10 @@ fn filterbank(config: &MelConfig, sample_rate: u32) -> Vec<Filter> {
                 Some(start) => Filter { start, weights },
                 None => {
                     let k = ((center / bin_hz).round() as usize).min(n_bins - 1);
-                    Filter { start: k, weights: vec![norm as f32] }
+                    Filter {
+                        start: k,
+                        weights: vec![norm as f32],
+                    }
                 }
             }
         })
@@ -161,7 +194,11 @@ impl LogMel {
             let frame = self.spec.frame(t);
             for (m, filter) in self.filters.iter().enumerate() {
                 let bins = &frame[filter.start..filter.start + filter.weights.len()];
-                let e: f32 = bins.iter().zip(&filter.weights).map(|(c, w)| c.norm_sqr() * w).sum();
+                let e: f32 = bins
+                    .iter()
+                    .zip(&filter.weights)
+                    .map(|(c, w)| c.norm_sqr() * w)
+                    .sum();
                 out[m * n_frames + t] = 10.0 * e.max(1e-10).log10();
             }
         }
@@ -214,7 +251,11 @@ pub struct MelNormAccumulator {
 impl MelNormAccumulator {
     /// An empty accumulator for `n_mels` bins.
     pub fn new(n_mels: usize) -> Self {
-        Self { sum: vec![0.0; n_mels], sum2: vec![0.0; n_mels], frames: 0 }
+        Self {
+            sum: vec![0.0; n_mels],
+            sum2: vec![0.0; n_mels],
+            frames: 0,
+        }
     }
 
     /// Adds a `[n_mels, n_frames]` log-mel.
@@ -234,7 +275,11 @@ impl MelNormAccumulator {
     /// The statistics; mean 0 and std 1 when nothing was added.
     pub fn finish(&self) -> MelNorm {
         if self.frames == 0 {
-            return MelNorm { mean: vec![0.0; self.sum.len()], std: vec![1.0; self.sum.len()], frames: 0 };
+            return MelNorm {
+                mean: vec![0.0; self.sum.len()],
+                std: vec![1.0; self.sum.len()],
+                frames: 0,
+            };
         }
         let n = self.frames as f64;
         let mean: Vec<f32> = self.sum.iter().map(|s| (s / n) as f32).collect();
@@ -242,9 +287,15 @@ impl MelNormAccumulator {
             .sum
             .iter()
             .zip(&self.sum2)
-            .map(|(s, s2)| (((s2 / n) - (s / n) * (s / n)).max(0.0).sqrt() as f32).max(MelNorm::MIN_STD))
+            .map(|(s, s2)| {
+                (((s2 / n) - (s / n) * (s / n)).max(0.0).sqrt() as f32).max(MelNorm::MIN_STD)
+            })
             .collect();
-        MelNorm { mean, std, frames: self.frames }
+        MelNorm {
+            mean,
+            std,
+            frames: self.frames,
+        }
     }
 }
 
@@ -254,23 +305,37 @@ mod tests {
 
     #[test]
     fn every_band_is_non_empty_and_a_tone_peaks_in_its_band() {
-        let config = MelConfig { n_mels: 40, ..MelConfig::default() };
+        let config = MelConfig {
+            n_mels: 40,
+            ..MelConfig::default()
+        };
         let filters = filterbank(&config, 8000);
         assert_eq!(filters.len(), 40);
-        assert!(filters.iter().all(|f| !f.weights.is_empty() && f.weights.iter().all(|w| *w > 0.0)));
+        assert!(
+            filters
+                .iter()
+                .all(|f| !f.weights.is_empty() && f.weights.iter().all(|w| *w > 0.0))
+        );
         let mut mel = LogMel::new(&config, 8000).unwrap();
         let check = |mel: &mut LogMel, freq: f32| {
-            let x: Vec<f32> = (0..8000).map(|i| (2.0 * std::f32::consts::PI * freq * i as f32 / 8000.0).sin()).collect();
+            let x: Vec<f32> = (0..8000)
+                .map(|i| (2.0 * std::f32::consts::PI * freq * i as f32 / 8000.0).sin())
+                .collect();
             let mut out = Vec::new();
             mel.compute(&x, &mut out).unwrap();
             let n_frames = config.n_frames(8000);
             assert_eq!(out.len(), 40 * n_frames);
             let t = n_frames / 2;
-            let best = (0..40).max_by(|&a, &b| out[a * n_frames + t].total_cmp(&out[b * n_frames + t])).unwrap();
+            let best = (0..40)
+                .max_by(|&a, &b| out[a * n_frames + t].total_cmp(&out[b * n_frames + t]))
+                .unwrap();
             let m = hz_to_mel(f64::from(freq));
             let (lo, hi) = (hz_to_mel(0.0), hz_to_mel(4000.0));
             let expected = ((m - lo) / (hi - lo) * 41.0 - 1.0).round() as i64;
-            assert!((best as i64 - expected).abs() <= 1, "{freq} Hz peaked in band {best}, expected about {expected}");
+            assert!(
+                (best as i64 - expected).abs() <= 1,
+                "{freq} Hz peaked in band {best}, expected about {expected}"
+            );
         };
         check(&mut mel, 500.0);
         check(&mut mel, 1336.0);
@@ -297,10 +362,41 @@ mod tests {
             let e = c.validate(8000, "mel.").unwrap_err().to_string();
             assert!(e.contains(field), "{e}");
         };
-        check(MelConfig { n_fft: 100, hop: 200, ..MelConfig::default() }, "mel.hop");
-        check(MelConfig { n_mels: 0, ..MelConfig::default() }, "mel.n_mels");
-        check(MelConfig { fmax: 5000.0, ..MelConfig::default() }, "mel.fmax");
-        check(MelConfig { fmin: 4000.0, ..MelConfig::default() }, "mel.fmax");
-        check(MelConfig { fmin: f32::NAN, ..MelConfig::default() }, "mel.fmin");
+        check(
+            MelConfig {
+                n_fft: 100,
+                hop: 200,
+                ..MelConfig::default()
+            },
+            "mel.hop",
+        );
+        check(
+            MelConfig {
+                n_mels: 0,
+                ..MelConfig::default()
+            },
+            "mel.n_mels",
+        );
+        check(
+            MelConfig {
+                fmax: 5000.0,
+                ..MelConfig::default()
+            },
+            "mel.fmax",
+        );
+        check(
+            MelConfig {
+                fmin: 4000.0,
+                ..MelConfig::default()
+            },
+            "mel.fmax",
+        );
+        check(
+            MelConfig {
+                fmin: f32::NAN,
+                ..MelConfig::default()
+            },
+            "mel.fmin",
+        );
     }
 }

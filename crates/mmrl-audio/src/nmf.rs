@@ -59,10 +59,16 @@ impl NmfParams {
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let f = |name: &str| format!("{prefix}{name}");
         if !(1..=512).contains(&self.speech_atoms) {
-            return Err(config_error(&f("speech_atoms"), format!("must be in 1..=512, got {}", self.speech_atoms)));
+            return Err(config_error(
+                &f("speech_atoms"),
+                format!("must be in 1..=512, got {}", self.speech_atoms),
+            ));
         }
         if self.noise_atoms > 512 {
-            return Err(config_error(&f("noise_atoms"), format!("must be in 0..=512, got {}", self.noise_atoms)));
+            return Err(config_error(
+                &f("noise_atoms"),
+                format!("must be in 0..=512, got {}", self.noise_atoms),
+            ));
         }
         if self.online_noise_atoms > 64 {
             return Err(config_error(
@@ -71,7 +77,10 @@ impl NmfParams {
             ));
         }
         if !(1..=10_000).contains(&self.iterations) {
-            return Err(config_error(&f("iterations"), format!("must be in 1..=10000, got {}", self.iterations)));
+            return Err(config_error(
+                &f("iterations"),
+                format!("must be in 1..=10000, got {}", self.iterations),
+            ));
         }
         if !(1..=10_000).contains(&self.fit_iterations) {
             return Err(config_error(
@@ -83,10 +92,16 @@ impl NmfParams {
             return Err(config_error(&f("max_fit_frames"), "must be at least 1"));
         }
         if !(self.mask_power > 0.0 && self.mask_power <= 16.0) {
-            return Err(config_error(&f("mask_power"), format!("must be in (0, 16], got {}", self.mask_power)));
+            return Err(config_error(
+                &f("mask_power"),
+                format!("must be in (0, 16], got {}", self.mask_power),
+            ));
         }
         if !(self.sparsity >= 0.0 && self.sparsity <= 100.0) {
-            return Err(config_error(&f("sparsity"), format!("must be in [0, 100], got {}", self.sparsity)));
+            return Err(config_error(
+                &f("sparsity"),
+                format!("must be in [0, 100], got {}", self.sparsity),
+            ));
         }
         if !self.speech_frame_snr_db.is_finite() {
             return Err(config_error(&f("speech_frame_snr_db"), "must be finite"));
@@ -119,17 +134,38 @@ impl NmfModel {
 
     /// Learns both dictionaries from frame-major magnitude frames (`speech_frames.len()` a multiple of `n_bins`).
     /// Frames beyond `max_fit_frames` are subsampled evenly, so the result depends only on the frames and `seed`.
-    pub fn fit(speech_frames: &[f32], noise_frames: &[f32], n_bins: usize, params: &NmfParams, seed: u64) -> Result<Self> {
-        if n_bins == 0 || !speech_frames.len().is_multiple_of(n_bins) || !noise_frames.len().is_multiple_of(n_bins) {
-            return Err(Error::Dsp(format!("nmf training frames do not divide into {n_bins} bins")));
+    pub fn fit(
+        speech_frames: &[f32],
+        noise_frames: &[f32],
+        n_bins: usize,
+        params: &NmfParams,
+        seed: u64,
+    ) -> Result<Self> {
+        if n_bins == 0
+            || !speech_frames.len().is_multiple_of(n_bins)
+            || !noise_frames.len().is_multiple_of(n_bins)
+        {
+            return Err(Error::Dsp(format!(
+                "nmf training frames do not divide into {n_bins} bins"
+            )));
         }
         if speech_frames.is_empty() {
-            return Err(Error::State("nmf: no speech frames to learn the speech dictionary from".into()));
+            return Err(Error::State(
+                "nmf: no speech frames to learn the speech dictionary from".into(),
+            ));
         }
         if params.noise_atoms > 0 && noise_frames.is_empty() {
-            return Err(Error::State("nmf: no noise frames to learn the noise dictionary from".into()));
+            return Err(Error::State(
+                "nmf: no noise frames to learn the noise dictionary from".into(),
+            ));
         }
-        let speech = learn(&subsample(speech_frames, n_bins, params.max_fit_frames), n_bins, params.speech_atoms, params.fit_iterations, seed);
+        let speech = learn(
+            &subsample(speech_frames, n_bins, params.max_fit_frames),
+            n_bins,
+            params.speech_atoms,
+            params.fit_iterations,
+            seed,
+        );
         let noise = if params.noise_atoms == 0 {
             Vec::new()
         } else {
@@ -141,7 +177,11 @@ impl NmfModel {
                 seed ^ 0x9e37_79b9_7f4a_7c15,
             )
         };
-        Ok(Self { n_bins, speech, noise })
+        Ok(Self {
+            n_bins,
+            speech,
+            noise,
+        })
     }
 }
 
@@ -152,7 +192,12 @@ fn subsample(frames: &[f32], n_bins: usize, max: usize) -> Vec<f32> {
         return frames.to_vec();
     }
     let step = n.div_ceil(max);
-    frames.chunks_exact(n_bins).step_by(step).flatten().copied().collect()
+    frames
+        .chunks_exact(n_bins)
+        .step_by(step)
+        .flatten()
+        .copied()
+        .collect()
 }
 
 /// KL-NMF of frame-major `v` (n x n_bins) into `k` atoms; returns the atoms, atom-major, each summing to one.
@@ -160,9 +205,13 @@ fn learn(v: &[f32], n_bins: usize, k: usize, iterations: usize, seed: u64) -> Ve
     let n = v.len() / n_bins;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mean = (v.iter().map(|x| f64::from(*x)).sum::<f64>() / v.len().max(1) as f64) as f32;
-    let mut w: Vec<f32> = (0..k * n_bins).map(|_| rng.random_range(0.5f32..1.5)).collect();
+    let mut w: Vec<f32> = (0..k * n_bins)
+        .map(|_| rng.random_range(0.5f32..1.5))
+        .collect();
     normalize_atoms(&mut w, n_bins, None);
-    let mut h: Vec<f32> = (0..n * k).map(|_| rng.random_range(0.5f32..1.5) * mean * n_bins as f32 / k as f32).collect();
+    let mut h: Vec<f32> = (0..n * k)
+        .map(|_| rng.random_range(0.5f32..1.5) * mean * n_bins as f32 / k as f32)
+        .collect();
     let mut wh = vec![0.0f32; n * n_bins];
     let mut ratio = vec![0.0f32; n * n_bins];
     let mut num = vec![0.0f32; k.max(n_bins)];
@@ -176,7 +225,11 @@ fn learn(v: &[f32], n_bins: usize, k: usize, iterations: usize, seed: u64) -> Ve
         for t in 0..n {
             let r = &ratio[t * n_bins..(t + 1) * n_bins];
             for a in 0..k {
-                let dot: f32 = w[a * n_bins..(a + 1) * n_bins].iter().zip(r).map(|(x, y)| x * y).sum();
+                let dot: f32 = w[a * n_bins..(a + 1) * n_bins]
+                    .iter()
+                    .zip(r)
+                    .map(|(x, y)| x * y)
+                    .sum();
                 h[t * k + a] *= dot;
             }
         }
@@ -199,7 +252,10 @@ fn learn(v: &[f32], n_bins: usize, k: usize, iterations: usize, seed: u64) -> Ve
         }
         for a in 0..k {
             let inv = 1.0 / (num[a] + EPS);
-            for (x, d) in w[a * n_bins..(a + 1) * n_bins].iter_mut().zip(&den[a * n_bins..(a + 1) * n_bins]) {
+            for (x, d) in w[a * n_bins..(a + 1) * n_bins]
+                .iter_mut()
+                .zip(&den[a * n_bins..(a + 1) * n_bins])
+            {
                 *x *= d * inv;
             }
         }
@@ -303,7 +359,10 @@ impl NmfWorkspace {
         let noise_sum: f32 = noise_power.iter().map(|p| p.sqrt()).sum();
         self.h.clear();
         for t in 0..n_frames {
-            let total = self.v[t * n_bins..(t + 1) * n_bins].iter().sum::<f32>().max(EPS);
+            let total = self.v[t * n_bins..(t + 1) * n_bins]
+                .iter()
+                .sum::<f32>()
+                .max(EPS);
             let noise = noise_sum.min(total);
             let speech = (total - noise).max(0.1 * total) / ks.max(1) as f32;
             let other = 0.05 * total / (kn + ko).max(1) as f32;
@@ -329,7 +388,11 @@ impl NmfWorkspace {
             for t in 0..n_frames {
                 let r = &self.ratio[t * n_bins..(t + 1) * n_bins];
                 for a in 0..k {
-                    let dot: f32 = self.w[a * n_bins..(a + 1) * n_bins].iter().zip(r).map(|(x, y)| x * y).sum();
+                    let dot: f32 = self.w[a * n_bins..(a + 1) * n_bins]
+                        .iter()
+                        .zip(r)
+                        .map(|(x, y)| x * y)
+                        .sum();
                     // Atoms sum to one, so the KL update's denominator is 1 (+ the L1 weight for speech atoms).
                     self.h[t * k + a] *= if a < ks { dot * shrink } else { dot };
                 }
@@ -368,7 +431,14 @@ impl NmfWorkspace {
             }
         }
         // Speech part S into wh, noise part N into ratio; mask = S^p / (S^p + N^p).
-        reconstruct(&self.w[..ks * n_bins], speech_rows(&self.h, k, ks, &mut self.num), n_bins, ks, n_frames, &mut self.wh);
+        reconstruct(
+            &self.w[..ks * n_bins],
+            speech_rows(&self.h, k, ks, &mut self.num),
+            n_bins,
+            ks,
+            n_frames,
+            &mut self.wh,
+        );
         for t in 0..n_frames {
             let out = &mut self.ratio[t * n_bins..(t + 1) * n_bins];
             out.fill(0.0);
@@ -381,7 +451,11 @@ impl NmfWorkspace {
         }
         let p = params.mask_power;
         for ((g, s), n) in gains.iter_mut().zip(&self.wh).zip(&self.ratio) {
-            let (sp, np) = if p == 2.0 { (s * s, n * n) } else { (s.powf(p), n.powf(p)) };
+            let (sp, np) = if p == 2.0 {
+                (s * s, n * n)
+            } else {
+                (s.powf(p), n.powf(p))
+            };
             *g = sp / (sp + np + EPS * EPS);
         }
     }
@@ -410,7 +484,9 @@ mod tests {
         let frames: Vec<f32> = (0..200)
             .flat_map(|_| {
                 let (x, y): (f32, f32) = (rng.random(), rng.random());
-                (0..n_bins).map(move |f| x * a[f] + y * b[f]).collect::<Vec<_>>()
+                (0..n_bins)
+                    .map(move |f| x * a[f] + y * b[f])
+                    .collect::<Vec<_>>()
             })
             .collect();
         let w = learn(&frames, n_bins, 2, 200, 7);
@@ -422,7 +498,10 @@ mod tests {
         }
         let first_a = w[..4].iter().sum::<f32>() > 0.95;
         let second_a = w[n_bins..n_bins + 4].iter().sum::<f32>() > 0.95;
-        assert_ne!(first_a, second_a, "both atoms learned the same shape: {w:?}");
+        assert_ne!(
+            first_a, second_a,
+            "both atoms learned the same shape: {w:?}"
+        );
     }
 
     #[test]
@@ -431,6 +510,18 @@ mod tests {
         assert!(NmfModel::fit(&[], &[1.0; 4], 4, &p, 0).is_err());
         assert!(NmfModel::fit(&[1.0; 5], &[1.0; 4], 4, &p, 0).is_err());
         assert!(NmfModel::fit(&[1.0; 4], &[], 4, &p, 0).is_err());
-        assert!(NmfModel::fit(&[1.0; 4], &[], 4, &NmfParams { noise_atoms: 0, ..p }, 0).is_ok());
+        assert!(
+            NmfModel::fit(
+                &[1.0; 4],
+                &[],
+                4,
+                &NmfParams {
+                    noise_atoms: 0,
+                    ..p
+                },
+                0
+            )
+            .is_ok()
+        );
     }
 }

@@ -15,7 +15,9 @@ pub struct Resampler {
 
 impl std::fmt::Debug for Resampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Resampler").field("rates", &self.cached.as_ref().map(|(a, b, _)| (*a, *b))).finish()
+        f.debug_struct("Resampler")
+            .field("rates", &self.cached.as_ref().map(|(a, b, _)| (*a, *b)))
+            .finish()
     }
 }
 
@@ -32,19 +34,27 @@ impl Resampler {
             return Ok(input.to_vec());
         }
         if from == 0 || to == 0 {
-            return Err(Error::Dsp(format!("cannot resample from {from} Hz to {to} Hz")));
+            return Err(Error::Dsp(format!(
+                "cannot resample from {from} Hz to {to} Hz"
+            )));
         }
         let replan = !matches!(&self.cached, Some((a, b, _)) if *a == from && *b == to);
         if replan {
             let fft = Fft::<f32>::new(from as usize, to as usize, 1024, 1, FixedSync::Input)
-                .map_err(|e| Error::Dsp(format!("planning a resampler {from} Hz -> {to} Hz: {e}")))?;
+                .map_err(|e| {
+                    Error::Dsp(format!("planning a resampler {from} Hz -> {to} Hz: {e}"))
+                })?;
             self.cached = Some((from, to, fft));
         }
         let Some((_, _, fft)) = self.cached.as_mut() else {
             return Err(Error::Dsp("resampler missing after planning".into()));
         };
-        let adapter = InterleavedSlice::new(input, 1, input.len())
-            .map_err(|e| Error::Dsp(format!("wrapping {} samples for the resampler: {e}", input.len())))?;
+        let adapter = InterleavedSlice::new(input, 1, input.len()).map_err(|e| {
+            Error::Dsp(format!(
+                "wrapping {} samples for the resampler: {e}",
+                input.len()
+            ))
+        })?;
         let out = fft
             .process_all(&adapter, input.len(), None)
             .map_err(|e| Error::Dsp(format!("resampling {from} Hz -> {to} Hz: {e}")))?;
@@ -144,7 +154,9 @@ mod tests {
     use super::*;
 
     fn tone(freq: f32, sr: u32, len: usize) -> Vec<f32> {
-        (0..len).map(|i| (2.0 * std::f32::consts::PI * freq * i as f32 / sr as f32).sin() * 0.5).collect()
+        (0..len)
+            .map(|i| (2.0 * std::f32::consts::PI * freq * i as f32 / sr as f32).sin() * 0.5)
+            .collect()
     }
 
     /// Resamples one second of a 440 Hz tone (amplitude 0.5) and fits a 440 Hz sinusoid to the middle of the
@@ -165,7 +177,10 @@ mod tests {
         }
         let (a, b) = (2.0 * a / mid.len() as f64, 2.0 * b / mid.len() as f64);
         let amplitude = (a * a + b * b).sqrt();
-        assert!((amplitude - 0.5).abs() < 0.005, "{from} -> {to}: amplitude {amplitude}");
+        assert!(
+            (amplitude - 0.5).abs() < 0.005,
+            "{from} -> {to}: amplitude {amplitude}"
+        );
         let residual = mid
             .iter()
             .enumerate()
@@ -183,7 +198,10 @@ mod tests {
         check_resample(8000, 16000);
         check_resample(44100, 8000);
         check_resample(22050, 16000);
-        assert_eq!(Resampler::new().resample(&[0.1, 0.2], 8000, 8000).unwrap(), vec![0.1, 0.2]);
+        assert_eq!(
+            Resampler::new().resample(&[0.1, 0.2], 8000, 8000).unwrap(),
+            vec![0.1, 0.2]
+        );
     }
 
     #[test]
@@ -195,8 +213,18 @@ mod tests {
         };
         check(&[1.0, 2.0, 3.0], 5, Trim::Start, &[1.0, 2.0, 3.0, 0.0, 0.0]);
         check(&[1.0, 2.0, 3.0], 2, Trim::Start, &[1.0, 2.0]);
-        check(&[1.0, 2.0, 3.0], 5, Trim::Center, &[0.0, 1.0, 2.0, 3.0, 0.0]);
-        check(&[1.0, 2.0, 3.0, 4.0, 5.0], 3, Trim::Center, &[2.0, 3.0, 4.0]);
+        check(
+            &[1.0, 2.0, 3.0],
+            5,
+            Trim::Center,
+            &[0.0, 1.0, 2.0, 3.0, 0.0],
+        );
+        check(
+            &[1.0, 2.0, 3.0, 4.0, 5.0],
+            3,
+            Trim::Center,
+            &[2.0, 3.0, 4.0],
+        );
         check(&[], 2, Trim::Center, &[0.0, 0.0]);
     }
 
@@ -208,7 +236,10 @@ mod tests {
         normalize_loudness(&mut x, Loudness::Peak, -6.0, 1e-5);
         assert!((peak(&x) - 10f32.powf(-6.0 / 20.0)).abs() < 1e-4);
         let mut silence = vec![0.0; 100];
-        assert_eq!(normalize_loudness(&mut silence, Loudness::Rms, -20.0, 1e-5), 1.0);
+        assert_eq!(
+            normalize_loudness(&mut silence, Loudness::Rms, -20.0, 1e-5),
+            1.0
+        );
         assert!(silence.iter().all(|v| *v == 0.0));
     }
 }

@@ -73,11 +73,17 @@ impl SnrEstimator {
         if self.order.is_empty() {
             return Ok(MIN_SNR_DB);
         }
-        self.order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let keep = ((self.order.len() as f32 * self.noise_quantile).ceil() as usize).clamp(1, self.order.len());
+        self.order
+            .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let keep = ((self.order.len() as f32 * self.noise_quantile).ceil() as usize)
+            .clamp(1, self.order.len());
         self.noise.fill(0.0);
         for &(_, t) in &self.order[..keep] {
-            for (n, p) in self.noise.iter_mut().zip(&self.power[t as usize * n_bins..(t as usize + 1) * n_bins]) {
+            for (n, p) in self
+                .noise
+                .iter_mut()
+                .zip(&self.power[t as usize * n_bins..(t as usize + 1) * n_bins])
+            {
                 *n += p;
             }
         }
@@ -168,8 +174,14 @@ mod tests {
         let p_n: f32 = n[start..end].iter().map(|v| v * v).sum::<f32>() / (end - start) as f32;
         let g = (p_s / (p_n * 10f32.powf(snr_db / 10.0))).sqrt();
         let x: Vec<f32> = clean.iter().zip(&n).map(|(s, v)| s + g * v).collect();
-        let est = SnrEstimator::new(256, 64, 0.4).unwrap().estimate(&x).unwrap();
-        assert!((est - snr_db).abs() <= tol, "true {snr_db} dB, estimated {est} dB");
+        let est = SnrEstimator::new(256, 64, 0.4)
+            .unwrap()
+            .estimate(&x)
+            .unwrap();
+        assert!(
+            (est - snr_db).abs() <= tol,
+            "true {snr_db} dB, estimated {est} dB"
+        );
     }
 
     #[test]
@@ -184,7 +196,11 @@ mod tests {
     fn noise_alone_and_silence_read_as_no_signal() {
         let mut est = SnrEstimator::new(256, 64, 0.4).unwrap();
         for seed in 0..20 {
-            assert_eq!(est.estimate(&noise(8000, seed)).unwrap(), MIN_SNR_DB, "white noise seed {seed}");
+            assert_eq!(
+                est.estimate(&noise(8000, seed)).unwrap(),
+                MIN_SNR_DB,
+                "white noise seed {seed}"
+            );
         }
         assert_eq!(est.estimate(&vec![0.0; 8000]).unwrap(), MIN_SNR_DB);
         assert_eq!(est.estimate(&[]).unwrap(), MIN_SNR_DB);
@@ -200,6 +216,10 @@ mod tests {
         let p_o: f32 = ortho.iter().map(|v| v * v).sum();
         let g = (p_r / p_o / 10.0).sqrt();
         let est: Vec<f32> = r.iter().zip(&ortho).map(|(a, b)| a + g * b).collect();
-        assert!((si_sdr(&r, &est) - 10.0).abs() < 0.1, "{}", si_sdr(&r, &est));
+        assert!(
+            (si_sdr(&r, &est) - 10.0).abs() < 0.1,
+            "{}",
+            si_sdr(&r, &est)
+        );
     }
 }

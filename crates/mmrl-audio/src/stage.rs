@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanBuilder, FixedSizeListBuilder, Float32Builder, RecordBatch, StringArray,
-    StringBuilder, UInt16Builder, UInt64Array,
+    Array, ArrayRef, BinaryArray, BooleanBuilder, FixedSizeListBuilder, Float32Builder,
+    RecordBatch, StringArray, StringBuilder, UInt16Builder, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use mmrl_artifact::sample::{self, Rejects, Split};
@@ -25,10 +25,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::{AugmentConfig, augment_waveform, random_gain, spec_augment};
 use crate::denoise::{DenoiseConfig, Denoiser, Fitted, GainStats, Method, NoiseSource};
-use crate::fit::{ClipFit, FitProbe, finish_fit};
 use crate::error::{Error, Result, config_error};
+use crate::fit::{ClipFit, FitProbe, finish_fit};
 use crate::mel::{LogMel, MelConfig, MelNorm, MelNormAccumulator};
-use crate::signal::{Loudness, Resampler, Trim, clipped_fraction, fix_length, normalize_loudness, rms};
+use crate::signal::{
+    Loudness, Resampler, Trim, clipped_fraction, fix_length, normalize_loudness, rms,
+};
 use crate::snr::SnrEstimator;
 use crate::wav::{AudioReject, DecodeLimits, decode};
 
@@ -147,30 +149,52 @@ impl AudioConfig {
     /// Checks every field before any work is done; errors name the field and the accepted range.
     pub fn validate(&self) -> Result<()> {
         if !(1000..=384_000).contains(&self.sample_rate) {
-            return Err(config_error("sample_rate", format!("must be in 1000..=384000 Hz, got {}", self.sample_rate)));
+            return Err(config_error(
+                "sample_rate",
+                format!("must be in 1000..=384000 Hz, got {}", self.sample_rate),
+            ));
         }
-        if !(self.clip_seconds.is_finite() && self.clip_seconds > 0.0 && self.clip_seconds <= 600.0) {
-            return Err(config_error("clip_seconds", format!("must be in (0, 600], got {}", self.clip_seconds)));
+        if !(self.clip_seconds.is_finite() && self.clip_seconds > 0.0 && self.clip_seconds <= 600.0)
+        {
+            return Err(config_error(
+                "clip_seconds",
+                format!("must be in (0, 600], got {}", self.clip_seconds),
+            ));
         }
         if !(-80.0..=0.0).contains(&self.target_dbfs) {
-            return Err(config_error("target_dbfs", format!("must be in [-80, 0], got {}", self.target_dbfs)));
+            return Err(config_error(
+                "target_dbfs",
+                format!("must be in [-80, 0], got {}", self.target_dbfs),
+            ));
         }
         let d = &self.decode;
         if d.min_sample_rate == 0 || d.min_sample_rate > d.max_sample_rate {
             return Err(config_error(
                 "decode.min_sample_rate",
-                format!("must be in 1..=decode.max_sample_rate ({}), got {}", d.max_sample_rate, d.min_sample_rate),
+                format!(
+                    "must be in 1..=decode.max_sample_rate ({}), got {}",
+                    d.max_sample_rate, d.min_sample_rate
+                ),
             ));
         }
         if !(d.max_seconds.is_finite() && d.max_seconds > 0.0) {
-            return Err(config_error("decode.max_seconds", format!("must be finite and > 0, got {}", d.max_seconds)));
+            return Err(config_error(
+                "decode.max_seconds",
+                format!("must be finite and > 0, got {}", d.max_seconds),
+            ));
         }
         let f = &self.filter;
         if !(-200.0..=0.0).contains(&f.silence_dbfs) {
-            return Err(config_error("filter.silence_dbfs", format!("must be in [-200, 0], got {}", f.silence_dbfs)));
+            return Err(config_error(
+                "filter.silence_dbfs",
+                format!("must be in [-200, 0], got {}", f.silence_dbfs),
+            ));
         }
         if !(f.clip_level > 0.0 && f.clip_level <= 1.0) {
-            return Err(config_error("filter.clip_level", format!("must be in (0, 1], got {}", f.clip_level)));
+            return Err(config_error(
+                "filter.clip_level",
+                format!("must be in (0, 1], got {}", f.clip_level),
+            ));
         }
         if !(0.0..=1.0).contains(&f.max_clipped_fraction) {
             return Err(config_error(
@@ -179,7 +203,10 @@ impl AudioConfig {
             ));
         }
         if !(-100.0..=100.0).contains(&f.min_snr_db) {
-            return Err(config_error("filter.min_snr_db", format!("must be in [-100, 100], got {}", f.min_snr_db)));
+            return Err(config_error(
+                "filter.min_snr_db",
+                format!("must be in [-100, 100], got {}", f.min_snr_db),
+            ));
         }
         if !(f.snr_noise_quantile > 0.0 && f.snr_noise_quantile <= 1.0) {
             return Err(config_error(
@@ -188,13 +215,19 @@ impl AudioConfig {
             ));
         }
         if let Some(t) = f.mask_tasks.iter().find(|t| t.trim().is_empty()) {
-            return Err(config_error("filter.mask_tasks", format!("entries must be non-empty task or qtype names, got {t:?}")));
+            return Err(config_error(
+                "filter.mask_tasks",
+                format!("entries must be non-empty task or qtype names, got {t:?}"),
+            ));
         }
         self.denoise.validate("denoise.")?;
         self.mel.validate(self.sample_rate, "mel.")?;
         self.augment.validate("augment.")?;
         if self.threads > 1024 {
-            return Err(config_error("threads", format!("must be in 0..=1024, got {}", self.threads)));
+            return Err(config_error(
+                "threads",
+                format!("must be in 0..=1024, got {}", self.threads),
+            ));
         }
         if self.clip_samples() < self.denoise.n_fft.max(self.mel.n_fft) {
             return Err(config_error(
@@ -394,7 +427,11 @@ impl ClipProcessor {
         Ok(Self {
             config: config.clone(),
             denoiser: Denoiser::new(&config.denoise, config.sample_rate, fitted)?,
-            snr: SnrEstimator::new(config.denoise.n_fft, config.denoise.hop, config.filter.snr_noise_quantile)?,
+            snr: SnrEstimator::new(
+                config.denoise.n_fft,
+                config.denoise.hop,
+                config.filter.snr_noise_quantile,
+            )?,
             mel: LogMel::new(&config.mel, config.sample_rate)?,
             resampler: Resampler::new(),
             denoised: Vec::new(),
@@ -420,7 +457,11 @@ impl ClipProcessor {
             .resample(source, decoded.sample_rate, self.config.sample_rate)
             .map_err(|e| AudioReject::Undecodable(e.to_string()))?;
         fix_length(&mut samples, target, self.config.trim);
-        Ok(Prepared { samples, silent, clipped })
+        Ok(Prepared {
+            samples,
+            silent,
+            clipped,
+        })
     }
 
     /// The blind SNR estimate of a clip, dB.
@@ -503,7 +544,12 @@ fn read_rows(artifact: &Artifact, config: &AudioConfig) -> Result<Vec<Row>> {
     let path = artifact.dir().join("samples.parquet");
     let schema = artifact.table_schema("samples")?;
     sample::check_sample_schema(&schema, &path)?;
-    let masks: HashSet<&str> = config.filter.mask_tasks.iter().map(String::as_str).collect();
+    let masks: HashSet<&str> = config
+        .filter
+        .mask_tasks
+        .iter()
+        .map(String::as_str)
+        .collect();
     let mut rows = Vec::new();
     let mut seen = HashSet::new();
     for batch in artifact.table_reader("samples", 1024)? {
@@ -515,21 +561,35 @@ fn read_rows(artifact: &Artifact, config: &AudioConfig) -> Result<Vec<Row>> {
             })
         };
         let as_str = |name: &str| -> Result<StringArray> {
-            column(name)?.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| Error::Input {
-                path: path.clone(),
-                message: format!("column {name:?} is not Utf8"),
-            })
+            column(name)?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .ok_or_else(|| Error::Input {
+                    path: path.clone(),
+                    message: format!("column {name:?} is not Utf8"),
+                })
         };
         let ids = as_str(sample::ID)?;
         let splits = as_str(sample::SPLIT)?;
         let tasks = as_str(sample::TASK)?;
         let qtypes = as_str(sample::QTYPE)?;
-        let audio = column(sample::AUDIO)?.as_any().downcast_ref::<BinaryArray>().cloned().ok_or_else(|| {
-            Error::Input { path: path.clone(), message: "column \"audio\" is not Binary".into() }
-        })?;
-        let lines = column(sample::SOURCE_LINE)?.as_any().downcast_ref::<UInt64Array>().cloned().ok_or_else(
-            || Error::Input { path: path.clone(), message: "column \"source_line\" is not UInt64".into() },
-        )?;
+        let audio = column(sample::AUDIO)?
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .cloned()
+            .ok_or_else(|| Error::Input {
+                path: path.clone(),
+                message: "column \"audio\" is not Binary".into(),
+            })?;
+        let lines = column(sample::SOURCE_LINE)?
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .cloned()
+            .ok_or_else(|| Error::Input {
+                path: path.clone(),
+                message: "column \"source_line\" is not UInt64".into(),
+            })?;
         for i in 0..batch.num_rows() {
             let id = ids.value(i).to_owned();
             let split = if splits.is_null(i) { None } else { Split::parse(splits.value(i)) }.ok_or_else(|| {
@@ -543,12 +603,21 @@ fn read_rows(artifact: &Artifact, config: &AudioConfig) -> Result<Vec<Row>> {
                 }
             })?;
             if !seen.insert(id.clone()) {
-                return Err(Error::Input { path: path.clone(), message: format!("duplicate sample id {id:?}") });
+                return Err(Error::Input {
+                    path: path.clone(),
+                    message: format!("duplicate sample id {id:?}"),
+                });
             }
             let named = |a: &StringArray| !a.is_null(i) && masks.contains(a.value(i));
             let masked = named(&tasks) || named(&qtypes);
             let audio = (!audio.is_null(i)).then(|| audio.value(i).to_vec());
-            rows.push(Row { id, split, masked, audio, line: lines.value(i) });
+            rows.push(Row {
+                id,
+                split,
+                masked,
+                audio,
+                line: lines.value(i),
+            });
         }
     }
     Ok(rows)
@@ -571,19 +640,36 @@ fn fit_denoiser(config: &AudioConfig, rows: &[Row], seed: u64) -> Result<(Fitted
         return Ok((Fitted::default(), 0));
     }
     let probe_config = AudioConfig {
-        denoise: DenoiseConfig { method: Method::None, noise_source: NoiseSource::Clip, ..d.clone() },
+        denoise: DenoiseConfig {
+            method: Method::None,
+            noise_source: NoiseSource::Clip,
+            ..d.clone()
+        },
         ..config.clone()
     };
     let candidates = fit_candidates(rows);
-    let per_clip_frames = d.nmf.max_fit_frames.div_ceil(candidates.len().max(1)).max(1);
+    let per_clip_frames = d
+        .nmf
+        .max_fit_frames
+        .div_ceil(candidates.len().max(1))
+        .max(1);
     let measured: Vec<Result<Option<ClipFit>>> = candidates
         .par_iter()
         .map_init(
-            || Ok::<_, Error>((ClipProcessor::new(&probe_config, Arc::default())?, FitProbe::new(d, config.sample_rate)?)),
+            || {
+                Ok::<_, Error>((
+                    ClipProcessor::new(&probe_config, Arc::default())?,
+                    FitProbe::new(d, config.sample_rate)?,
+                ))
+            },
             |state, &i| {
                 let (processor, probe) = state.as_mut().map_err(|e| Error::State(e.to_string()))?;
-                let Some(bytes) = rows[i].audio.as_deref() else { return Ok(None) };
-                let Ok(prepared) = processor.prepare(bytes) else { return Ok(None) };
+                let Some(bytes) = rows[i].audio.as_deref() else {
+                    return Ok(None);
+                };
+                let Ok(prepared) = processor.prepare(bytes) else {
+                    return Ok(None);
+                };
                 if prepared.silent || prepared.clipped {
                     return Ok(None);
                 }
@@ -591,19 +677,33 @@ fn fit_denoiser(config: &AudioConfig, rows: &[Row], seed: u64) -> Result<(Fitted
             },
         )
         .collect();
-    let clips = measured.into_iter().filter_map(|m| m.transpose()).collect::<Result<Vec<_>>>()?;
+    let clips = measured
+        .into_iter()
+        .filter_map(|m| m.transpose())
+        .collect::<Result<Vec<_>>>()?;
     finish_fit(d, clips, seed)
 }
 
 /// Processes one sample: its fate, flags and the views' SNRs and un-normalized log-mels.
-fn process_row(processor: &mut ClipProcessor, config: &AudioConfig, row: &Row, seed: u64) -> Result<RowOut> {
-    let n_views = if row.split == Split::Train { config.augment.views } else { 0 };
+fn process_row(
+    processor: &mut ClipProcessor,
+    config: &AudioConfig,
+    row: &Row,
+    seed: u64,
+) -> Result<RowOut> {
+    let n_views = if row.split == Split::Train {
+        config.augment.views
+    } else {
+        0
+    };
     let absent = |reason: &'static str, flags: Vec<Flag>| RowOut {
         fate: Fate::Absent(reason),
         flags,
         views: vec![ViewOut::default(); usize::from(n_views) + 1],
     };
-    let Some(bytes) = row.audio.as_deref() else { return Ok(absent("missing_audio", Vec::new())) };
+    let Some(bytes) = row.audio.as_deref() else {
+        return Ok(absent("missing_audio", Vec::new()));
+    };
     if row.masked {
         return Ok(absent("masked_task", Vec::new()));
     }
@@ -611,7 +711,10 @@ fn process_row(processor: &mut ClipProcessor, config: &AudioConfig, row: &Row, s
         Ok(p) => p,
         Err(r) => {
             return Ok(RowOut {
-                fate: Fate::Dropped(r.code(), format!("line {}: audio of {:?}: {}", row.line, row.id, r.detail())),
+                fate: Fate::Dropped(
+                    r.code(),
+                    format!("line {}: audio of {:?}: {}", row.line, row.id, r.detail()),
+                ),
                 flags: Vec::new(),
                 views: Vec::new(),
             });
@@ -624,7 +727,11 @@ fn process_row(processor: &mut ClipProcessor, config: &AudioConfig, row: &Row, s
     if prepared.clipped {
         flags.push(Flag::Clipped);
     }
-    let snr_before = if prepared.silent { None } else { Some(processor.estimate_snr(&prepared.samples)?) };
+    let snr_before = if prepared.silent {
+        None
+    } else {
+        Some(processor.estimate_snr(&prepared.samples)?)
+    };
     if snr_before.is_some_and(|s| s < config.filter.min_snr_db) {
         flags.push(Flag::LowSnr);
     }
@@ -646,7 +753,10 @@ fn process_row(processor: &mut ClipProcessor, config: &AudioConfig, row: &Row, s
                     ),
                 };
                 return Ok(RowOut {
-                    fate: Fate::Dropped(flag.code(), format!("line {}: audio of {:?}: {detail}", row.line, row.id)),
+                    fate: Fate::Dropped(
+                        flag.code(),
+                        format!("line {}: audio of {:?}: {detail}", row.line, row.id),
+                    ),
                     flags: flags.clone(),
                     views: Vec::new(),
                 });
@@ -660,20 +770,39 @@ fn process_row(processor: &mut ClipProcessor, config: &AudioConfig, row: &Row, s
         let before = if view == 0 {
             snr_before
         } else {
-            augment_waveform(&mut x, config.sample_rate, &config.augment, &mut rng, &mut processor.resampler)?;
+            augment_waveform(
+                &mut x,
+                config.sample_rate,
+                &config.augment,
+                &mut rng,
+                &mut processor.resampler,
+            )?;
             Some(processor.estimate_snr(&x)?)
         };
         processor.denoise(&mut x)?;
         let gains = processor.denoiser.last_stats();
-        let after = if prepared.silent { None } else { Some(processor.estimate_snr(&x)?) };
+        let after = if prepared.silent {
+            None
+        } else {
+            Some(processor.estimate_snr(&x)?)
+        };
         processor.normalize(&mut x);
         if view > 0 {
             random_gain(&mut x, &config.augment, &mut rng);
         }
         let mel = processor.log_mel(&x)?;
-        views.push(ViewOut { snr_before: before, snr_after: after, gains, mel: Some(mel) });
+        views.push(ViewOut {
+            snr_before: before,
+            snr_after: after,
+            gains,
+            mel: Some(mel),
+        });
     }
-    Ok(RowOut { fate: Fate::Present, flags, views })
+    Ok(RowOut {
+        fate: Fate::Present,
+        flags,
+        views,
+    })
 }
 
 fn snr_summary<'a>(items: impl Iterator<Item = &'a ViewOut>) -> SnrSummary {
@@ -702,7 +831,11 @@ fn snr_summary<'a>(items: impl Iterator<Item = &'a ViewOut>) -> SnrSummary {
     }
 }
 
-fn build_batch(schema: &SchemaRef, config: &AudioConfig, rows: &[(&Row, u16, &ViewOut)]) -> Result<RecordBatch> {
+fn build_batch(
+    schema: &SchemaRef,
+    config: &AudioConfig,
+    rows: &[(&Row, u16, &ViewOut)],
+) -> Result<RecordBatch> {
     let [n_mels, n_frames] = config.mel_shape();
     let len = n_mels * n_frames;
     let mut ids = StringBuilder::new();
@@ -711,8 +844,12 @@ fn build_batch(schema: &SchemaRef, config: &AudioConfig, rows: &[(&Row, u16, &Vi
     let mut present = BooleanBuilder::new();
     let mut snr = Float32Builder::new();
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let mut mel = FixedSizeListBuilder::with_capacity(Float32Builder::with_capacity(rows.len() * len), len as i32, rows.len())
-        .with_field(item);
+    let mut mel = FixedSizeListBuilder::with_capacity(
+        Float32Builder::with_capacity(rows.len() * len),
+        len as i32,
+        rows.len(),
+    )
+    .with_field(item);
     for (row, view, out) in rows {
         ids.append_value(&row.id);
         splits.append_value(row.split.as_str());
@@ -725,7 +862,11 @@ fn build_batch(schema: &SchemaRef, config: &AudioConfig, rows: &[(&Row, u16, &Vi
                 mel.append(true);
             }
             Some(m) => {
-                return Err(Error::State(format!("log-mel of {:?} has {} values, expected {len}", row.id, m.len())));
+                return Err(Error::State(format!(
+                    "log-mel of {:?} has {} values, expected {len}",
+                    row.id,
+                    m.len()
+                )));
             }
             None => {
                 mel.values().append_slice(&vec![0.0; len]);
@@ -754,7 +895,12 @@ pub fn run(config: &AudioConfig, samples: &Path, output: &Path, seed: u64) -> Re
     pool.install(|| run_in_pool(config, samples, output, seed))
 }
 
-fn run_in_pool(config: &AudioConfig, samples: &Path, output: &Path, seed: u64) -> Result<AudioSummary> {
+fn run_in_pool(
+    config: &AudioConfig,
+    samples: &Path,
+    output: &Path,
+    seed: u64,
+) -> Result<AudioSummary> {
     let input = Artifact::open(samples)?;
     let rows = read_rows(&input, config)?;
     tracing::info!(rows = rows.len(), input = %samples.display(), "read samples");
@@ -767,7 +913,9 @@ fn run_in_pool(config: &AudioConfig, samples: &Path, output: &Path, seed: u64) -
         .map_init(
             || ClipProcessor::new(config, Arc::clone(&fitted)),
             |processor, row| {
-                let processor = processor.as_mut().map_err(|e| Error::State(e.to_string()))?;
+                let processor = processor
+                    .as_mut()
+                    .map_err(|e| Error::State(e.to_string()))?;
                 process_row(processor, config, row, seed)
             },
         )
@@ -779,30 +927,38 @@ fn run_in_pool(config: &AudioConfig, samples: &Path, output: &Path, seed: u64) -
     let mut acc = MelNormAccumulator::new(n_mels);
     let mut mel_clips = 0;
     for (row, out) in rows.iter().zip(&outs) {
-        if let Some(mel) = out.views.first().and_then(|v| v.mel.as_ref()).filter(|_| row.split == Split::Train) {
+        if let Some(mel) = out
+            .views
+            .first()
+            .and_then(|v| v.mel.as_ref())
+            .filter(|_| row.split == Split::Train)
+        {
             acc.add(mel, n_frames);
             mel_clips += 1;
         }
     }
     let mel_norm = acc.finish();
-    outs.par_iter_mut().zip(rows.par_iter()).try_for_each(|(out, row)| -> Result<()> {
-        for (view, v) in out.views.iter_mut().enumerate() {
-            if let Some(mel) = v.mel.as_mut() {
-                mel_norm.apply(mel, n_frames)?;
-                if view > 0 {
-                    let mut rng = rng_for(seed, &row.id, view as u16, "specaugment");
-                    spec_augment(mel, n_mels, n_frames, &config.augment, &mut rng);
+    outs.par_iter_mut()
+        .zip(rows.par_iter())
+        .try_for_each(|(out, row)| -> Result<()> {
+            for (view, v) in out.views.iter_mut().enumerate() {
+                if let Some(mel) = v.mel.as_mut() {
+                    mel_norm.apply(mel, n_frames)?;
+                    if view > 0 {
+                        let mut rng = rng_for(seed, &row.id, view as u16, "specaugment");
+                        spec_augment(mel, n_mels, n_frames, &config.augment, &mut rng);
+                    }
                 }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
 
     let info = StageInfo {
         stage: STAGE.into(),
         crate_name: env!("CARGO_PKG_NAME").into(),
         crate_version: env!("CARGO_PKG_VERSION").into(),
-        config: serde_json::to_value(config).map_err(|e| Error::State(format!("serializing the config: {e}")))?,
+        config: serde_json::to_value(config)
+            .map_err(|e| Error::State(format!("serializing the config: {e}")))?,
         seed: Some(seed),
     };
     let mut writer = ArtifactWriter::create(output, info)?;
@@ -821,7 +977,10 @@ fn run_in_pool(config: &AudioConfig, samples: &Path, output: &Path, seed: u64) -
         rows_per_view: BTreeMap::new(),
         method: config.denoise.method,
         noise_source: config.denoise.noise_source,
-        snr: snr_summary(outs.iter().filter_map(|o| o.views.first().filter(|v| v.mel.is_some()))),
+        snr: snr_summary(
+            outs.iter()
+                .filter_map(|o| o.views.first().filter(|v| v.mel.is_some())),
+        ),
         snr_by_split: BTreeMap::new(),
         mel_shape: [n_mels, n_frames],
         denoiser_fit_clips: fit_clips,
@@ -847,12 +1006,18 @@ fn run_in_pool(config: &AudioConfig, samples: &Path, output: &Path, seed: u64) -
             match &out.fate {
                 Fate::Dropped(reason, detail) => {
                     summary.dropped += 1;
-                    *summary.rejects_by_reason.entry((*reason).to_owned()).or_insert(0) += 1;
+                    *summary
+                        .rejects_by_reason
+                        .entry((*reason).to_owned())
+                        .or_insert(0) += 1;
                     rejects.push(row.line, Some(&row.id), reason, detail);
                     continue;
                 }
                 Fate::Absent(reason) => {
-                    *summary.absent_by_reason.entry((*reason).to_owned()).or_insert(0) += 1;
+                    *summary
+                        .absent_by_reason
+                        .entry((*reason).to_owned())
+                        .or_insert(0) += 1;
                 }
                 Fate::Present => summary.present += 1,
             }
@@ -871,7 +1036,12 @@ fn run_in_pool(config: &AudioConfig, samples: &Path, output: &Path, seed: u64) -
         }
         table.finish()?;
     }
-    writer.write_table("rejects", Role::Rejects, sample::rejects_schema(), &[rejects.finish()?])?;
+    writer.write_table(
+        "rejects",
+        Role::Rejects,
+        sample::rejects_schema(),
+        &[rejects.finish()?],
+    )?;
     let state = AudioState {
         sample_rate: config.sample_rate,
         clip_samples: config.clip_samples(),

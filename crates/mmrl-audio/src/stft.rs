@@ -32,7 +32,8 @@ impl Spectrogram {
         self.n_frames = n_frames;
         self.n_bins = n_bins;
         self.data.clear();
-        self.data.resize(n_frames * n_bins, Complex32::new(0.0, 0.0));
+        self.data
+            .resize(n_frames * n_bins, Complex32::new(0.0, 0.0));
     }
 
     /// Frame `t`.
@@ -77,7 +78,10 @@ pub struct Stft {
 
 impl std::fmt::Debug for Stft {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stft").field("n_fft", &self.n_fft).field("hop", &self.hop).finish()
+        f.debug_struct("Stft")
+            .field("n_fft", &self.n_fft)
+            .field("hop", &self.hop)
+            .finish()
     }
 }
 
@@ -110,10 +114,15 @@ impl Stft {
     /// Plans an STFT. `n_fft` must be even and at least 16; `hop` in `1..=n_fft / 2`.
     pub fn new(n_fft: usize, hop: usize) -> Result<Self> {
         if n_fft < 16 || !n_fft.is_multiple_of(2) {
-            return Err(Error::Dsp(format!("n_fft must be even and at least 16, got {n_fft}")));
+            return Err(Error::Dsp(format!(
+                "n_fft must be even and at least 16, got {n_fft}"
+            )));
         }
         if hop == 0 || hop > n_fft / 2 {
-            return Err(Error::Dsp(format!("hop must be in 1..={}, got {hop}", n_fft / 2)));
+            return Err(Error::Dsp(format!(
+                "hop must be in 1..={}, got {hop}",
+                n_fft / 2
+            )));
         }
         let mut planner = RealFftPlanner::<f32>::new();
         let forward = planner.plan_fft_forward(n_fft);
@@ -168,11 +177,18 @@ impl Stft {
             // Frame j covers signal[t*hop + j - half]; j0..j1 is the part inside the clip.
             let start = t * self.hop;
             let j0 = half.saturating_sub(start);
-            let j1 = (signal.len() + half).saturating_sub(start).min(self.n_fft).max(j0);
+            let j1 = (signal.len() + half)
+                .saturating_sub(start)
+                .min(self.n_fft)
+                .max(j0);
             self.frame[..j0].fill(0.0);
             self.frame[j1..].fill(0.0);
             let src = &signal[start + j0 - half..start + j1 - half];
-            for ((f, s), w) in self.frame[j0..j1].iter_mut().zip(src).zip(&self.window[j0..j1]) {
+            for ((f, s), w) in self.frame[j0..j1]
+                .iter_mut()
+                .zip(src)
+                .zip(&self.window[j0..j1])
+            {
                 *f = s * w;
             }
             self.forward
@@ -186,7 +202,11 @@ impl Stft {
     /// Resynthesizes `len` samples from `spec` into `out` by weighted overlap-add.
     pub fn synthesize(&mut self, spec: &Spectrogram, len: usize, out: &mut Vec<f32>) -> Result<()> {
         if spec.n_bins != self.n_bins() {
-            return Err(Error::Dsp(format!("spectrogram has {} bins, the stft {}", spec.n_bins, self.n_bins())));
+            return Err(Error::Dsp(format!(
+                "spectrogram has {} bins, the stft {}",
+                spec.n_bins,
+                self.n_bins()
+            )));
         }
         let half = self.n_fft / 2;
         let padded = len + self.n_fft + self.hop * spec.n_frames;
@@ -209,15 +229,23 @@ impl Stft {
             let start = t * self.hop;
             let acc = &mut self.acc[start..start + self.n_fft];
             let wsum = &mut self.wsum[start..start + self.n_fft];
-            for (((a, s), f), w) in acc.iter_mut().zip(wsum.iter_mut()).zip(&self.frame).zip(&self.window) {
+            for (((a, s), f), w) in acc
+                .iter_mut()
+                .zip(wsum.iter_mut())
+                .zip(&self.frame)
+                .zip(&self.window)
+            {
                 *a += f * scale * w;
                 *s += w * w;
             }
         }
         out.clear();
-        out.extend(self.acc[half..half + len].iter().zip(&self.wsum[half..half + len]).map(|(a, s)| {
-            if *s > 1e-6 { a / s } else { 0.0 }
-        }));
+        out.extend(
+            self.acc[half..half + len]
+                .iter()
+                .zip(&self.wsum[half..half + len])
+                .map(|(a, s)| if *s > 1e-6 { a / s } else { 0.0 }),
+        );
         Ok(())
     }
 }
@@ -227,7 +255,9 @@ mod tests {
     use super::*;
 
     fn check_round_trip(n_fft: usize, hop: usize, len: usize) {
-        let signal: Vec<f32> = (0..len).map(|i| ((i as f32 * 0.37).sin() + (i as f32 * 0.011).cos()) * 0.5).collect();
+        let signal: Vec<f32> = (0..len)
+            .map(|i| ((i as f32 * 0.37).sin() + (i as f32 * 0.011).cos()) * 0.5)
+            .collect();
         let mut stft = Stft::new(n_fft, hop).unwrap();
         let mut spec = Spectrogram::default();
         stft.analyze(&signal, &mut spec).unwrap();
@@ -235,8 +265,15 @@ mod tests {
         let mut out = Vec::new();
         stft.synthesize(&spec, len, &mut out).unwrap();
         assert_eq!(out.len(), len);
-        let err = signal.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(err < 1e-4, "n_fft {n_fft} hop {hop} len {len}: max error {err}");
+        let err = signal
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            err < 1e-4,
+            "n_fft {n_fft} hop {hop} len {len}: max error {err}"
+        );
     }
 
     #[test]
@@ -252,12 +289,16 @@ mod tests {
     fn a_tone_lands_in_its_bin() {
         let sr = 8000.0;
         let f = 1000.0; // bin 32 of a 256-point fft at 8 kHz
-        let signal: Vec<f32> = (0..4000).map(|i| (2.0 * std::f32::consts::PI * f * i as f32 / sr).sin()).collect();
+        let signal: Vec<f32> = (0..4000)
+            .map(|i| (2.0 * std::f32::consts::PI * f * i as f32 / sr).sin())
+            .collect();
         let mut stft = Stft::new(256, 64).unwrap();
         let mut spec = Spectrogram::default();
         stft.analyze(&signal, &mut spec).unwrap();
         let frame = spec.frame(spec.n_frames / 2);
-        let peak = (0..frame.len()).max_by(|&a, &b| frame[a].norm().total_cmp(&frame[b].norm())).unwrap();
+        let peak = (0..frame.len())
+            .max_by(|&a, &b| frame[a].norm().total_cmp(&frame[b].norm()))
+            .unwrap();
         assert_eq!(peak, 32);
     }
 

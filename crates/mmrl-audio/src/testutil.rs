@@ -30,7 +30,9 @@ pub fn tone_burst(sr: u32, fraction: f32) -> (Vec<f32>, usize, usize) {
 /// Unit-variance white Gaussian noise.
 pub fn noise(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..len).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()
+    (0..len)
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect()
 }
 
 /// `clean + noise` with the noise scaled to `snr_db` relative to the clean power over `start..end`.

@@ -60,7 +60,9 @@ impl AudioReject {
     pub fn detail(&self) -> String {
         match self {
             AudioReject::Undecodable(e) => format!("not a readable WAV file: {e}"),
-            AudioReject::Truncated(e) => format!("the data chunk is shorter than its header says: {e}"),
+            AudioReject::Truncated(e) => {
+                format!("the data chunk is shorter than its header says: {e}")
+            }
             AudioReject::Empty => "the WAV file holds no samples".into(),
             AudioReject::UnsupportedEncoding(e) => {
                 format!("{e}; expected integer PCM of 8, 16, 24 or 32 bits or 32-bit float")
@@ -69,7 +71,9 @@ impl AudioReject {
             AudioReject::BadSampleRate { rate, min, max } => {
                 format!("sample rate {rate} Hz is outside the accepted {min}..={max} Hz")
             }
-            AudioReject::TooLong { seconds, max } => format!("{seconds:.1} s is longer than max_source_seconds {max}"),
+            AudioReject::TooLong { seconds, max } => {
+                format!("{seconds:.1} s is longer than max_source_seconds {max}")
+            }
         }
     }
 }
@@ -96,7 +100,11 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { min_sample_rate: 1000, max_sample_rate: 384_000, max_seconds: 600.0 }
+        Self {
+            min_sample_rate: 1000,
+            max_sample_rate: 384_000,
+            max_seconds: 600.0,
+        }
     }
 }
 
@@ -136,7 +144,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, AudioRejec
     }
     let seconds = declared as f64 / channels as f64 / f64::from(spec.sample_rate);
     if seconds > limits.max_seconds {
-        return Err(AudioReject::TooLong { seconds, max: limits.max_seconds });
+        return Err(AudioReject::TooLong {
+            seconds,
+            max: limits.max_seconds,
+        });
     }
     // Never trust the header for an allocation: a truncated file may claim gigabytes.
     let bytes_per_sample = usize::from(spec.bits_per_sample).div_ceil(8).max(1);
@@ -169,14 +180,18 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, AudioRejec
             }
         }
         (format, bits) => {
-            return Err(AudioReject::UnsupportedEncoding(format!("{format:?} samples of {bits} bits")));
+            return Err(AudioReject::UnsupportedEncoding(format!(
+                "{format:?} samples of {bits} bits"
+            )));
         }
     }
     if mono.is_empty() {
         return Err(AudioReject::Empty);
     }
     if !declared.is_multiple_of(channels) {
-        return Err(AudioReject::Truncated(format!("{declared} samples do not divide into {channels} channels")));
+        return Err(AudioReject::Truncated(format!(
+            "{declared} samples do not divide into {channels} channels"
+        )));
     }
     Ok(Decoded {
         samples: mono,
@@ -195,8 +210,12 @@ fn header_error(e: hound::Error) -> AudioReject {
         hound::Error::IoError(io) if io.to_string().contains("enough bytes") => {
             AudioReject::Truncated(format!("header cut short: {io}"))
         }
-        hound::Error::Unsupported => AudioReject::UnsupportedEncoding("unsupported WAV format tag".into()),
-        hound::Error::TooWide => AudioReject::UnsupportedEncoding("samples wider than 32 bits".into()),
+        hound::Error::Unsupported => {
+            AudioReject::UnsupportedEncoding("unsupported WAV format tag".into())
+        }
+        hound::Error::TooWide => {
+            AudioReject::UnsupportedEncoding("samples wider than 32 bits".into())
+        }
         hound::Error::FormatError(m) if m.contains("bits per sample") => {
             AudioReject::UnsupportedEncoding(format!("float samples: {m}"))
         }
@@ -209,8 +228,12 @@ fn header_error(e: hound::Error) -> AudioReject {
 
 fn sample_error(e: hound::Error) -> AudioReject {
     match e {
-        hound::Error::TooWide => AudioReject::UnsupportedEncoding("sample container wider than 32 bits".into()),
-        hound::Error::FormatError(m) if m.contains("enough bytes") => AudioReject::Truncated(m.to_owned()),
+        hound::Error::TooWide => {
+            AudioReject::UnsupportedEncoding("sample container wider than 32 bits".into())
+        }
+        hound::Error::FormatError(m) if m.contains("enough bytes") => {
+            AudioReject::Truncated(m.to_owned())
+        }
         hound::Error::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             AudioReject::Truncated(io.to_string())
         }
@@ -221,7 +244,12 @@ fn sample_error(e: hound::Error) -> AudioReject {
 
 /// Encodes mono samples as 16-bit PCM WAV bytes (values clamped to `[-1, 1]`).
 pub fn encode_i16(samples: &[f32], sample_rate: u32) -> Result<Vec<u8>, hound::Error> {
-    let spec = hound::WavSpec { channels: 1, sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
     let mut cursor = Cursor::new(Vec::with_capacity(44 + 2 * samples.len()));
     {
         let mut writer = hound::WavWriter::new(&mut cursor, spec)?;
@@ -236,7 +264,10 @@ pub fn encode_i16(samples: &[f32], sample_rate: u32) -> Result<Vec<u8>, hound::E
 }
 
 /// Encodes interleaved samples with any spec (tests and fixtures use it to make every accepted format).
-pub fn encode_with_spec(interleaved: &[f64], spec: hound::WavSpec) -> Result<Vec<u8>, hound::Error> {
+pub fn encode_with_spec(
+    interleaved: &[f64],
+    spec: hound::WavSpec,
+) -> Result<Vec<u8>, hound::Error> {
     let mut cursor = Cursor::new(Vec::new());
     {
         let mut writer = hound::WavWriter::new(&mut cursor, spec)?;
@@ -264,7 +295,11 @@ mod tests {
             channels,
             sample_rate: 8000,
             bits_per_sample: bits,
-            sample_format: if float { hound::SampleFormat::Float } else { hound::SampleFormat::Int },
+            sample_format: if float {
+                hound::SampleFormat::Float
+            } else {
+                hound::SampleFormat::Int
+            },
         }
     }
 
@@ -295,15 +330,29 @@ mod tests {
         check_decode(&values, spec(1, 32, false), &expected, 1e-6);
         check_decode(&values, spec(1, 32, true), &expected, 1e-7);
         // Stereo: left 0.5, right -0.1 averages to 0.2.
-        check_decode(&[0.5, -0.1, 0.5, -0.1], spec(2, 16, false), &[0.2, 0.2], 1e-4);
-        check_decode(&[0.3, 0.3, 0.3, 0.6, 0.6, 0.6], spec(3, 32, true), &[0.3, 0.6], 1e-6);
+        check_decode(
+            &[0.5, -0.1, 0.5, -0.1],
+            spec(2, 16, false),
+            &[0.2, 0.2],
+            1e-4,
+        );
+        check_decode(
+            &[0.3, 0.3, 0.3, 0.6, 0.6, 0.6],
+            spec(3, 32, true),
+            &[0.3, 0.6],
+            1e-6,
+        );
     }
 
     #[test]
     fn bad_files_are_rejected_with_their_reason() {
         let limits = DecodeLimits::default();
         check_reject(&[], &limits, "empty_audio");
-        check_reject(b"definitely not a wav file, just text", &limits, "undecodable_audio");
+        check_reject(
+            b"definitely not a wav file, just text",
+            &limits,
+            "undecodable_audio",
+        );
         let good = encode_with_spec(&[0.1; 100], spec(1, 16, false)).unwrap();
         check_reject(&good[..20], &limits, "truncated_audio");
         check_reject(&good[..good.len() - 51], &limits, "truncated_audio");
@@ -325,10 +374,21 @@ mod tests {
         check_reject(&f64_wav, &limits, "unsupported_encoding");
         let mut absurd = spec(1, 16, false);
         absurd.sample_rate = 3;
-        check_reject(&encode_with_spec(&[0.1; 10], absurd).unwrap(), &limits, "bad_sample_rate");
+        check_reject(
+            &encode_with_spec(&[0.1; 10], absurd).unwrap(),
+            &limits,
+            "bad_sample_rate",
+        );
         absurd.sample_rate = 4_000_000;
-        check_reject(&encode_with_spec(&[0.1; 10], absurd).unwrap(), &limits, "bad_sample_rate");
-        let short = DecodeLimits { max_seconds: 0.001, ..limits };
+        check_reject(
+            &encode_with_spec(&[0.1; 10], absurd).unwrap(),
+            &limits,
+            "bad_sample_rate",
+        );
+        let short = DecodeLimits {
+            max_seconds: 0.001,
+            ..limits
+        };
         check_reject(&good, &short, "audio_too_long");
     }
 
@@ -338,7 +398,10 @@ mod tests {
         // Patch the data chunk size (bytes 40..44 of a canonical header) to ~2 GB.
         bytes[40..44].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
         check_reject(&bytes, &DecodeLimits::default(), "audio_too_long");
-        let unlimited = DecodeLimits { max_seconds: 1e9, ..DecodeLimits::default() };
+        let unlimited = DecodeLimits {
+            max_seconds: 1e9,
+            ..DecodeLimits::default()
+        };
         check_reject(&bytes, &unlimited, "truncated_audio");
     }
 
@@ -348,6 +411,11 @@ mod tests {
         let bytes = encode_i16(&samples, 16000).unwrap();
         let d = decode(&bytes, &DecodeLimits::default()).unwrap();
         assert_eq!(d.sample_rate, 16000);
-        assert!(d.samples.iter().zip(&samples).all(|(a, b)| (a - b).abs() < 1e-4));
+        assert!(
+            d.samples
+                .iter()
+                .zip(&samples)
+                .all(|(a, b)| (a - b).abs() < 1e-4)
+        );
     }
 }

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, BinaryBuilder, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray, StringBuilder,
-    UInt16Array, UInt32Builder, UInt64Builder,
+    Array, BinaryBuilder, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
+    StringBuilder, UInt16Array, UInt32Builder, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use mmrl_artifact::sample::{self, tensor_shape};
@@ -23,7 +23,11 @@ fn spec(channels: u16, rate: u32, bits: u16, float: bool) -> hound::WavSpec {
         channels,
         sample_rate: rate,
         bits_per_sample: bits,
-        sample_format: if float { hound::SampleFormat::Float } else { hound::SampleFormat::Int },
+        sample_format: if float {
+            hound::SampleFormat::Float
+        } else {
+            hound::SampleFormat::Int
+        },
     }
 }
 
@@ -35,14 +39,17 @@ fn tone_in_noise(rate: u32, snr_db: f64, seed: u64) -> Vec<f64> {
         .map(|i| {
             let t = i as f64 / f64::from(rate);
             if (0.3..0.7).contains(&t) {
-                0.1 * ((2.0 * std::f64::consts::PI * 852.0 * t).sin() + (2.0 * std::f64::consts::PI * 1336.0 * t).sin())
+                0.1 * ((2.0 * std::f64::consts::PI * 852.0 * t).sin()
+                    + (2.0 * std::f64::consts::PI * 1336.0 * t).sin())
             } else {
                 0.0
             }
         })
         .collect();
     let sigma = (0.01f64 / 10f64.powf(snr_db / 10.0)).sqrt();
-    tone.iter().map(|s| s + sigma * rng.sample::<f64, _>(StandardNormal)).collect()
+    tone.iter()
+        .map(|s| s + sigma * rng.sample::<f64, _>(StandardNormal))
+        .collect()
 }
 
 fn wav16(x: &[f64]) -> Vec<u8> {
@@ -59,7 +66,13 @@ struct Row {
 }
 
 fn row(id: &'static str, split: &'static str, audio: Option<Vec<u8>>) -> Row {
-    Row { id, split, task: "tone", qtype: "tone_digit", audio }
+    Row {
+        id,
+        split,
+        task: "tone",
+        qtype: "tone_digit",
+        audio,
+    }
 }
 
 /// The default fixture: tone clips in every split plus one row per bad input and per flag.
@@ -67,21 +80,57 @@ fn fixture(val_seed: u64) -> Vec<Row> {
     let mut rows = Vec::new();
     let train_ids = ["t0", "t1", "t2", "t3", "t4", "t5"];
     for (i, id) in train_ids.into_iter().enumerate() {
-        rows.push(row(id, "train", Some(wav16(&tone_in_noise(8000, 5.0 * i as f64 - 5.0, i as u64)))));
+        rows.push(row(
+            id,
+            "train",
+            Some(wav16(&tone_in_noise(8000, 5.0 * i as f64 - 5.0, i as u64))),
+        ));
     }
-    rows.push(row("v0", "val", Some(wav16(&tone_in_noise(8000, 10.0, val_seed)))));
-    rows.push(row("v1", "val", Some(wav16(&tone_in_noise(8000, 0.0, val_seed + 1)))));
-    rows.push(row("x0", "test", Some(wav16(&tone_in_noise(8000, 15.0, val_seed + 2)))));
+    rows.push(row(
+        "v0",
+        "val",
+        Some(wav16(&tone_in_noise(8000, 10.0, val_seed))),
+    ));
+    rows.push(row(
+        "v1",
+        "val",
+        Some(wav16(&tone_in_noise(8000, 0.0, val_seed + 1))),
+    ));
+    rows.push(row(
+        "x0",
+        "test",
+        Some(wav16(&tone_in_noise(8000, 15.0, val_seed + 2))),
+    ));
     // Other encodings: stereo 44.1 kHz float, 24-bit 16 kHz.
-    let stereo: Vec<f64> = tone_in_noise(44100, 10.0, 40).iter().flat_map(|v| [*v, *v]).collect();
-    rows.push(row("f0", "train", Some(encode_with_spec(&stereo, spec(2, 44100, 32, true)).unwrap())));
-    rows.push(row("p0", "train", Some(encode_with_spec(&tone_in_noise(16000, 10.0, 41), spec(1, 16000, 24, false)).unwrap())));
+    let stereo: Vec<f64> = tone_in_noise(44100, 10.0, 40)
+        .iter()
+        .flat_map(|v| [*v, *v])
+        .collect();
+    rows.push(row(
+        "f0",
+        "train",
+        Some(encode_with_spec(&stereo, spec(2, 44100, 32, true)).unwrap()),
+    ));
+    rows.push(row(
+        "p0",
+        "train",
+        Some(encode_with_spec(&tone_in_noise(16000, 10.0, 41), spec(1, 16000, 24, false)).unwrap()),
+    ));
     // Flags.
     rows.push(row("silent", "train", Some(wav16(&[0.0; 8000]))));
-    let loud: Vec<f64> = tone_in_noise(8000, 10.0, 50).iter().map(|v| (v * 20.0).clamp(-1.0, 1.0)).collect();
+    let loud: Vec<f64> = tone_in_noise(8000, 10.0, 50)
+        .iter()
+        .map(|v| (v * 20.0).clamp(-1.0, 1.0))
+        .collect();
     rows.push(row("clipped", "val", Some(wav16(&loud))));
     rows.push(row("missing", "train", None));
-    rows.push(Row { id: "masked", split: "train", task: "shapes", qtype: "count_shapes", audio: Some(wav16(&[0.1; 100])) });
+    rows.push(Row {
+        id: "masked",
+        split: "train",
+        task: "shapes",
+        qtype: "count_shapes",
+        audio: Some(wav16(&[0.1; 100])),
+    });
     rows.push(Row {
         id: "masked_q",
         split: "test",
@@ -91,24 +140,48 @@ fn fixture(val_seed: u64) -> Vec<Row> {
     });
     // Bad input.
     let good = wav16(&tone_in_noise(8000, 10.0, 60));
-    rows.push(row("truncated", "train", Some(good[..good.len() / 2].to_vec())));
+    rows.push(row(
+        "truncated",
+        "train",
+        Some(good[..good.len() / 2].to_vec()),
+    ));
     rows.push(row("empty", "val", Some(Vec::new())));
     rows.push(row("zero_samples", "val", Some(wav16(&[]))));
     let mut nan = tone_in_noise(8000, 10.0, 61);
     nan[100] = f64::NAN;
-    rows.push(row("nan", "test", Some(encode_with_spec(&nan, spec(1, 8000, 32, true)).unwrap())));
-    rows.push(row("inf", "test", Some(encode_with_spec(&[0.0, f64::INFINITY], spec(1, 8000, 32, true)).unwrap())));
-    rows.push(row("rate", "train", Some(encode_with_spec(&[0.1; 100], spec(1, 7, 16, false)).unwrap())));
+    rows.push(row(
+        "nan",
+        "test",
+        Some(encode_with_spec(&nan, spec(1, 8000, 32, true)).unwrap()),
+    ));
+    rows.push(row(
+        "inf",
+        "test",
+        Some(encode_with_spec(&[0.0, f64::INFINITY], spec(1, 8000, 32, true)).unwrap()),
+    ));
+    rows.push(row(
+        "rate",
+        "train",
+        Some(encode_with_spec(&[0.1; 100], spec(1, 7, 16, false)).unwrap()),
+    ));
     let mut adpcm = good.clone();
     adpcm[20..22].copy_from_slice(&2u16.to_le_bytes());
     rows.push(row("adpcm", "train", Some(adpcm)));
-    rows.push(row("garbage", "test", Some(b"ID3\x03\x00 an mp3 file, not a wav at all".to_vec())));
+    rows.push(row(
+        "garbage",
+        "test",
+        Some(b"ID3\x03\x00 an mp3 file, not a wav at all".to_vec()),
+    ));
     rows
 }
 
 /// Writes a select-like artifact (sample schema plus `repeat`) at `dir`.
 fn write_samples(dir: &Path, rows: &[Row]) {
-    let mut fields: Vec<Field> = sample::sample_schema(&[]).fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = sample::sample_schema(&[])
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new("repeat", DataType::UInt32, false));
     let schema = Arc::new(Schema::new(fields));
     let (mut id, mut split, mut task, mut qtype, mut q, mut a) = (
@@ -119,8 +192,12 @@ fn write_samples(dir: &Path, rows: &[Row]) {
         StringBuilder::new(),
         StringBuilder::new(),
     );
-    let (mut image, mut audio, mut line, mut repeat) =
-        (BinaryBuilder::new(), BinaryBuilder::new(), UInt64Builder::new(), UInt32Builder::new());
+    let (mut image, mut audio, mut line, mut repeat) = (
+        BinaryBuilder::new(),
+        BinaryBuilder::new(),
+        UInt64Builder::new(),
+        UInt32Builder::new(),
+    );
     for (i, r) in rows.iter().enumerate() {
         id.append_value(r.id);
         split.append_value(r.split);
@@ -157,7 +234,9 @@ fn write_samples(dir: &Path, rows: &[Row]) {
         seed: None,
     };
     let mut writer = ArtifactWriter::create(dir, info).unwrap();
-    writer.write_table("samples", Role::Data, schema, &[batch]).unwrap();
+    writer
+        .write_table("samples", Role::Data, schema, &[batch])
+        .unwrap();
     writer.commit().unwrap();
 }
 
@@ -218,16 +297,35 @@ fn read(dir: &Path) -> Out {
             out.mel_valid.push(mel.is_valid(i));
             if mel.is_valid(i) {
                 let v = mel.value(i);
-                out.mel.extend(v.as_any().downcast_ref::<Float32Array>().unwrap().values().iter());
+                out.mel.extend(
+                    v.as_any()
+                        .downcast_ref::<Float32Array>()
+                        .unwrap()
+                        .values()
+                        .iter(),
+                );
             }
         }
     }
     let (_, rejects) = artifact.read_table("rejects").unwrap();
     for b in &rejects {
-        let ids = b.column_by_name("id").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
-        let reasons = b.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+        let ids = b
+            .column_by_name("id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
+        let reasons = b
+            .column_by_name("reason")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
         for i in 0..b.num_rows() {
-            out.rejects.push((ids.value(i).to_owned(), reasons.value(i).to_owned()));
+            out.rejects
+                .push((ids.value(i).to_owned(), reasons.value(i).to_owned()));
         }
     }
     out.report = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
@@ -237,7 +335,13 @@ fn read(dir: &Path) -> Out {
 fn run(config: &AudioConfig, rows: &[Row], seed: u64) -> (tempfile::TempDir, Out) {
     let tmp = tempfile::tempdir().unwrap();
     write_samples(&tmp.path().join("select"), rows);
-    stage::run(config, &tmp.path().join("select"), &tmp.path().join("audio"), seed).unwrap();
+    stage::run(
+        config,
+        &tmp.path().join("select"),
+        &tmp.path().join("audio"),
+        seed,
+    )
+    .unwrap();
     let out = read(&tmp.path().join("audio"));
     (tmp, out)
 }
@@ -247,17 +351,30 @@ fn fate(out: &Out, id: &str) -> String {
     if let Some((_, reason)) = out.rejects.iter().find(|(i, _)| i == id) {
         return reason.clone();
     }
-    let i = out.ids.iter().position(|i| i == id).unwrap_or_else(|| panic!("{id} is neither in the table nor rejected"));
+    let i = out
+        .ids
+        .iter()
+        .position(|i| i == id)
+        .unwrap_or_else(|| panic!("{id} is neither in the table nor rejected"));
     assert_eq!(out.views[i], 0);
-    assert_eq!(out.present[i], out.mel_valid[i], "{id}: present and tensor validity disagree");
-    if out.present[i] { "present".into() } else { "absent".into() }
+    assert_eq!(
+        out.present[i], out.mel_valid[i],
+        "{id}: present and tensor validity disagree"
+    );
+    if out.present[i] {
+        "present".into()
+    } else {
+        "absent".into()
+    }
 }
 
 #[test]
 fn the_stage_denoises_filters_and_featurizes() {
     let (_tmp, out) = run(&config(), &fixture(100), 7);
     let check = |id: &str, expected: &str| assert_eq!(fate(&out, id), expected, "sample {id}");
-    for id in ["t0", "t1", "t2", "t3", "t4", "t5", "v0", "v1", "x0", "f0", "p0"] {
+    for id in [
+        "t0", "t1", "t2", "t3", "t4", "t5", "v0", "v1", "x0", "f0", "p0",
+    ] {
         check(id, "present");
     }
     for id in ["silent", "clipped", "missing", "masked", "masked_q"] {
@@ -273,15 +390,28 @@ fn the_stage_denoises_filters_and_featurizes() {
     check("garbage", "undecodable_audio");
 
     // Every train sample kept has views 0 and 1, the others view 0 only.
-    let views_of = |id: &str| out.ids.iter().zip(&out.views).filter(|(i, _)| *i == id).map(|(_, v)| *v).collect::<Vec<_>>();
+    let views_of = |id: &str| {
+        out.ids
+            .iter()
+            .zip(&out.views)
+            .filter(|(i, _)| *i == id)
+            .map(|(_, v)| *v)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(views_of("t0"), vec![0, 1]);
     assert_eq!(views_of("missing"), vec![0, 1]);
     assert_eq!(views_of("v0"), vec![0]);
     assert_eq!(views_of("x0"), vec![0]);
     // The SNR column follows the true SNR of the train clips (-5, 0, .. 20 dB) in order.
     let snr_of = |id: &str| out.snr[out.ids.iter().position(|i| i == id).unwrap()].unwrap();
-    let train_snr: Vec<f32> = ["t0", "t1", "t2", "t3", "t4", "t5"].iter().map(|id| snr_of(id)).collect();
-    assert!(train_snr.windows(2).all(|w| w[0] < w[1]), "estimated SNRs {train_snr:?} are not increasing");
+    let train_snr: Vec<f32> = ["t0", "t1", "t2", "t3", "t4", "t5"]
+        .iter()
+        .map(|id| snr_of(id))
+        .collect();
+    assert!(
+        train_snr.windows(2).all(|w| w[0] < w[1]),
+        "estimated SNRs {train_snr:?} are not increasing"
+    );
     assert!(out.snr[out.ids.iter().position(|i| i == "silent").unwrap()].is_none());
     assert!(out.mel.iter().all(|v| v.is_finite()));
 
@@ -296,7 +426,10 @@ fn the_stage_denoises_filters_and_featurizes() {
     assert_eq!(r["rejects_by_reason"]["non_finite_samples"], 2);
     // Denoising measurably improves the SNR.
     let gain = r["snr"]["mean_snr_gain_db"].as_f64().unwrap();
-    let (before, after) = (r["snr"]["mean_before_db"].as_f64().unwrap(), r["snr"]["mean_after_db"].as_f64().unwrap());
+    let (before, after) = (
+        r["snr"]["mean_before_db"].as_f64().unwrap(),
+        r["snr"]["mean_after_db"].as_f64().unwrap(),
+    );
     assert!(gain > 3.0, "estimated SNR gain {gain} dB");
     assert!(after > before + 3.0, "blind SNR {before} -> {after} dB");
     assert_eq!(out.artifact.manifest().fit_splits, vec!["train".to_owned()]);
@@ -307,7 +440,11 @@ fn train_view_zero_features_are_normalized_per_mel_bin() {
     let (tmp, out) = run(&config(), &fixture(100), 7);
     let state = AudioState::read(&tmp.path().join("audio").join("state.json")).unwrap();
     assert_eq!(state.mel_shape, [32, 63]);
-    assert_eq!(state.mel_norm.frames, 8 * 63, "fit on the 8 present train clips, view 0 only");
+    assert_eq!(
+        state.mel_norm.frames,
+        8 * 63,
+        "fit on the 8 present train clips, view 0 only"
+    );
     // Over train view 0 the normalized values have mean 0 and std 1 per mel bin.
     let per = 32 * 63;
     let mut k = 0;
@@ -334,7 +471,10 @@ fn train_view_zero_features_are_normalized_per_mel_bin() {
         let mean = s / *n as f64;
         let std = (s2 / *n as f64 - mean * mean).sqrt();
         assert!(mean.abs() < 1e-3, "mel bin {m}: mean {mean}");
-        assert!((std - 1.0).abs() < 1e-2 || std < 1e-6, "mel bin {m}: std {std}");
+        assert!(
+            (std - 1.0).abs() < 1e-2 || std < 1e-6,
+            "mel bin {m}: std {std}"
+        );
     }
 }
 
@@ -347,9 +487,16 @@ fn same_seed_same_artifact_whatever_the_thread_count() {
     let mut four = config();
     four.threads = 4;
     let (_b, b) = run(&four, &rows, 3);
-    assert_eq!(a.artifact.manifest().content_hash, b.artifact.manifest().content_hash);
+    assert_eq!(
+        a.artifact.manifest().content_hash,
+        b.artifact.manifest().content_hash
+    );
     let (_c, c) = run(&one, &rows, 4);
-    assert_ne!(a.artifact.manifest().content_hash, c.artifact.manifest().content_hash, "the seed drives augmentation");
+    assert_ne!(
+        a.artifact.manifest().content_hash,
+        c.artifact.manifest().content_hash,
+        "the seed drives augmentation"
+    );
 }
 
 #[test]
@@ -363,7 +510,8 @@ fn fitting_reads_train_rows_only() {
     c.denoise.nmf.fit_iterations = 10;
     let (ta, a) = run(&c, &fixture(100), 1);
     let (tb, b) = run(&c, &fixture(200), 1);
-    let state = |t: &tempfile::TempDir| std::fs::read(t.path().join("audio").join("state.json")).unwrap();
+    let state =
+        |t: &tempfile::TempDir| std::fs::read(t.path().join("audio").join("state.json")).unwrap();
     assert_eq!(state(&ta), state(&tb));
     let parsed = AudioState::read(&ta.path().join("audio").join("state.json")).unwrap();
     assert!(parsed.fitted.noise.is_some() && parsed.fitted.nmf.is_some());
@@ -407,13 +555,17 @@ fn bad_configs_are_refused_before_any_work() {
     check(&|c| c.clip_seconds = 0.0, "clip_seconds");
     check(&|c| c.clip_seconds = 0.01, "clip_seconds");
     check(&|c| c.filter.clip_level = 0.0, "filter.clip_level");
-    check(&|c| c.filter.mask_tasks = vec![" ".into()], "filter.mask_tasks");
+    check(
+        &|c| c.filter.mask_tasks = vec![" ".into()],
+        "filter.mask_tasks",
+    );
     check(&|c| c.denoise.hop = 0, "denoise.hop");
     check(&|c| c.mel.n_mels = 1000, "mel.n_mels");
     check(&|c| c.mel.fmax = 4001.0, "mel.fmax");
     check(&|c| c.augment.gain_db = [3.0, -3.0], "augment.gain_db");
     check(&|c| c.decode.min_sample_rate = 0, "decode.min_sample_rate");
-    let unknown: Result<AudioConfig, _> = toml::from_str("[denoise]\nmethod = \"wiener\"\nbogus = 1\n");
+    let unknown: Result<AudioConfig, _> =
+        toml::from_str("[denoise]\nmethod = \"wiener\"\nbogus = 1\n");
     assert!(unknown.unwrap_err().to_string().contains("bogus"));
     let method: Result<AudioConfig, _> = toml::from_str("[denoise]\nmethod = \"magic\"\n");
     assert!(method.is_err());
@@ -422,7 +574,14 @@ fn bad_configs_are_refused_before_any_work() {
     let mut rows = fixture(100);
     rows[0].split = "holdout";
     write_samples(&tmp.path().join("select"), &rows);
-    let e = stage::run(&config(), &tmp.path().join("select"), &tmp.path().join("audio"), 0).unwrap_err().to_string();
+    let e = stage::run(
+        &config(),
+        &tmp.path().join("select"),
+        &tmp.path().join("audio"),
+        0,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("\"t0\""), "{e}");
     assert!(!tmp.path().join("audio").exists());
 }

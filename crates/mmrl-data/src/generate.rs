@@ -326,12 +326,17 @@ pub fn run(config: &GenerateConfig, seed: u64, output: &Path) -> Result<Generate
         stage: "generate".into(),
         crate_name: env!("CARGO_PKG_NAME").into(),
         crate_version: env!("CARGO_PKG_VERSION").into(),
-        config: serde_json::to_value(config).map_err(|e| Error::Other(format!("serializing config: {e}")))?,
+        config: serde_json::to_value(config)
+            .map_err(|e| Error::Other(format!("serializing config: {e}")))?,
         seed: Some(seed),
     };
     let mut writer = mmrl_artifact::ArtifactWriter::create(output, info)?;
     let summary = generate(config, seed, &writer.tmp_dir().join("dataset"))?;
-    writer.add_dir("dataset", mmrl_artifact::Role::Data, Some(summary.rows as u64))?;
+    writer.add_dir(
+        "dataset",
+        mmrl_artifact::Role::Data,
+        Some(summary.rows as u64),
+    )?;
     writer.write_json("report.json", mmrl_artifact::Role::Report, &summary)?;
     writer.commit()?;
     Ok(summary)

@@ -9,7 +9,9 @@ use std::io::Cursor;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryBuilder, Float64Builder, RecordBatch, StringBuilder, UInt64Builder};
+use arrow::array::{
+    ArrayRef, BinaryBuilder, Float64Builder, RecordBatch, StringBuilder, UInt64Builder,
+};
 use mmrl_artifact::sample::{self, FeatureKind, Rejects, Split};
 use mmrl_artifact::{ArtifactWriter, InputKind, InputRecord, Role, StageInfo};
 use serde::{Deserialize, Serialize};
@@ -20,7 +22,9 @@ use crate::{Error, Result};
 pub const MANIFEST_CSV: &str = "manifest.csv";
 
 /// Columns of `manifest.csv` with a fixed meaning; every other column is a tabular feature.
-pub const RESERVED_COLUMNS: [&str; 8] = ["id", "image", "audio", "question", "answer", "split", "task", "qtype"];
+pub const RESERVED_COLUMNS: [&str; 8] = [
+    "id", "image", "audio", "question", "answer", "split", "task", "qtype",
+];
 
 const REQUIRED_COLUMNS: [&str; 3] = ["id", "question", "answer"];
 
@@ -53,9 +57,15 @@ impl Default for IngestConfig {
 impl IngestConfig {
     /// Checks every field before any work is done.
     pub fn validate(&self) -> Result<()> {
-        let config = |field: &str, message: String| Error::Config { field: field.to_owned(), message };
+        let config = |field: &str, message: String| Error::Config {
+            field: field.to_owned(),
+            message,
+        };
         if !(0.0..=1.0).contains(&self.max_reject_fraction) {
-            return Err(config("max_reject_fraction", format!("{} is not in [0, 1]", self.max_reject_fraction)));
+            return Err(config(
+                "max_reject_fraction",
+                format!("{} is not in [0, 1]", self.max_reject_fraction),
+            ));
         }
         if self.max_file_bytes == 0 {
             return Err(config("max_file_bytes", "must be at least 1".into()));
@@ -63,7 +73,11 @@ impl IngestConfig {
         if self.max_image_pixels == 0 {
             return Err(config("max_image_pixels", "must be at least 1".into()));
         }
-        if let Some(name) = self.column_types.keys().find(|k| RESERVED_COLUMNS.contains(&k.as_str())) {
+        if let Some(name) = self
+            .column_types
+            .keys()
+            .find(|k| RESERVED_COLUMNS.contains(&k.as_str()))
+        {
             return Err(config(
                 &format!("column_types.{name}"),
                 "is a reserved column, not a tabular feature".into(),
@@ -100,7 +114,10 @@ struct Reject {
 }
 
 fn reject(reason: &'static str, detail: impl Into<String>) -> Reject {
-    Reject { reason, detail: detail.into() }
+    Reject {
+        reason,
+        detail: detail.into(),
+    }
 }
 
 /// Runs the stage: reads the folder `dataset`, writes the artifact at `output`.
@@ -110,7 +127,8 @@ pub fn run(config: &IngestConfig, dataset: &Path, output: &Path) -> Result<Inges
         stage: "ingest".into(),
         crate_name: env!("CARGO_PKG_NAME").into(),
         crate_version: env!("CARGO_PKG_VERSION").into(),
-        config: serde_json::to_value(config).map_err(|e| Error::Other(format!("serializing config: {e}")))?,
+        config: serde_json::to_value(config)
+            .map_err(|e| Error::Other(format!("serializing config: {e}")))?,
         seed: None,
     };
     let parsed = read_dataset(config, dataset)?;
@@ -127,7 +145,12 @@ pub fn run(config: &IngestConfig, dataset: &Path, output: &Path) -> Result<Inges
         let first = parsed
             .rows
             .iter()
-            .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("line {}: {}", r.line, e.detail)))
+            .filter_map(|r| {
+                r.outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("line {}: {}", r.line, e.detail))
+            })
             .take(3)
             .collect::<Vec<_>>()
             .join("; ");
@@ -164,7 +187,11 @@ pub fn run(config: &IngestConfig, dataset: &Path, output: &Path) -> Result<Inges
     };
     {
         let mut table = writer.table("samples", Role::Data, schema.clone())?;
-        let accepted: Vec<_> = parsed.rows.iter().filter_map(|r| r.outcome.as_ref().ok().map(|s| (r.line, s))).collect();
+        let accepted: Vec<_> = parsed
+            .rows
+            .iter()
+            .filter_map(|r| r.outcome.as_ref().ok().map(|s| (r.line, s)))
+            .collect();
         for chunk in accepted.chunks(512) {
             summary.missing_image += chunk.iter().filter(|(_, s)| s.image.is_none()).count();
             summary.missing_audio += chunk.iter().filter(|(_, s)| s.audio.is_none()).count();
@@ -178,10 +205,20 @@ pub fn run(config: &IngestConfig, dataset: &Path, output: &Path) -> Result<Inges
             rejects.push(row.line, row.id.as_deref(), r.reason, &r.detail);
         }
     }
-    writer.write_table("rejects", Role::Rejects, sample::rejects_schema(), &[rejects.finish()?])?;
+    writer.write_table(
+        "rejects",
+        Role::Rejects,
+        sample::rejects_schema(),
+        &[rejects.finish()?],
+    )?;
     writer.write_json("report.json", Role::Report, &summary)?;
     writer.commit()?;
-    tracing::info!(rows = total, accepted = summary.accepted, rejected, "ingest done");
+    tracing::info!(
+        rows = total,
+        accepted = summary.accepted,
+        rejected,
+        "ingest done"
+    );
     Ok(summary)
 }
 
@@ -227,13 +264,19 @@ struct Columns {
 
 impl Columns {
     fn get<'r>(&self, record: &'r csv::StringRecord, name: &str) -> Option<&'r str> {
-        self.index.get(name).and_then(|&i| record.get(i)).map(str::trim)
+        self.index
+            .get(name)
+            .and_then(|&i| record.get(i))
+            .map(str::trim)
     }
 }
 
 fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
     let manifest_path = dataset.join(MANIFEST_CSV);
-    let dataset_error = |message: String| Error::Dataset { path: manifest_path.clone(), message };
+    let dataset_error = |message: String| Error::Dataset {
+        path: manifest_path.clone(),
+        message,
+    };
     if !dataset.is_dir() {
         return Err(Error::Dataset {
             path: dataset.to_path_buf(),
@@ -250,8 +293,13 @@ fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
         path: dataset.to_path_buf(),
         source,
     })?;
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(manifest_bytes.as_slice());
-    let header = reader.headers().map_err(|e| dataset_error(format!("unreadable header: {e}")))?.clone();
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(manifest_bytes.as_slice());
+    let header = reader
+        .headers()
+        .map_err(|e| dataset_error(format!("unreadable header: {e}")))?
+        .clone();
     let mut index = HashMap::new();
     for (i, name) in header.iter().enumerate() {
         let name = name.trim();
@@ -259,7 +307,9 @@ fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
             return Err(dataset_error(format!("column {} has an empty name", i + 1)));
         }
         if index.insert(name.to_owned(), i).is_some() {
-            return Err(dataset_error(format!("column {name:?} appears twice in the header")));
+            return Err(dataset_error(format!(
+                "column {name:?} appears twice in the header"
+            )));
         }
     }
     if let Some(missing) = REQUIRED_COLUMNS.iter().find(|c| !index.contains_key(**c)) {
@@ -275,7 +325,10 @@ fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
             });
         }
     }
-    let columns = Columns { index, width: header.len() };
+    let columns = Columns {
+        index,
+        width: header.len(),
+    };
     let records = reader
         .records()
         .enumerate()
@@ -296,11 +349,18 @@ fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
         .into_iter()
         .map(|(name, i)| {
             let kind = config.column_types.get(&name).copied().unwrap_or_else(|| {
-                let numeric = records.iter().filter_map(|(_, r)| r.as_ref().ok()).all(|r| {
-                    let cell = r.get(i).map(str::trim).unwrap_or("");
-                    cell.is_empty() || cell.parse::<f64>().is_ok()
-                });
-                if numeric { FeatureKind::Numeric } else { FeatureKind::Categorical }
+                let numeric = records
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().ok())
+                    .all(|r| {
+                        let cell = r.get(i).map(str::trim).unwrap_or("");
+                        cell.is_empty() || cell.parse::<f64>().is_ok()
+                    });
+                if numeric {
+                    FeatureKind::Numeric
+                } else {
+                    FeatureKind::Categorical
+                }
             });
             (name, kind, i)
         })
@@ -308,12 +368,17 @@ fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
 
     // Cheap per-row checks first, sequentially (duplicate ids need the order).
     let mut seen: HashMap<String, u64> = HashMap::new();
-    let mut rows: Vec<(u64, Option<String>, std::result::Result<Pending, Reject>)> = Vec::with_capacity(records.len());
+    let mut rows: Vec<(u64, Option<String>, std::result::Result<Pending, Reject>)> =
+        Vec::with_capacity(records.len());
     for (line, record) in records {
         let record = match record {
             Ok(r) => r,
             Err(e) => {
-                rows.push((line, None, Err(reject("malformed_row", format!("line {line}: {e}")))));
+                rows.push((
+                    line,
+                    None,
+                    Err(reject("malformed_row", format!("line {line}: {e}"))),
+                ));
                 continue;
             }
         };
@@ -324,7 +389,9 @@ fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
     }
 
     // Media: read, hash and decode in parallel; order is preserved.
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let chunk = rows.len().div_ceil(threads).max(1);
     let mut loaded: Vec<ParsedRow> = Vec::with_capacity(rows.len());
     let mut media_hashes: BTreeMap<String, (String, u64)> = BTreeMap::new();
@@ -338,7 +405,13 @@ fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .into_iter()
-            .map(|part| scope.spawn(move || part.into_iter().map(|row| load_row(config, row)).collect::<Vec<_>>()))
+            .map(|part| {
+                scope.spawn(move || {
+                    part.into_iter()
+                        .map(|row| load_row(config, row))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         for handle in handles {
             // A panic in a decoder is a bug, not bad data; it becomes an error below rather than an abort.
@@ -351,7 +424,10 @@ fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
         }
     });
     if loaded.len() != expected {
-        return Err(Error::Other(format!("{}: a media decoder panicked", manifest_path.display())));
+        return Err(Error::Other(format!(
+            "{}: a media decoder panicked",
+            manifest_path.display()
+        )));
     }
     let manifest_hash = mmrl_artifact::hash::hash_bytes(&manifest_bytes);
     let mut bytes = manifest_bytes.len() as u64;
@@ -360,7 +436,8 @@ fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
         bytes += size;
         all.push((rel, hash));
     }
-    let content_hash = mmrl_artifact::hash::combine(all.iter().map(|(r, h)| (r.as_str(), h.as_str())));
+    let content_hash =
+        mmrl_artifact::hash::combine(all.iter().map(|(r, h)| (r.as_str(), h.as_str())));
     Ok(Parsed {
         features: features.into_iter().map(|(n, k, _)| (n, k)).collect(),
         rows: loaded,
@@ -389,23 +466,40 @@ fn check_row(
     if record.len() != columns.width {
         return Err(reject(
             "malformed_row",
-            format!("line {line}: {} fields, the header has {}", record.len(), columns.width),
+            format!(
+                "line {line}: {} fields, the header has {}",
+                record.len(),
+                columns.width
+            ),
         ));
     }
     if id.is_empty() {
         return Err(reject("empty_id", format!("line {line}: empty id")));
     }
     if let Some(first) = seen.get(id) {
-        return Err(reject("duplicate_id", format!("line {line}: id {id:?} already used on line {first}")));
+        return Err(reject(
+            "duplicate_id",
+            format!("line {line}: id {id:?} already used on line {first}"),
+        ));
     }
     seen.insert(id.to_owned(), line);
-    let text = |name: &str| columns.get(record, name).filter(|s| !s.is_empty()).map(str::to_owned);
-    let question = text("question").ok_or_else(|| reject("empty_question", format!("line {line}: empty question")))?;
-    let answer = text("answer").ok_or_else(|| reject("empty_answer", format!("line {line}: empty answer")))?;
+    let text = |name: &str| {
+        columns
+            .get(record, name)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let question = text("question")
+        .ok_or_else(|| reject("empty_question", format!("line {line}: empty question")))?;
+    let answer = text("answer")
+        .ok_or_else(|| reject("empty_answer", format!("line {line}: empty answer")))?;
     let split = text("split");
     if let Some(s) = &split {
         if Split::parse(s).is_none() {
-            return Err(reject("invalid_split", format!("line {line}: split {s:?} is not one of train, val, test")));
+            return Err(reject(
+                "invalid_split",
+                format!("line {line}: split {s:?} is not one of train, val, test"),
+            ));
         }
     }
     let mut cells = Vec::with_capacity(features.len());
@@ -457,32 +551,57 @@ fn check_row(
 }
 
 /// Resolves a media path relative to the dataset root, refusing anything that leaves it.
-fn resolve_media(root: &Path, rel: &str, line: u64, column: &str) -> std::result::Result<PathBuf, Reject> {
+fn resolve_media(
+    root: &Path,
+    rel: &str,
+    line: u64,
+    column: &str,
+) -> std::result::Result<PathBuf, Reject> {
     let path = Path::new(rel);
     let escapes = path.is_absolute()
-        || path.components().any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)));
+        || path.components().any(|c| {
+            matches!(
+                c,
+                Component::ParentDir | Component::RootDir | Component::Prefix(_)
+            )
+        });
     if escapes {
         return Err(reject(
             "path_escapes_folder",
-            format!("line {line}: {column} path {rel:?} must be relative to the dataset folder, without '..'"),
+            format!(
+                "line {line}: {column} path {rel:?} must be relative to the dataset folder, without '..'"
+            ),
         ));
     }
     let joined = root.join(path);
     let resolved = match joined.canonicalize() {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(reject("missing_media", format!("line {line}: {column} file {rel:?} does not exist")));
+            return Err(reject(
+                "missing_media",
+                format!("line {line}: {column} file {rel:?} does not exist"),
+            ));
         }
-        Err(e) => return Err(reject("unreadable_media", format!("line {line}: {column} file {rel:?}: {e}"))),
+        Err(e) => {
+            return Err(reject(
+                "unreadable_media",
+                format!("line {line}: {column} file {rel:?}: {e}"),
+            ));
+        }
     };
     if !resolved.starts_with(root) {
         return Err(reject(
             "path_escapes_folder",
-            format!("line {line}: {column} path {rel:?} resolves outside the dataset folder (a symlink?)"),
+            format!(
+                "line {line}: {column} path {rel:?} resolves outside the dataset folder (a symlink?)"
+            ),
         ));
     }
     if !resolved.is_file() {
-        return Err(reject("unreadable_media", format!("line {line}: {column} path {rel:?} is not a file")));
+        return Err(reject(
+            "unreadable_media",
+            format!("line {line}: {column} path {rel:?} is not a file"),
+        ));
     }
     Ok(resolved)
 }
@@ -520,25 +639,52 @@ fn read_media(
     hashes: &mut MediaHashes,
 ) -> std::result::Result<Vec<u8>, Reject> {
     let size = std::fs::metadata(path)
-        .map_err(|e| reject("unreadable_media", format!("line {line}: {column} file {rel:?}: {e}")))?
+        .map_err(|e| {
+            reject(
+                "unreadable_media",
+                format!("line {line}: {column} file {rel:?}: {e}"),
+            )
+        })?
         .len();
     if size > config.max_file_bytes {
         return Err(reject(
             "file_too_large",
-            format!("line {line}: {column} file {rel:?} has {size} bytes, over max_file_bytes {}", config.max_file_bytes),
+            format!(
+                "line {line}: {column} file {rel:?} has {size} bytes, over max_file_bytes {}",
+                config.max_file_bytes
+            ),
         ));
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| reject("unreadable_media", format!("line {line}: {column} file {rel:?}: {e}")))?;
-    hashes.push((rel.to_owned(), (mmrl_artifact::hash::hash_bytes(&bytes), bytes.len() as u64)));
+    let bytes = std::fs::read(path).map_err(|e| {
+        reject(
+            "unreadable_media",
+            format!("line {line}: {column} file {rel:?}: {e}"),
+        )
+    })?;
+    hashes.push((
+        rel.to_owned(),
+        (mmrl_artifact::hash::hash_bytes(&bytes), bytes.len() as u64),
+    ));
     Ok(bytes)
 }
 
 /// Decodes the whole image (a truncated file fails here), refusing formats other than PNG and JPEG and images
 /// over the pixel limit before allocating for them.
-fn check_image(config: &IngestConfig, bytes: &[u8], rel: &str, line: u64) -> std::result::Result<(), Reject> {
-    let undecodable = |e: &dyn std::fmt::Display| reject("undecodable_image", format!("line {line}: image {rel:?}: {e}"));
-    let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| undecodable(&e))?;
+fn check_image(
+    config: &IngestConfig,
+    bytes: &[u8],
+    rel: &str,
+    line: u64,
+) -> std::result::Result<(), Reject> {
+    let undecodable = |e: &dyn std::fmt::Display| {
+        reject(
+            "undecodable_image",
+            format!("line {line}: image {rel:?}: {e}"),
+        )
+    };
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| undecodable(&e))?;
     match reader.format() {
         Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
         Some(other) => {
@@ -550,14 +696,19 @@ fn check_image(config: &IngestConfig, bytes: &[u8], rel: &str, line: u64) -> std
         None => {
             return Err(reject(
                 "unsupported_format",
-                format!("line {line}: image {rel:?} is not a PNG or JPEG file (unrecognized signature)"),
+                format!(
+                    "line {line}: image {rel:?} is not a PNG or JPEG file (unrecognized signature)"
+                ),
             ));
         }
     }
     let (width, height) = reader.into_dimensions().map_err(|e| undecodable(&e))?;
     let pixels = u64::from(width) * u64::from(height);
     if pixels == 0 {
-        return Err(reject("undecodable_image", format!("line {line}: image {rel:?} has zero size")));
+        return Err(reject(
+            "undecodable_image",
+            format!("line {line}: image {rel:?} has zero size"),
+        ));
     }
     if pixels > config.max_image_pixels {
         return Err(reject(
@@ -568,7 +719,9 @@ fn check_image(config: &IngestConfig, bytes: &[u8], rel: &str, line: u64) -> std
             ),
         ));
     }
-    let mut reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| undecodable(&e))?;
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| undecodable(&e))?;
     let mut limits = image::Limits::default();
     // 16-bit RGBA is 8 bytes a pixel; leave room for the decoder's own buffers.
     limits.max_alloc = Some(pixels.saturating_mul(16).max(1 << 20));
@@ -579,23 +732,38 @@ fn check_image(config: &IngestConfig, bytes: &[u8], rel: &str, line: u64) -> std
 
 /// Reads every sample of a WAV file (a truncated file fails here).
 fn check_audio(bytes: &[u8], rel: &str, line: u64) -> std::result::Result<(), Reject> {
-    let undecodable = |e: String| reject("undecodable_audio", format!("line {line}: audio {rel:?}: {e}"));
-    let reader = hound::WavReader::new(Cursor::new(bytes)).map_err(|e| undecodable(e.to_string()))?;
+    let undecodable = |e: String| {
+        reject(
+            "undecodable_audio",
+            format!("line {line}: audio {rel:?}: {e}"),
+        )
+    };
+    let reader =
+        hound::WavReader::new(Cursor::new(bytes)).map_err(|e| undecodable(e.to_string()))?;
     let spec = reader.spec();
     let expected = reader.len() as usize;
     if spec.channels == 0 || spec.sample_rate == 0 {
-        return Err(undecodable(format!("{} channels at {} Hz", spec.channels, spec.sample_rate)));
+        return Err(undecodable(format!(
+            "{} channels at {} Hz",
+            spec.channels, spec.sample_rate
+        )));
     }
     if expected == 0 {
         return Err(undecodable("no samples".into()));
     }
     let read = match spec.sample_format {
-        hound::SampleFormat::Int => reader.into_samples::<i32>().try_fold(0usize, |n, s| s.map(|_| n + 1)),
-        hound::SampleFormat::Float => reader.into_samples::<f32>().try_fold(0usize, |n, s| s.map(|_| n + 1)),
+        hound::SampleFormat::Int => reader
+            .into_samples::<i32>()
+            .try_fold(0usize, |n, s| s.map(|_| n + 1)),
+        hound::SampleFormat::Float => reader
+            .into_samples::<f32>()
+            .try_fold(0usize, |n, s| s.map(|_| n + 1)),
     }
     .map_err(|e| undecodable(e.to_string()))?;
     if read != expected {
-        return Err(undecodable(format!("truncated: {read} of {expected} samples")));
+        return Err(undecodable(format!(
+            "truncated: {read} of {expected} samples"
+        )));
     }
     Ok(())
 }

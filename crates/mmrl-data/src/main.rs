@@ -7,7 +7,11 @@ use mmrl_artifact::cli::{StageArgs, config, init_logging};
 use mmrl_data::{generate, ingest, select};
 
 #[derive(Parser)]
-#[command(name = "mmrl-data", version, about = "mmrl data stages: default dataset generation, ingest, selection")]
+#[command(
+    name = "mmrl-data",
+    version,
+    about = "mmrl data stages: default dataset generation, ingest, selection"
+)]
 struct Cli {
     #[command(subcommand)]
     stage: Stage,
@@ -27,7 +31,9 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     match Cli::parse().stage {
         Stage::Generate(args) => {
-            let Some(config) = config(&args, generate::GenerateConfig::validate).map_err(|e| anyhow!(e))? else {
+            let Some(config) =
+                config(&args, generate::GenerateConfig::validate).map_err(|e| anyhow!(e))?
+            else {
                 return Ok(());
             };
             let output = args.output().map_err(|e| anyhow!(e))?;
@@ -36,7 +42,9 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(rows = summary.rows, output = %output.display(), "generated the default dataset");
         }
         Stage::Ingest(args) => {
-            let Some(config) = config(&args, ingest::IngestConfig::validate).map_err(|e| anyhow!(e))? else {
+            let Some(config) =
+                config(&args, ingest::IngestConfig::validate).map_err(|e| anyhow!(e))?
+            else {
                 return Ok(());
             };
             let dataset = args.input("dataset").map_err(|e| anyhow!(e))?;
@@ -48,7 +56,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Stage::Select(args) => {
-            let Some(config) = config(&args, select::SelectConfig::validate).map_err(|e| anyhow!(e))? else {
+            let Some(config) =
+                config(&args, select::SelectConfig::validate).map_err(|e| anyhow!(e))?
+            else {
                 return Ok(());
             };
             let input = args.input("samples").map_err(|e| anyhow!(e))?;

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, RecordBatch, StringArray, StringBuilder, UInt32Array,
-    UInt64Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, RecordBatch, StringArray,
+    StringBuilder, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use mmrl_artifact::sample::{self, Rejects, Split};
@@ -42,7 +42,12 @@ pub struct SelectConfig {
 
 impl Default for SelectConfig {
     fn default() -> Self {
-        Self { filters: Vec::new(), dedup: Dedup::default(), split: SplitConfig::default(), balance: Balance::default() }
+        Self {
+            filters: Vec::new(),
+            dedup: Dedup::default(),
+            split: SplitConfig::default(),
+            balance: Balance::default(),
+        }
     }
 }
 
@@ -117,7 +122,11 @@ pub struct Dedup {
 
 impl Default for Dedup {
     fn default() -> Self {
-        Self { exact: true, same_image: SharedMedia::Group, same_audio: SharedMedia::Group }
+        Self {
+            exact: true,
+            same_image: SharedMedia::Group,
+            same_audio: SharedMedia::Group,
+        }
     }
 }
 
@@ -143,7 +152,15 @@ pub struct SplitConfig {
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        Self { train: 0.7, val: 0.15, test: 0.15, stratify: true, group_by: None, respect_existing: true, min_class_rows: 10 }
+        Self {
+            train: 0.7,
+            val: 0.15,
+            test: 0.15,
+            stratify: true,
+            group_by: None,
+            respect_existing: true,
+            min_class_rows: 10,
+        }
     }
 }
 
@@ -159,7 +176,10 @@ pub struct Balance {
 
 impl Default for Balance {
     fn default() -> Self {
-        Self { oversample: false, max_repeat: 4 }
+        Self {
+            oversample: false,
+            max_repeat: 4,
+        }
     }
 }
 
@@ -181,7 +201,9 @@ impl SelectConfig {
             .count();
             match (&f.column, &f.present) {
                 (None, Some(p)) if predicates == 0 && !p.is_empty() => {}
-                (None, Some(_)) if predicates == 0 => return Err(config(field, "present lists no modality".into())),
+                (None, Some(_)) if predicates == 0 => {
+                    return Err(config(field, "present lists no modality".into()));
+                }
                 (Some(_), None) if predicates == 1 => {}
                 _ => {
                     return Err(config(
@@ -193,30 +215,48 @@ impl SelectConfig {
             }
             for (name, v) in [("min", f.min), ("max", f.max)] {
                 if v.is_some_and(|v| !v.is_finite()) {
-                    return Err(config(format!("{field}.{name}"), "must be a finite number".into()));
+                    return Err(config(
+                        format!("{field}.{name}"),
+                        "must be a finite number".into(),
+                    ));
                 }
             }
             if let (Some(lo), Some(hi)) = (f.min, f.max) {
                 if lo > hi {
-                    return Err(config(format!("{field}.min"), format!("{lo} is above max {hi}")));
+                    return Err(config(
+                        format!("{field}.min"),
+                        format!("{lo} is above max {hi}"),
+                    ));
                 }
             }
         }
         let s = &self.split;
         for (name, v) in [("train", s.train), ("val", s.val), ("test", s.test)] {
             if !(0.0..=1.0).contains(&v) {
-                return Err(config(format!("split.{name}"), format!("{v} is not in [0, 1]")));
+                return Err(config(
+                    format!("split.{name}"),
+                    format!("{v} is not in [0, 1]"),
+                ));
             }
         }
         if s.train <= 0.0 {
-            return Err(config("split.train".into(), "must be above 0: statistics are fit on train".into()));
+            return Err(config(
+                "split.train".into(),
+                "must be above 0: statistics are fit on train".into(),
+            ));
         }
         let total = s.train + s.val + s.test;
         if (total - 1.0).abs() > 1e-9 {
-            return Err(config("split".into(), format!("train + val + test is {total}, expected 1")));
+            return Err(config(
+                "split".into(),
+                format!("train + val + test is {total}, expected 1"),
+            ));
         }
         if self.balance.max_repeat == 0 {
-            return Err(config("balance.max_repeat".into(), "must be at least 1".into()));
+            return Err(config(
+                "balance.max_repeat".into(),
+                "must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -296,14 +336,20 @@ pub fn run(config: &SelectConfig, seed: u64, input: &Path, output: &Path) -> Res
         stage: "select".into(),
         crate_name: env!("CARGO_PKG_NAME").into(),
         crate_version: env!("CARGO_PKG_VERSION").into(),
-        config: serde_json::to_value(config).map_err(|e| Error::Other(format!("serializing config: {e}")))?,
+        config: serde_json::to_value(config)
+            .map_err(|e| Error::Other(format!("serializing config: {e}")))?,
         seed: Some(seed),
     };
     let mut writer = ArtifactWriter::create(output, info)?;
     writer.input_artifact("samples", &artifact);
     let (out_schema, out) = output_batch(&batch, &selection)?;
     writer.write_table("samples", Role::Data, out_schema, &[out])?;
-    writer.write_table("rejects", Role::Rejects, sample::rejects_schema(), &[selection.rejects])?;
+    writer.write_table(
+        "rejects",
+        Role::Rejects,
+        sample::rejects_schema(),
+        &[selection.rejects],
+    )?;
     writer.write_json("report.json", Role::Report, &selection.report)?;
     writer.commit()?;
     for warning in &selection.report.warnings {
@@ -330,10 +376,13 @@ fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Arr
 }
 
 fn strings<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a StringArray> {
-    column(batch, name, path)?.as_any().downcast_ref::<StringArray>().ok_or_else(|| Error::Dataset {
-        path: path.to_path_buf(),
-        message: format!("column {name:?} is not Utf8"),
-    })
+    column(batch, name, path)?
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| Error::Dataset {
+            path: path.to_path_buf(),
+            message: format!("column {name:?} is not Utf8"),
+        })
 }
 
 fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) -> Result<Selection> {
@@ -343,7 +392,10 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
     let lines = column(batch, sample::SOURCE_LINE, path)?
         .as_any()
         .downcast_ref::<UInt64Array>()
-        .ok_or_else(|| Error::Dataset { path: path.to_path_buf(), message: "source_line is not UInt64".into() })?;
+        .ok_or_else(|| Error::Dataset {
+            path: path.to_path_buf(),
+            message: "source_line is not UInt64".into(),
+        })?;
     let mut rejects = Rejects::new("select");
     let mut alive = vec![true; n];
     let mut report = SelectReport {
@@ -368,10 +420,18 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
             if alive[row] && !keep[row] {
                 alive[row] = false;
                 removed += 1;
-                rejects.push(lines.value(row), Some(ids.value(row)), "filtered", format!("removed by filter {label:?}"));
+                rejects.push(
+                    lines.value(row),
+                    Some(ids.value(row)),
+                    "filtered",
+                    format!("removed by filter {label:?}"),
+                );
             }
         }
-        report.filters.push(FilterCount { filter: label, removed });
+        report.filters.push(FilterCount {
+            filter: label,
+            removed,
+        });
     }
     if !alive.iter().any(|a| *a) {
         return Err(Error::Other(format!(
@@ -384,11 +444,16 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
     // 2. Exact duplicates and shared media.
     let media_hash = |name: &str| -> Result<Vec<Option<blake3::Hash>>> {
         let col = column(batch, name, path)?;
-        let bin = col.as_any().downcast_ref::<BinaryArray>().ok_or_else(|| Error::Dataset {
-            path: path.to_path_buf(),
-            message: format!("column {name:?} is not Binary"),
-        })?;
-        Ok((0..n).map(|r| bin.is_valid(r).then(|| blake3::hash(bin.value(r)))).collect())
+        let bin = col
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .ok_or_else(|| Error::Dataset {
+                path: path.to_path_buf(),
+                message: format!("column {name:?} is not Binary"),
+            })?;
+        Ok((0..n)
+            .map(|r| bin.is_valid(r).then(|| blake3::hash(bin.value(r))))
+            .collect())
     };
     let image_hash = media_hash(sample::IMAGE)?;
     let audio_hash = media_hash(sample::AUDIO)?;
@@ -402,7 +467,12 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
             if let Some(&kept) = first.get(&content[row]) {
                 alive[row] = false;
                 report.exact_duplicates += 1;
-                rejects.push(lines.value(row), Some(ids.value(row)), "duplicate", format!("same content as {:?}", ids.value(kept)));
+                rejects.push(
+                    lines.value(row),
+                    Some(ids.value(row)),
+                    "duplicate",
+                    format!("same content as {:?}", ids.value(kept)),
+                );
             } else {
                 first.insert(content[row], row);
             }
@@ -417,11 +487,18 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
         }
         let mut first: HashMap<blake3::Hash, usize> = HashMap::new();
         for row in 0..n {
-            let Some(h) = hashes[row].filter(|_| alive[row]) else { continue };
+            let Some(h) = hashes[row].filter(|_| alive[row]) else {
+                continue;
+            };
             if let Some(&kept) = first.get(&h) {
                 alive[row] = false;
                 report.shared_media_dropped += 1;
-                rejects.push(lines.value(row), Some(ids.value(row)), "duplicate", format!("same {what} as {:?}", ids.value(kept)));
+                rejects.push(
+                    lines.value(row),
+                    Some(ids.value(row)),
+                    "duplicate",
+                    format!("same {what} as {:?}", ids.value(kept)),
+                );
             } else {
                 first.insert(h, row);
             }
@@ -434,9 +511,16 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
         Some(name) => Some(group_keys(batch, name, path)?),
         None => None,
     };
-    for (policy, hashes) in [(config.dedup.same_image, &image_hash), (config.dedup.same_audio, &audio_hash)] {
+    for (policy, hashes) in [
+        (config.dedup.same_image, &image_hash),
+        (config.dedup.same_audio, &audio_hash),
+    ] {
         if policy == SharedMedia::Group {
-            link_equal(&mut groups, &alive, hashes.iter().map(|h| h.map(|h| *h.as_bytes())));
+            link_equal(
+                &mut groups,
+                &alive,
+                hashes.iter().map(|h| h.map(|h| *h.as_bytes())),
+            );
         }
     }
     if let Some(values) = &group_values {
@@ -454,7 +538,10 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
     let mut free_groups = Vec::new();
     for rows in members.values() {
         let declared: Vec<Split> = if config.split.respect_existing {
-            rows.iter().filter(|r| existing.is_valid(**r)).filter_map(|r| Split::parse(existing.value(*r))).collect()
+            rows.iter()
+                .filter(|r| existing.is_valid(**r))
+                .filter_map(|r| Split::parse(existing.value(*r)))
+                .collect()
         } else {
             Vec::new()
         };
@@ -496,12 +583,21 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
     let kept: Vec<usize> = (0..n).filter(|r| alive[*r]).collect();
     let mut out_split = Vec::with_capacity(kept.len());
     for &row in &kept {
-        let s = split[row].ok_or_else(|| Error::Other(format!("row {} was given no split", ids.value(row))))?;
+        let s = split[row]
+            .ok_or_else(|| Error::Other(format!("row {} was given no split", ids.value(row))))?;
         out_split.push(s);
         *report.splits.entry(s.as_str().to_owned()).or_default() += 1;
-        *report.answers.entry(answers.value(row).to_owned()).or_default().entry(s.as_str().to_owned()).or_default() += 1;
+        *report
+            .answers
+            .entry(answers.value(row).to_owned())
+            .or_default()
+            .entry(s.as_str().to_owned())
+            .or_default() += 1;
         if s == Split::Train {
-            *report.train_weight.entry(answers.value(row).to_owned()).or_default() += u64::from(repeat[row]);
+            *report
+                .train_weight
+                .entry(answers.value(row).to_owned())
+                .or_default() += u64::from(repeat[row]);
         }
     }
     report.rows_out = kept.len();
@@ -512,9 +608,16 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
             kept.len()
         )));
     }
-    for (s, fraction) in [(Split::Val, config.split.val), (Split::Test, config.split.test)] {
+    for (s, fraction) in [
+        (Split::Val, config.split.val),
+        (Split::Test, config.split.test),
+    ] {
         if fraction > 0.0 && report.splits.get(s.as_str()).copied().unwrap_or(0) == 0 {
-            report.warnings.push(format!("the {} split is empty: too few rows ({}) for the fractions", s.as_str(), kept.len()));
+            report.warnings.push(format!(
+                "the {} split is empty: too few rows ({}) for the fractions",
+                s.as_str(),
+                kept.len()
+            ));
         }
     }
     let small: Vec<String> = report
@@ -530,11 +633,21 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
             small.len(),
             config.split.min_class_rows,
             shown.join(", "),
-            if small.len() > shown.len() { ", ..." } else { "" }
+            if small.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
         ));
     }
     let repeat_out = kept.iter().map(|r| repeat[*r]).collect();
-    Ok(Selection { kept, split: out_split, repeat: repeat_out, rejects: rejects.finish()?, report })
+    Ok(Selection {
+        kept,
+        split: out_split,
+        repeat: repeat_out,
+        rejects: rejects.finish()?,
+        report,
+    })
 }
 
 /// Whether each row passes filter number `index`.
@@ -556,7 +669,13 @@ fn evaluate(filter: &Filter, batch: &RecordBatch, index: usize, path: &Path) -> 
         message: format!(
             "no column {name:?} in {}; columns are {}",
             path.display(),
-            batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+            batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     })?;
     if let Some(want) = filter.not_null {
@@ -564,14 +683,28 @@ fn evaluate(filter: &Filter, batch: &RecordBatch, index: usize, path: &Path) -> 
     }
     let wrong_type = |expected: &str| Error::Config {
         field: format!("filters[{index}]"),
-        message: format!("column {name:?} is {:?}; this predicate needs a {expected} column", col.data_type()),
+        message: format!(
+            "column {name:?} is {:?}; this predicate needs a {expected} column",
+            col.data_type()
+        ),
     };
     if filter.min.is_some() || filter.max.is_some() {
-        let values = col.as_any().downcast_ref::<Float64Array>().ok_or_else(|| wrong_type("numeric"))?;
-        let (lo, hi) = (filter.min.unwrap_or(f64::NEG_INFINITY), filter.max.unwrap_or(f64::INFINITY));
-        return Ok((0..n).map(|r| values.is_valid(r) && (lo..=hi).contains(&values.value(r))).collect());
+        let values = col
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .ok_or_else(|| wrong_type("numeric"))?;
+        let (lo, hi) = (
+            filter.min.unwrap_or(f64::NEG_INFINITY),
+            filter.max.unwrap_or(f64::INFINITY),
+        );
+        return Ok((0..n)
+            .map(|r| values.is_valid(r) && (lo..=hi).contains(&values.value(r)))
+            .collect());
     }
-    let values = col.as_any().downcast_ref::<StringArray>().ok_or_else(|| wrong_type("string"))?;
+    let values = col
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| wrong_type("string"))?;
     let keep = (0..n).map(|r| {
         let v = values.is_valid(r).then(|| values.value(r));
         if let Some(set) = &filter.one_of {
@@ -589,7 +722,9 @@ fn evaluate(filter: &Filter, batch: &RecordBatch, index: usize, path: &Path) -> 
 
 /// A hash of everything in a row except its id, split and source line.
 fn content_hashes(batch: &RecordBatch) -> Result<Vec<blake3::Hash>> {
-    let mut hashers: Vec<blake3::Hasher> = (0..batch.num_rows()).map(|_| blake3::Hasher::new()).collect();
+    let mut hashers: Vec<blake3::Hasher> = (0..batch.num_rows())
+        .map(|_| blake3::Hasher::new())
+        .collect();
     let schema = batch.schema();
     for (field, col) in schema.fields().iter().zip(batch.columns()) {
         if [sample::ID, sample::SPLIT, sample::SOURCE_LINE].contains(&field.name().as_str()) {
@@ -603,15 +738,36 @@ fn content_hashes(batch: &RecordBatch) -> Result<Vec<blake3::Hash>> {
             }
             h.update(&[1]);
             let bytes: Vec<u8> = match col.data_type() {
-                DataType::Utf8 => col.as_any().downcast_ref::<StringArray>().map(|a| a.value(row).as_bytes().to_vec()),
-                DataType::Binary => col.as_any().downcast_ref::<BinaryArray>().map(|a| a.value(row).to_vec()),
-                DataType::Float64 => {
-                    col.as_any().downcast_ref::<Float64Array>().map(|a| a.value(row).to_bits().to_le_bytes().to_vec())
+                DataType::Utf8 => col
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .map(|a| a.value(row).as_bytes().to_vec()),
+                DataType::Binary => col
+                    .as_any()
+                    .downcast_ref::<BinaryArray>()
+                    .map(|a| a.value(row).to_vec()),
+                DataType::Float64 => col
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .map(|a| a.value(row).to_bits().to_le_bytes().to_vec()),
+                DataType::UInt64 => col
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .map(|a| a.value(row).to_le_bytes().to_vec()),
+                DataType::UInt32 => col
+                    .as_any()
+                    .downcast_ref::<UInt32Array>()
+                    .map(|a| a.value(row).to_le_bytes().to_vec()),
+                DataType::Boolean => col
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .map(|a| vec![u8::from(a.value(row))]),
+                other => {
+                    return Err(Error::Other(format!(
+                        "column {:?}: cannot hash type {other:?}",
+                        field.name()
+                    )));
                 }
-                DataType::UInt64 => col.as_any().downcast_ref::<UInt64Array>().map(|a| a.value(row).to_le_bytes().to_vec()),
-                DataType::UInt32 => col.as_any().downcast_ref::<UInt32Array>().map(|a| a.value(row).to_le_bytes().to_vec()),
-                DataType::Boolean => col.as_any().downcast_ref::<BooleanArray>().map(|a| vec![u8::from(a.value(row))]),
-                other => return Err(Error::Other(format!("column {:?}: cannot hash type {other:?}", field.name()))),
             }
             .unwrap_or_default();
             h.update(&(bytes.len() as u64).to_le_bytes());
@@ -629,15 +785,41 @@ fn group_keys(batch: &RecordBatch, name: &str, path: &Path) -> Result<Vec<Option
     })?;
     let key = |bytes: &[u8]| Some(*blake3::hash(bytes).as_bytes());
     if let Some(s) = col.as_any().downcast_ref::<StringArray>() {
-        return Ok((0..s.len()).map(|r| if s.is_valid(r) { key(s.value(r).as_bytes()) } else { None }).collect());
+        return Ok((0..s.len())
+            .map(|r| {
+                if s.is_valid(r) {
+                    key(s.value(r).as_bytes())
+                } else {
+                    None
+                }
+            })
+            .collect());
     }
     if let Some(f) = col.as_any().downcast_ref::<Float64Array>() {
-        return Ok((0..f.len()).map(|r| if f.is_valid(r) { key(&f.value(r).to_bits().to_le_bytes()) } else { None }).collect());
+        return Ok((0..f.len())
+            .map(|r| {
+                if f.is_valid(r) {
+                    key(&f.value(r).to_bits().to_le_bytes())
+                } else {
+                    None
+                }
+            })
+            .collect());
     }
-    Err(Error::Config { field: "split.group_by".into(), message: format!("column {name:?} is {:?}, not a string or number", col.data_type()) })
+    Err(Error::Config {
+        field: "split.group_by".into(),
+        message: format!(
+            "column {name:?} is {:?}, not a string or number",
+            col.data_type()
+        ),
+    })
 }
 
-fn link_equal<K: std::hash::Hash + Eq>(groups: &mut UnionFind, alive: &[bool], keys: impl Iterator<Item = Option<K>>) {
+fn link_equal<K: std::hash::Hash + Eq>(
+    groups: &mut UnionFind,
+    alive: &[bool],
+    keys: impl Iterator<Item = Option<K>>,
+) {
     let mut first: HashMap<K, usize> = HashMap::new();
     for (row, key) in keys.enumerate() {
         let Some(key) = key else { continue };
@@ -665,7 +847,11 @@ fn assign_splits(
     let fractions = config.fractions();
     let mut strata: BTreeMap<String, Vec<&Vec<usize>>> = BTreeMap::new();
     for rows in free_groups {
-        let key = if config.split.stratify { majority_answer(answers, rows) } else { String::new() };
+        let key = if config.split.stratify {
+            majority_answer(answers, rows)
+        } else {
+            String::new()
+        };
         strata.entry(key).or_default().push(rows);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -677,7 +863,13 @@ fn assign_splits(
         for rows in groups.iter() {
             let total = assigned.iter().sum::<usize>() + rows.len();
             let deficit = |i: usize| fractions[i] * total as f64 - assigned[i] as f64;
-            let best = (0..3).filter(|i| fractions[*i] > 0.0).fold(0, |best, i| if deficit(i) > deficit(best) + 1e-12 { i } else { best });
+            let best = (0..3).filter(|i| fractions[*i] > 0.0).fold(0, |best, i| {
+                if deficit(i) > deficit(best) + 1e-12 {
+                    i
+                } else {
+                    best
+                }
+            });
             assigned[best] += rows.len();
             for &row in rows.iter() {
                 split[row] = Some(Split::ALL[best]);
@@ -691,12 +883,23 @@ fn majority_answer(answers: &StringArray, rows: &[usize]) -> String {
     for &r in rows {
         *counts.entry(answers.value(r)).or_default() += 1;
     }
-    counts.iter().max_by_key(|(a, c)| (**c, std::cmp::Reverse(**a))).map(|(a, _)| (*a).to_owned()).unwrap_or_default()
+    counts
+        .iter()
+        .max_by_key(|(a, c)| (**c, std::cmp::Reverse(**a)))
+        .map(|(a, _)| (*a).to_owned())
+        .unwrap_or_default()
 }
 
 /// Gives train rows of rare answers a `repeat` above 1 so each answer's train weight approaches the largest
 /// answer's, at most `max_repeat` per row; the rows that get one extra repeat are chosen with the seed.
-fn oversample(config: &SelectConfig, seed: u64, answers: &StringArray, alive: &[bool], split: &[Option<Split>], repeat: &mut [u32]) {
+fn oversample(
+    config: &SelectConfig,
+    seed: u64,
+    answers: &StringArray,
+    alive: &[bool],
+    split: &[Option<Split>],
+    repeat: &mut [u32],
+) {
     let mut by_answer: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for row in (0..alive.len()).filter(|r| alive[*r] && split[*r] == Some(Split::Train)) {
         by_answer.entry(answers.value(row)).or_default().push(row);
@@ -735,7 +938,10 @@ fn output_batch(batch: &RecordBatch, selection: &Selection) -> Result<(SchemaRef
     fields.push(Field::new(REPEAT, DataType::UInt32, false));
     columns.push(Arc::new(UInt32Array::from(selection.repeat.clone())));
     let out_schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
-    Ok((out_schema.clone(), RecordBatch::try_new(out_schema, columns)?))
+    Ok((
+        out_schema.clone(),
+        RecordBatch::try_new(out_schema, columns)?,
+    ))
 }
 
 /// Disjoint sets over row indices, for rows that must share a split.
@@ -745,7 +951,9 @@ struct UnionFind {
 
 impl UnionFind {
     fn new(n: usize) -> Self {
-        Self { parent: (0..n).collect() }
+        Self {
+            parent: (0..n).collect(),
+        }
     }
 
     fn find(&mut self, mut x: usize) -> usize {

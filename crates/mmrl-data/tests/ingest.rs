@@ -20,11 +20,17 @@ fn png(size: u32) -> Vec<u8> {
 }
 
 fn wav(samples: usize) -> Vec<u8> {
-    let spec = hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
     let mut out = std::io::Cursor::new(Vec::new());
     let mut w = hound::WavWriter::new(&mut out, spec).unwrap();
     for i in 0..samples {
-        w.write_sample(((i as f32 * 0.3).sin() * 1000.0) as i16).unwrap();
+        w.write_sample(((i as f32 * 0.3).sin() * 1000.0) as i16)
+            .unwrap();
     }
     w.finalize().unwrap();
     out.into_inner()
@@ -40,14 +46,22 @@ fn dataset(dir: &Path, rows: &[&str]) {
     truncated_png.truncate(truncated_png.len() / 2);
     std::fs::write(dir.join("media/truncated.png"), truncated_png).unwrap();
     std::fs::write(dir.join("media/text.png"), b"this is not an image").unwrap();
-    std::fs::write(dir.join("media/anim.png"), b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").unwrap();
+    std::fs::write(
+        dir.join("media/anim.png"),
+        b"GIF89a\x01\x00\x01\x00\x00\x00\x00;",
+    )
+    .unwrap();
     let mut truncated_wav = wav(800);
     truncated_wav.truncate(600);
     std::fs::write(dir.join("media/truncated.wav"), truncated_wav).unwrap();
     std::fs::write(dir.join("media/huge.wav"), wav(20_000)).unwrap();
     std::fs::write(dir.parent().unwrap().join("outside.png"), png(8)).unwrap();
     #[cfg(unix)]
-    std::os::unix::fs::symlink(dir.parent().unwrap().join("outside.png"), dir.join("media/link.png")).unwrap();
+    std::os::unix::fs::symlink(
+        dir.parent().unwrap().join("outside.png"),
+        dir.join("media/link.png"),
+    )
+    .unwrap();
     let mut csv = String::from(HEADER);
     for row in rows {
         csv.push('\n');
@@ -58,7 +72,12 @@ fn dataset(dir: &Path, rows: &[&str]) {
 }
 
 fn config() -> IngestConfig {
-    IngestConfig { max_reject_fraction: 1.0, max_file_bytes: 30_000, max_image_pixels: 1_000, ..IngestConfig::default() }
+    IngestConfig {
+        max_reject_fraction: 1.0,
+        max_file_bytes: 30_000,
+        max_image_pixels: 1_000,
+        ..IngestConfig::default()
+    }
 }
 
 /// Ingests a folder of `rows` and returns (id or line, reason) for every reject.
@@ -71,12 +90,25 @@ fn rejects_of(rows: &[&str], config: &IngestConfig) -> Vec<(String, String)> {
     let (_, batches) = art.read_table("rejects").unwrap();
     let mut out = Vec::new();
     for b in batches {
-        let lines = b.column(0).as_any().downcast_ref::<arrow::array::UInt64Array>().unwrap();
+        let lines = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::UInt64Array>()
+            .unwrap();
         let reasons = b.column(3).as_any().downcast_ref::<StringArray>().unwrap();
         let details = b.column(4).as_any().downcast_ref::<StringArray>().unwrap();
         for i in 0..b.num_rows() {
-            assert!(details.value(i).contains(&format!("line {}", lines.value(i))), "detail lacks the line: {}", details.value(i));
-            out.push((format!("line {}", lines.value(i)), reasons.value(i).to_owned()));
+            assert!(
+                details
+                    .value(i)
+                    .contains(&format!("line {}", lines.value(i))),
+                "detail lacks the line: {}",
+                details.value(i)
+            );
+            out.push((
+                format!("line {}", lines.value(i)),
+                reasons.value(i).to_owned(),
+            ));
         }
     }
     out
@@ -112,8 +144,11 @@ fn each_bad_row_is_rejected_with_its_reason() {
     let mut rows = vec![GOOD];
     rows.extend(cases.iter().map(|(row, _)| *row));
     let got = rejects_of(&rows, &config());
-    let expected: Vec<(String, String)> =
-        cases.iter().enumerate().map(|(i, (_, reason))| (format!("line {}", i + 3), (*reason).to_owned())).collect();
+    let expected: Vec<(String, String)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (_, reason))| (format!("line {}", i + 3), (*reason).to_owned()))
+        .collect();
     assert_eq!(got, expected);
 }
 
@@ -131,9 +166,19 @@ fn declared_numeric_column_rejects_text() {
 fn accepted_rows_keep_content_and_types() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    dataset(&data, &[GOOD, "b,,media/ok.wav, how many ,2 3,val,t,,dev_b", "c,media/ok.png,,q,no,,,7.5,"]);
+    dataset(
+        &data,
+        &[
+            GOOD,
+            "b,,media/ok.wav, how many ,2 3,val,t,,dev_b",
+            "c,media/ok.png,,q,no,,,7.5,",
+        ],
+    );
     let summary = ingest::run(&config(), &data, &tmp.path().join("out")).unwrap();
-    assert_eq!((summary.rows, summary.accepted, summary.rejected), (3, 3, 0));
+    assert_eq!(
+        (summary.rows, summary.accepted, summary.rejected),
+        (3, 3, 0)
+    );
     assert_eq!((summary.missing_image, summary.missing_audio), (1, 1));
     let art = Artifact::open(tmp.path().join("out")).unwrap();
     let m = art.manifest();
@@ -142,43 +187,94 @@ fn accepted_rows_keep_content_and_types() {
     let (schema, batches) = art.read_table("samples").unwrap();
     assert_eq!(
         mmrl_artifact::sample::features(&schema),
-        [("battery".to_owned(), FeatureKind::Numeric), ("device".to_owned(), FeatureKind::Categorical)]
+        [
+            ("battery".to_owned(), FeatureKind::Numeric),
+            ("device".to_owned(), FeatureKind::Categorical)
+        ]
     );
     let b = &batches[0];
     let col = |name: &str| b.column(schema.index_of(name).unwrap()).clone();
     let battery = col("battery");
     let battery = battery.as_any().downcast_ref::<Float64Array>().unwrap();
-    assert_eq!((battery.value(0), battery.is_null(1), battery.value(2)), (50.0, true, 7.5));
+    assert_eq!(
+        (battery.value(0), battery.is_null(1), battery.value(2)),
+        (50.0, true, 7.5)
+    );
     let device = col("device");
     let device = device.as_any().downcast_ref::<StringArray>().unwrap();
     assert_eq!((device.value(1), device.is_null(2)), ("dev_b", true));
     let question = col("question");
-    assert_eq!(question.as_any().downcast_ref::<StringArray>().unwrap().value(1), "how many");
+    assert_eq!(
+        question
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .value(1),
+        "how many"
+    );
     let answer = col("answer");
-    assert_eq!(answer.as_any().downcast_ref::<StringArray>().unwrap().value(1), "2 3");
+    assert_eq!(
+        answer
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .value(1),
+        "2 3"
+    );
     let split = col("split");
     let split = split.as_any().downcast_ref::<StringArray>().unwrap();
-    assert_eq!((split.value(0), split.value(1), split.is_null(2)), ("train", "val", true));
+    assert_eq!(
+        (split.value(0), split.value(1), split.is_null(2)),
+        ("train", "val", true)
+    );
     let image = col("image");
     let image = image.as_any().downcast_ref::<BinaryArray>().unwrap();
     assert_eq!(image.value(0), png(8).as_slice());
     assert!(image.is_null(1));
     let audio = col("audio");
-    assert!(audio.as_any().downcast_ref::<BinaryArray>().unwrap().is_null(2));
+    assert!(
+        audio
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .unwrap()
+            .is_null(2)
+    );
 }
 
 #[test]
 fn too_many_rejects_fail_and_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    dataset(&data, &[GOOD, "b,media/missing.png,,q,a,,,1,x", "c,,,,a,,,1,x"]);
-    let config = IngestConfig { max_reject_fraction: 0.5, ..config() };
+    dataset(
+        &data,
+        &[GOOD, "b,media/missing.png,,q,a,,,1,x", "c,,,,a,,,1,x"],
+    );
+    let config = IngestConfig {
+        max_reject_fraction: 0.5,
+        ..config()
+    };
     let err = ingest::run(&config, &data, &tmp.path().join("out")).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::TooManyRejects { rejected: 2, total: 3, .. }), "{msg}");
-    assert!(msg.contains("manifest.csv") && msg.contains("missing_media") && msg.contains("line 3"), "{msg}");
+    assert!(
+        matches!(
+            err,
+            Error::TooManyRejects {
+                rejected: 2,
+                total: 3,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("manifest.csv") && msg.contains("missing_media") && msg.contains("line 3"),
+        "{msg}"
+    );
     assert!(!tmp.path().join("out").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(leftovers.len(), 2, "{leftovers:?}"); // data/ and outside.png only
 }
 
@@ -188,7 +284,9 @@ fn check_dataset_error(prepare: impl FnOnce(&Path), config: &IngestConfig, expec
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     prepare(&data);
-    let msg = ingest::run(config, &data, &tmp.path().join("out")).unwrap_err().to_string();
+    let msg = ingest::run(config, &data, &tmp.path().join("out"))
+        .unwrap_err()
+        .to_string();
     for fragment in expected {
         assert!(msg.contains(fragment), "error {msg:?} lacks {fragment:?}");
     }
@@ -198,33 +296,74 @@ fn check_dataset_error(prepare: impl FnOnce(&Path), config: &IngestConfig, expec
 #[test]
 fn dataset_level_problems_name_the_file() {
     check_dataset_error(|_| {}, &config(), &["manifest.csv", "No such file"]);
-    check_dataset_error(|d| std::fs::write(d.join("manifest.csv"), "id,question\n1,q\n").unwrap(), &config(), &[
-        "manifest.csv",
-        "missing required column \"answer\"",
-    ]);
-    check_dataset_error(|d| std::fs::write(d.join("manifest.csv"), "id,question,answer\n").unwrap(), &config(), &[
-        "no rows",
-    ]);
     check_dataset_error(
-        |d| std::fs::write(d.join("manifest.csv"), "id,question,answer,x,x\n1,q,a,1,2\n").unwrap(),
+        |d| std::fs::write(d.join("manifest.csv"), "id,question\n1,q\n").unwrap(),
+        &config(),
+        &["manifest.csv", "missing required column \"answer\""],
+    );
+    check_dataset_error(
+        |d| std::fs::write(d.join("manifest.csv"), "id,question,answer\n").unwrap(),
+        &config(),
+        &["no rows"],
+    );
+    check_dataset_error(
+        |d| {
+            std::fs::write(
+                d.join("manifest.csv"),
+                "id,question,answer,x,x\n1,q,a,1,2\n",
+            )
+            .unwrap()
+        },
         &config(),
         &["\"x\" appears twice"],
     );
-    let typo = IngestConfig { column_types: BTreeMap::from([("batery".to_owned(), FeatureKind::Numeric)]), ..config() };
-    check_dataset_error(|d| dataset(d, &[GOOD]), &typo, &["column_types.batery", "no such column"]);
-    let reserved = IngestConfig { column_types: BTreeMap::from([("answer".to_owned(), FeatureKind::Numeric)]), ..config() };
-    check_dataset_error(|d| dataset(d, &[GOOD]), &reserved, &["column_types.answer", "reserved"]);
-    let bad_fraction = IngestConfig { max_reject_fraction: 1.5, ..config() };
-    check_dataset_error(|d| dataset(d, &[GOOD]), &bad_fraction, &["max_reject_fraction", "[0, 1]"]);
+    let typo = IngestConfig {
+        column_types: BTreeMap::from([("batery".to_owned(), FeatureKind::Numeric)]),
+        ..config()
+    };
+    check_dataset_error(
+        |d| dataset(d, &[GOOD]),
+        &typo,
+        &["column_types.batery", "no such column"],
+    );
+    let reserved = IngestConfig {
+        column_types: BTreeMap::from([("answer".to_owned(), FeatureKind::Numeric)]),
+        ..config()
+    };
+    check_dataset_error(
+        |d| dataset(d, &[GOOD]),
+        &reserved,
+        &["column_types.answer", "reserved"],
+    );
+    let bad_fraction = IngestConfig {
+        max_reject_fraction: 1.5,
+        ..config()
+    };
+    check_dataset_error(
+        |d| dataset(d, &[GOOD]),
+        &bad_fraction,
+        &["max_reject_fraction", "[0, 1]"],
+    );
 }
 
 #[test]
 fn ingest_is_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    dataset(&data, &[GOOD, "b,media/missing.png,,q,a,,,1,x", "c,,media/ok.wav,q,a,,,2,y"]);
-    let a = ingest::run(&config(), &data, &tmp.path().join("a")).and_then(|_| Ok(Artifact::open(tmp.path().join("a"))?)).unwrap();
-    let b = ingest::run(&config(), &data, &tmp.path().join("b")).and_then(|_| Ok(Artifact::open(tmp.path().join("b"))?)).unwrap();
+    dataset(
+        &data,
+        &[
+            GOOD,
+            "b,media/missing.png,,q,a,,,1,x",
+            "c,,media/ok.wav,q,a,,,2,y",
+        ],
+    );
+    let a = ingest::run(&config(), &data, &tmp.path().join("a"))
+        .and_then(|_| Ok(Artifact::open(tmp.path().join("a"))?))
+        .unwrap();
+    let b = ingest::run(&config(), &data, &tmp.path().join("b"))
+        .and_then(|_| Ok(Artifact::open(tmp.path().join("b"))?))
+        .unwrap();
     assert_eq!(a.manifest().content_hash, b.manifest().content_hash);
     assert_eq!(a.manifest().inputs, b.manifest().inputs);
 }

@@ -4,10 +4,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BinaryArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use mmrl_artifact::sample::{self, FeatureKind};
 use mmrl_artifact::{Artifact, ArtifactWriter, Role, StageInfo};
-use mmrl_data::select::{self, Balance, Dedup, Filter, Modality, SelectConfig, SharedMedia, SplitConfig};
+use mmrl_data::select::{
+    self, Balance, Dedup, Filter, Modality, SelectConfig, SharedMedia, SplitConfig,
+};
 
 /// One input row.
 #[derive(Clone, Default)]
@@ -37,11 +41,18 @@ fn row(i: usize, answer: &str) -> Row {
 
 /// Writes an ingest-like artifact holding `rows` and returns its directory.
 fn artifact(dir: &Path, rows: &[Row]) -> std::path::PathBuf {
-    let schema = sample::sample_schema(&[("battery".into(), FeatureKind::Numeric), ("device".into(), FeatureKind::Categorical)]);
-    let s = |f: &dyn Fn(&Row) -> Option<String>| Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef;
+    let schema = sample::sample_schema(&[
+        ("battery".into(), FeatureKind::Numeric),
+        ("device".into(), FeatureKind::Categorical),
+    ]);
+    let s = |f: &dyn Fn(&Row) -> Option<String>| {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
+    };
     let b = |f: &dyn Fn(&Row) -> Option<Vec<u8>>| {
         let v: Vec<Option<Vec<u8>>> = rows.iter().map(f).collect();
-        Arc::new(BinaryArray::from(v.iter().map(|x| x.as_deref()).collect::<Vec<_>>())) as ArrayRef
+        Arc::new(BinaryArray::from(
+            v.iter().map(|x| x.as_deref()).collect::<Vec<_>>(),
+        )) as ArrayRef
     };
     let columns: Vec<ArrayRef> = vec![
         s(&|r| Some(r.id.clone())),
@@ -52,15 +63,26 @@ fn artifact(dir: &Path, rows: &[Row]) -> std::path::PathBuf {
         s(&|r| Some(r.answer.clone())),
         b(&|r| r.image.clone()),
         b(&|r| r.audio.clone()),
-        Arc::new(UInt64Array::from((0..rows.len() as u64).map(|i| i + 2).collect::<Vec<_>>())),
-        Arc::new(Float64Array::from(rows.iter().map(|r| r.battery).collect::<Vec<_>>())),
+        Arc::new(UInt64Array::from(
+            (0..rows.len() as u64).map(|i| i + 2).collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            rows.iter().map(|r| r.battery).collect::<Vec<_>>(),
+        )),
         s(&|r| r.device.clone()),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
     let out = dir.join("ingest");
-    let info = StageInfo { stage: "ingest".into(), crate_name: "t".into(), crate_version: "0".into(), config: serde_json::json!({}), seed: None };
+    let info = StageInfo {
+        stage: "ingest".into(),
+        crate_name: "t".into(),
+        crate_version: "0".into(),
+        config: serde_json::json!({}),
+        seed: None,
+    };
     let mut w = ArtifactWriter::create(&out, info).unwrap();
-    w.write_table("samples", Role::Data, schema, &[batch]).unwrap();
+    w.write_table("samples", Role::Data, schema, &[batch])
+        .unwrap();
     w.commit().unwrap();
     out
 }
@@ -79,14 +101,35 @@ fn run(rows: &[Row], config: &SelectConfig, seed: u64) -> Selected {
     let art = Artifact::open(tmp.path().join("select")).unwrap();
     assert_eq!(art.manifest().inputs[0].stage.as_deref(), Some("ingest"));
     let (schema, batches) = art.read_table("samples").unwrap();
-    assert_eq!(schema.field(schema.fields().len() - 1).name(), select::REPEAT);
+    assert_eq!(
+        schema.field(schema.fields().len() - 1).name(),
+        select::REPEAT
+    );
     let mut out = BTreeMap::new();
     for b in &batches {
-        let ids = b.column_by_name("id").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-        let splits = b.column_by_name("split").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-        let repeat = b.column_by_name("repeat").unwrap().as_any().downcast_ref::<UInt32Array>().unwrap();
+        let ids = b
+            .column_by_name("id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let splits = b
+            .column_by_name("split")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let repeat = b
+            .column_by_name("repeat")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .unwrap();
         for i in 0..b.num_rows() {
-            out.insert(ids.value(i).to_owned(), (splits.value(i).to_owned(), repeat.value(i)));
+            out.insert(
+                ids.value(i).to_owned(),
+                (splits.value(i).to_owned(), repeat.value(i)),
+            );
         }
     }
     let (_, rej) = art.read_table("rejects").unwrap();
@@ -98,8 +141,16 @@ fn run(rows: &[Row], config: &SelectConfig, seed: u64) -> Selected {
             rejects.insert(ids.value(i).to_owned(), reasons.value(i).to_owned());
         }
     }
-    assert_eq!(out.len() + rejects.len(), rows.len(), "a row was lost silently");
-    Selected { rows: out, rejects, report }
+    assert_eq!(
+        out.len() + rejects.len(),
+        rows.len(),
+        "a row was lost silently"
+    );
+    Selected {
+        rows: out,
+        rejects,
+        report,
+    }
 }
 
 fn many(n: usize) -> Vec<Row> {
@@ -116,9 +167,21 @@ fn filters_remove_rows_and_report_counts() {
     rows[4].battery = Some(500.0);
     let config = SelectConfig {
         filters: vec![
-            Filter { column: Some("task".into()), one_of: Some(vec!["shapes".into()]), ..Filter::default() },
-            Filter { name: Some("needs audio".into()), present: Some(vec![Modality::Audio]), ..Filter::default() },
-            Filter { column: Some("battery".into()), max: Some(100.0), ..Filter::default() },
+            Filter {
+                column: Some("task".into()),
+                one_of: Some(vec!["shapes".into()]),
+                ..Filter::default()
+            },
+            Filter {
+                name: Some("needs audio".into()),
+                present: Some(vec![Modality::Audio]),
+                ..Filter::default()
+            },
+            Filter {
+                column: Some("battery".into()),
+                max: Some(100.0),
+                ..Filter::default()
+            },
         ],
         ..SelectConfig::default()
     };
@@ -127,7 +190,11 @@ fn filters_remove_rows_and_report_counts() {
     assert_eq!(removed, [2, 1, 2]);
     assert_eq!(got.report.filters[1].filter, "needs audio");
     for id in ["s0000", "s0001", "s0002", "s0003", "s0004"] {
-        assert_eq!(got.rejects.get(id).map(String::as_str), Some("filtered"), "{id}");
+        assert_eq!(
+            got.rejects.get(id).map(String::as_str),
+            Some("filtered"),
+            "{id}"
+        );
     }
     assert_eq!(got.rows.len(), 25);
 }
@@ -136,18 +203,34 @@ fn filters_remove_rows_and_report_counts() {
 fn exact_duplicates_are_dropped_and_shared_media_stay_together() {
     let mut rows = many(60);
     // s0050 is an exact copy of s0010 under another id.
-    rows[50] = Row { id: "s0050".into(), ..rows[10].clone() };
+    rows[50] = Row {
+        id: "s0050".into(),
+        ..rows[10].clone()
+    };
     // s0051..s0053 share one audio clip (another question about the same recording).
     for i in 51..54 {
         rows[i].audio = Some(b"shared".to_vec());
     }
     let got = run(&rows, &SelectConfig::default(), 3);
-    assert_eq!(got.rejects.get("s0050").map(String::as_str), Some("duplicate"));
+    assert_eq!(
+        got.rejects.get("s0050").map(String::as_str),
+        Some("duplicate")
+    );
     assert_eq!(got.report.exact_duplicates, 1);
     let splits: BTreeSet<&String> = (51..54).map(|i| &got.rows[&format!("s{i:04}")].0).collect();
-    assert_eq!(splits.len(), 1, "rows sharing audio straddle splits: {splits:?}");
+    assert_eq!(
+        splits.len(),
+        1,
+        "rows sharing audio straddle splits: {splits:?}"
+    );
 
-    let drop = SelectConfig { dedup: Dedup { same_audio: SharedMedia::Drop, ..Dedup::default() }, ..SelectConfig::default() };
+    let drop = SelectConfig {
+        dedup: Dedup {
+            same_audio: SharedMedia::Drop,
+            ..Dedup::default()
+        },
+        ..SelectConfig::default()
+    };
     let got = run(&rows, &drop, 3);
     assert_eq!(got.report.shared_media_dropped, 2);
     assert!(got.rows.contains_key("s0051") && !got.rows.contains_key("s0052"));
@@ -178,11 +261,20 @@ fn splits_are_seeded_stratified_and_respect_existing() {
 #[test]
 fn group_by_keeps_each_value_in_one_split() {
     let rows = many(210);
-    let config = SelectConfig { split: SplitConfig { group_by: Some("device".into()), ..SplitConfig::default() }, ..SelectConfig::default() };
+    let config = SelectConfig {
+        split: SplitConfig {
+            group_by: Some("device".into()),
+            ..SplitConfig::default()
+        },
+        ..SelectConfig::default()
+    };
     let got = run(&rows, &config, 4);
     let mut split_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
-        split_of.entry(r.device.clone().unwrap()).or_default().insert(got.rows[&format!("s{i:04}")].0.clone());
+        split_of
+            .entry(r.device.clone().unwrap())
+            .or_default()
+            .insert(got.rows[&format!("s{i:04}")].0.clone());
     }
     assert!(split_of.values().all(|s| s.len() == 1), "{split_of:?}");
     assert!(got.report.multi_row_groups >= 7);
@@ -191,8 +283,16 @@ fn group_by_keeps_each_value_in_one_split() {
 #[test]
 fn oversampling_balances_train_only() {
     // 60 "yes", 12 "no": balance gives "no" train rows repeats.
-    let rows: Vec<Row> = (0..72).map(|i| row(i, if i < 60 { "yes" } else { "no" })).collect();
-    let config = SelectConfig { balance: Balance { oversample: true, max_repeat: 10 }, ..SelectConfig::default() };
+    let rows: Vec<Row> = (0..72)
+        .map(|i| row(i, if i < 60 { "yes" } else { "no" }))
+        .collect();
+    let config = SelectConfig {
+        balance: Balance {
+            oversample: true,
+            max_repeat: 10,
+        },
+        ..SelectConfig::default()
+    };
     let got = run(&rows, &config, 2);
     let w = &got.report.train_weight;
     assert_eq!(w["yes"], w["no"], "{w:?}");
@@ -202,9 +302,18 @@ fn oversampling_balances_train_only() {
         }
     }
     assert!(got.rows.values().any(|(s, r)| s == "train" && *r > 1));
-    let capped = SelectConfig { balance: Balance { oversample: true, max_repeat: 2 }, ..SelectConfig::default() };
+    let capped = SelectConfig {
+        balance: Balance {
+            oversample: true,
+            max_repeat: 2,
+        },
+        ..SelectConfig::default()
+    };
     let got = run(&rows, &capped, 2);
-    assert_eq!(got.report.train_weight["no"], 2 * got.report.answers["no"]["train"] as u64);
+    assert_eq!(
+        got.report.train_weight["no"],
+        2 * got.report.answers["no"]["train"] as u64
+    );
 }
 
 #[test]
@@ -212,16 +321,29 @@ fn small_classes_warn_and_tiny_inputs_leave_empty_splits_with_a_warning() {
     let mut rows = many(40);
     rows[0].answer = "rare".into();
     let got = run(&rows, &SelectConfig::default(), 1);
-    assert!(got.report.warnings.iter().any(|w| w.contains("\"rare\"")), "{:?}", got.report.warnings);
+    assert!(
+        got.report.warnings.iter().any(|w| w.contains("\"rare\"")),
+        "{:?}",
+        got.report.warnings
+    );
     let got = run(&many(2), &SelectConfig::default(), 1);
-    assert!(got.report.warnings.iter().any(|w| w.contains("split is empty")), "{:?}", got.report.warnings);
+    assert!(
+        got.report
+            .warnings
+            .iter()
+            .any(|w| w.contains("split is empty")),
+        "{:?}",
+        got.report.warnings
+    );
 }
 
 /// Runs select expecting an error that mentions every fragment.
 fn check_error(rows: &[Row], config: &SelectConfig, expected: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let input = artifact(tmp.path(), rows);
-    let msg = select::run(config, 1, &input, &tmp.path().join("select")).unwrap_err().to_string();
+    let msg = select::run(config, 1, &input, &tmp.path().join("select"))
+        .unwrap_err()
+        .to_string();
     for fragment in expected {
         assert!(msg.contains(fragment), "error {msg:?} lacks {fragment:?}");
     }
@@ -231,25 +353,73 @@ fn check_error(rows: &[Row], config: &SelectConfig, expected: &[&str]) {
 #[test]
 fn bad_configs_and_empty_results_get_clear_errors() {
     let rows = many(30);
-    let filter = |f: Filter| SelectConfig { filters: vec![f], ..SelectConfig::default() };
-    check_error(&rows, &filter(Filter { column: Some("tsk".into()), one_of: Some(vec![]), ..Filter::default() }), &[
-        "filters[0].column",
-        "no column \"tsk\"",
-        "task",
-    ]);
-    check_error(&rows, &filter(Filter { column: Some("task".into()), ..Filter::default() }), &["filters[0]", "exactly one"]);
+    let filter = |f: Filter| SelectConfig {
+        filters: vec![f],
+        ..SelectConfig::default()
+    };
     check_error(
         &rows,
-        &filter(Filter { column: Some("task".into()), min: Some(1.0), ..Filter::default() }),
+        &filter(Filter {
+            column: Some("tsk".into()),
+            one_of: Some(vec![]),
+            ..Filter::default()
+        }),
+        &["filters[0].column", "no column \"tsk\"", "task"],
+    );
+    check_error(
+        &rows,
+        &filter(Filter {
+            column: Some("task".into()),
+            ..Filter::default()
+        }),
+        &["filters[0]", "exactly one"],
+    );
+    check_error(
+        &rows,
+        &filter(Filter {
+            column: Some("task".into()),
+            min: Some(1.0),
+            ..Filter::default()
+        }),
         &["filters[0]", "numeric"],
     );
-    check_error(&rows, &filter(Filter { column: Some("task".into()), one_of: Some(vec!["x".into()]), ..Filter::default() }), &[
-        "removed every row",
-    ]);
-    let bad_split = SelectConfig { split: SplitConfig { train: 0.5, val: 0.1, test: 0.1, ..SplitConfig::default() }, ..SelectConfig::default() };
+    check_error(
+        &rows,
+        &filter(Filter {
+            column: Some("task".into()),
+            one_of: Some(vec!["x".into()]),
+            ..Filter::default()
+        }),
+        &["removed every row"],
+    );
+    let bad_split = SelectConfig {
+        split: SplitConfig {
+            train: 0.5,
+            val: 0.1,
+            test: 0.1,
+            ..SplitConfig::default()
+        },
+        ..SelectConfig::default()
+    };
     check_error(&rows, &bad_split, &["split", "expected 1"]);
-    let all_test: Vec<Row> = rows.iter().map(|r| Row { split: Some("test"), ..r.clone() }).collect();
-    check_error(&all_test, &SelectConfig::default(), &["train split is empty"]);
-    let group = SelectConfig { split: SplitConfig { group_by: Some("speaker".into()), ..SplitConfig::default() }, ..SelectConfig::default() };
+    let all_test: Vec<Row> = rows
+        .iter()
+        .map(|r| Row {
+            split: Some("test"),
+            ..r.clone()
+        })
+        .collect();
+    check_error(
+        &all_test,
+        &SelectConfig::default(),
+        &["train split is empty"],
+    );
+    let group = SelectConfig {
+        split: SplitConfig {
+            group_by: Some("speaker".into()),
+            ..SplitConfig::default()
+        },
+        ..SelectConfig::default()
+    };
     check_error(&rows, &group, &["split.group_by", "speaker"]);
 }

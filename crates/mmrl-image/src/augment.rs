@@ -34,7 +34,12 @@ pub fn sample_region(rng: &mut ChaCha8Rng, config: &AugmentConfig) -> Region {
         let (w, h) = ((scale * ratio).sqrt(), (scale / ratio).sqrt());
         let (ux, uy) = (rng.random::<f64>(), rng.random::<f64>());
         if found.is_none() && w <= 1.0 && h <= 1.0 {
-            found = Some(Region { x: ux * (1.0 - w), y: uy * (1.0 - h), w, h });
+            found = Some(Region {
+                x: ux * (1.0 - w),
+                y: uy * (1.0 - h),
+                w,
+                h,
+            });
         }
     }
     found.unwrap_or(Region::FULL)
@@ -49,7 +54,8 @@ fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
 pub fn apply(canvas: &mut Canvas, rng: &mut ChaCha8Rng, config: &AugmentConfig) {
     let flip = rng.random::<f64>() < config.hflip_prob;
     let angle = uniform(rng, -config.rotate_degrees, config.rotate_degrees);
-    let jitter = |rng: &mut ChaCha8Rng, amount: f64| uniform(rng, 1.0 - amount, 1.0 + amount) as f32;
+    let jitter =
+        |rng: &mut ChaCha8Rng, amount: f64| uniform(rng, 1.0 - amount, 1.0 + amount) as f32;
     let brightness = jitter(rng, config.brightness);
     let contrast = jitter(rng, config.contrast);
     let saturation = jitter(rng, config.saturation);
@@ -75,7 +81,10 @@ pub fn apply(canvas: &mut Canvas, rng: &mut ChaCha8Rng, config: &AugmentConfig) 
         let side = ((config.cutout_size * size as f64).round() as usize).clamp(1, size);
         // The centre may fall anywhere, so a square near an edge is clipped (DeVries & Taylor).
         let (x_mid, y_mid) = ((cx * size as f64) as usize, (cy * size as f64) as usize);
-        let (x0, y0) = (x_mid.saturating_sub(side / 2), y_mid.saturating_sub(side / 2));
+        let (x0, y0) = (
+            x_mid.saturating_sub(side / 2),
+            y_mid.saturating_sub(side / 2),
+        );
         let (x1, y1) = ((x0 + side).min(size), (y0 + side).min(size));
         let plane = canvas.plane();
         for c in 0..3 {
@@ -153,7 +162,11 @@ fn color_jitter(canvas: &mut Canvas, brightness: f32, contrast: f32, saturation:
             n += 1;
         }
     }
-    let mean = if n > 0 { (sum / f64::from(n)) as f32 } else { 0.0 };
+    let mean = if n > 0 {
+        (sum / f64::from(n)) as f32
+    } else {
+        0.0
+    };
     for v in r.iter_mut().chain(g.iter_mut()).chain(b.iter_mut()) {
         *v = ((*v - mean) * contrast + mean).clamp(0.0, 1.0);
     }
@@ -189,12 +202,19 @@ mod tests {
 
     #[test]
     fn crops_stay_inside_the_image_with_the_configured_area() {
-        let config = AugmentConfig { crop_scale: [0.5, 0.9], crop_ratio: [0.8, 1.25], ..AugmentConfig::default() };
+        let config = AugmentConfig {
+            crop_scale: [0.5, 0.9],
+            crop_ratio: [0.8, 1.25],
+            ..AugmentConfig::default()
+        };
         for view in 1..200 {
             let region = sample_region(&mut view_rng(7, "x", view), &config);
             let area = region.w * region.h;
             assert!(region.x >= 0.0 && region.y >= 0.0, "{region:?}");
-            assert!(region.x + region.w <= 1.0 + 1e-12 && region.y + region.h <= 1.0 + 1e-12, "{region:?}");
+            assert!(
+                region.x + region.w <= 1.0 + 1e-12 && region.y + region.h <= 1.0 + 1e-12,
+                "{region:?}"
+            );
             assert!((0.5 - 1e-9..=0.9 + 1e-9).contains(&area), "{region:?}");
         }
     }
@@ -244,6 +264,12 @@ mod tests {
         apply(&mut canvas, &mut view_rng(3, "c", 1), &config);
         let nan = canvas.data.iter().filter(|v| v.is_nan()).count();
         assert!(nan > 0 && nan <= 3 * 16, "{nan} pixels cut");
-        assert!(canvas.data.iter().filter(|v| !v.is_nan()).all(|v| (0.0..=1.0).contains(v)));
+        assert!(
+            canvas
+                .data
+                .iter()
+                .filter(|v| !v.is_nan())
+                .all(|v| (0.0..=1.0).contains(v))
+        );
     }
 }

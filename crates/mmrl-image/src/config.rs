@@ -158,14 +158,20 @@ impl Default for AugmentConfig {
 }
 
 fn config_error(field: &str, message: impl Into<String>) -> Error {
-    Error::Config { field: field.to_owned(), message: message.into() }
+    Error::Config {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
 fn in_range(field: &str, value: f64, lo: f64, hi: f64) -> Result<()> {
     if value.is_finite() && (lo..=hi).contains(&value) {
         Ok(())
     } else {
-        Err(config_error(field, format!("{value} is not in [{lo}, {hi}]")))
+        Err(config_error(
+            field,
+            format!("{value} is not in [{lo}, {hi}]"),
+        ))
     }
 }
 
@@ -173,7 +179,13 @@ fn ordered_pair(field: &str, pair: [f64; 2], lo: f64, hi: f64) -> Result<()> {
     in_range(&format!("{field}[0]"), pair[0], lo, hi)?;
     in_range(&format!("{field}[1]"), pair[1], lo, hi)?;
     if pair[0] > pair[1] {
-        return Err(config_error(field, format!("[{}, {}] must be [min, max] with min <= max", pair[0], pair[1])));
+        return Err(config_error(
+            field,
+            format!(
+                "[{}, {}] must be [min, max] with min <= max",
+                pair[0], pair[1]
+            ),
+        ));
     }
     Ok(())
 }
@@ -182,7 +194,10 @@ impl ImageConfig {
     /// Checks every field before any work is done.
     pub fn validate(&self) -> Result<()> {
         if !(4..=1024).contains(&self.size) {
-            return Err(config_error("size", format!("{} is not in [4, 1024]", self.size)));
+            return Err(config_error(
+                "size",
+                format!("{} is not in [4, 1024]", self.size),
+            ));
         }
         if self.max_pixels == 0 {
             return Err(config_error("max_pixels", "must be at least 1"));
@@ -192,22 +207,37 @@ impl ImageConfig {
         if self.dedup_max_distance > 32 {
             return Err(config_error(
                 "dedup_max_distance",
-                format!("{} is not in [0, 32] (bits of a 64-bit hash)", self.dedup_max_distance),
+                format!(
+                    "{} is not in [0, 32] (bits of a 64-bit hash)",
+                    self.dedup_max_distance
+                ),
             ));
         }
-        in_range("dedup_min_correlation", self.dedup_min_correlation, -1.0, 1.0)?;
+        in_range(
+            "dedup_min_correlation",
+            self.dedup_min_correlation,
+            -1.0,
+            1.0,
+        )?;
         match (&self.mean, &self.std) {
             (None, None) => {}
             (Some(mean), Some(std)) => {
                 for c in 0..3 {
                     in_range(&format!("mean[{c}]"), mean[c], -1e3, 1e3)?;
                     if !(std[c].is_finite() && std[c] > 0.0) {
-                        return Err(config_error(&format!("std[{c}]"), format!("{} must be finite and > 0", std[c])));
+                        return Err(config_error(
+                            &format!("std[{c}]"),
+                            format!("{} must be finite and > 0", std[c]),
+                        ));
                     }
                 }
             }
-            (Some(_), None) => return Err(config_error("std", "mean is set, so std must be set too")),
-            (None, Some(_)) => return Err(config_error("mean", "std is set, so mean must be set too")),
+            (Some(_), None) => {
+                return Err(config_error("std", "mean is set, so std must be set too"));
+            }
+            (None, Some(_)) => {
+                return Err(config_error("mean", "std is set, so mean must be set too"));
+            }
         }
         self.augment.validate()
     }
@@ -222,7 +252,10 @@ impl AugmentConfig {
     /// Checks every field; errors name them as `augment.FIELD`.
     pub fn validate(&self) -> Result<()> {
         if self.n_views > 64 {
-            return Err(config_error("augment.n_views", format!("{} is not in [0, 64]", self.n_views)));
+            return Err(config_error(
+                "augment.n_views",
+                format!("{} is not in [0, 64]", self.n_views),
+            ));
         }
         ordered_pair("augment.crop_scale", self.crop_scale, 0.01, 1.0)?;
         ordered_pair("augment.crop_ratio", self.crop_ratio, 0.1, 10.0)?;
@@ -246,7 +279,9 @@ mod tests {
         let config: ImageConfig = toml::from_str(toml_text).unwrap();
         match (config.validate(), expected_field) {
             (Ok(()), None) => {}
-            (Err(Error::Config { field, .. }), Some(expected)) => assert_eq!(field, expected, "{toml_text}"),
+            (Err(Error::Config { field, .. }), Some(expected)) => {
+                assert_eq!(field, expected, "{toml_text}")
+            }
             (other, _) => panic!("{toml_text}: expected {expected_field:?}, got {other:?}"),
         }
     }
@@ -261,13 +296,25 @@ mod tests {
         check("dedup_max_distance = 40", Some("dedup_max_distance"));
         check("dedup_min_correlation = 1.5", Some("dedup_min_correlation"));
         check("mean = [0.5, 0.5, 0.5]", Some("std"));
-        check("mean = [0.5, 0.5, 0.5]\nstd = [0.2, 0.0, 0.2]", Some("std[1]"));
+        check(
+            "mean = [0.5, 0.5, 0.5]\nstd = [0.2, 0.0, 0.2]",
+            Some("std[1]"),
+        );
         check("mean = [0.5, 0.5, 0.5]\nstd = [0.2, 0.2, 0.2]", None);
         check("[augment]\nn_views = 100", Some("augment.n_views"));
-        check("[augment]\ncrop_scale = [0.9, 0.5]", Some("augment.crop_scale"));
-        check("[augment]\ncrop_scale = [0.0, 0.5]", Some("augment.crop_scale[0]"));
+        check(
+            "[augment]\ncrop_scale = [0.9, 0.5]",
+            Some("augment.crop_scale"),
+        );
+        check(
+            "[augment]\ncrop_scale = [0.0, 0.5]",
+            Some("augment.crop_scale[0]"),
+        );
         check("[augment]\nhflip_prob = 1.5", Some("augment.hflip_prob"));
-        check("[augment]\nrotate_degrees = 90.0", Some("augment.rotate_degrees"));
+        check(
+            "[augment]\nrotate_degrees = 90.0",
+            Some("augment.rotate_degrees"),
+        );
         check("[augment]\ncutout_size = 0.0", Some("augment.cutout_size"));
     }
 
@@ -276,7 +323,11 @@ mod tests {
         assert!(toml::from_str::<ImageConfig>("sise = 32").is_err());
         assert!(toml::from_str::<ImageConfig>("[augment]\nflip = 0.5").is_err());
         assert!(toml::from_str::<ImageConfig>("on_blank = \"ignore\"").is_err());
-        let config: ImageConfig = toml::from_str("fit = \"center_crop\"\non_blank = \"absent\"").unwrap();
-        assert_eq!((config.fit, config.on_blank), (Fit::CenterCrop, Policy::Absent));
+        let config: ImageConfig =
+            toml::from_str("fit = \"center_crop\"\non_blank = \"absent\"").unwrap();
+        assert_eq!(
+            (config.fit, config.on_blank),
+            (Fit::CenterCrop, Policy::Absent)
+        );
     }
 }

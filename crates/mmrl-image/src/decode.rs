@@ -132,7 +132,11 @@ pub struct Probe<'a> {
 
 enum Inner<'a> {
     Png(Box<image::codecs::png::PngDecoder<Cursor<&'a [u8]>>>),
-    Jpeg { bytes: &'a [u8], decoder: Box<zune_jpeg::JpegDecoder<ZCursor<&'a [u8]>>>, grey: bool },
+    Jpeg {
+        bytes: &'a [u8],
+        decoder: Box<zune_jpeg::JpegDecoder<ZCursor<&'a [u8]>>>,
+        grey: bool,
+    },
 }
 
 fn undecodable(detail: impl std::fmt::Display) -> Reject {
@@ -142,7 +146,10 @@ fn undecodable(detail: impl std::fmt::Display) -> Reject {
 fn swaps_axes(orientation: Orientation) -> bool {
     matches!(
         orientation,
-        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
     )
 }
 
@@ -164,43 +171,85 @@ pub fn probe(bytes: &[u8]) -> Result<Probe<'_>, Reject> {
         Err(_) => {
             return Err(Reject::new(
                 Reason::UnsupportedFormat,
-                format!("not a PNG or JPEG file (unrecognized signature {:02x?})", &bytes[..bytes.len().min(8)]),
+                format!(
+                    "not a PNG or JPEG file (unrecognized signature {:02x?})",
+                    &bytes[..bytes.len().min(8)]
+                ),
             ));
         }
     };
     let (width, height, orientation, inner) = match format {
         Format::Png => {
-            let mut decoder =
-                image::codecs::png::PngDecoder::with_limits(Cursor::new(bytes), image::Limits::no_limits())
-                    .map_err(|e| undecodable(format!("invalid PNG: {e}")))?;
+            let mut decoder = image::codecs::png::PngDecoder::with_limits(
+                Cursor::new(bytes),
+                image::Limits::no_limits(),
+            )
+            .map_err(|e| undecodable(format!("invalid PNG: {e}")))?;
             let (w, h) = decoder.dimensions();
             let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
             (w, h, orientation, Inner::Png(Box::new(decoder)))
         }
         Format::Jpeg => {
             if !has_end_of_image(bytes) {
-                return Err(undecodable("truncated JPEG: no end-of-image marker after the last scan"));
+                return Err(undecodable(
+                    "truncated JPEG: no end-of-image marker after the last scan",
+                ));
             }
-            let options =
-                DecoderOptions::default().set_strict_mode(false).set_max_width(usize::MAX).set_max_height(usize::MAX);
-            let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-            decoder.decode_headers().map_err(|e| undecodable(format!("invalid JPEG: {e}")))?;
-            let (w, h) = decoder.dimensions().ok_or_else(|| undecodable("invalid JPEG: no frame header"))?;
-            let orientation =
-                decoder.exif().and_then(|exif| Orientation::from_exif_chunk(exif)).unwrap_or(Orientation::NoTransforms);
+            let options = DecoderOptions::default()
+                .set_strict_mode(false)
+                .set_max_width(usize::MAX)
+                .set_max_height(usize::MAX);
+            let mut decoder =
+                zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+            decoder
+                .decode_headers()
+                .map_err(|e| undecodable(format!("invalid JPEG: {e}")))?;
+            let (w, h) = decoder
+                .dimensions()
+                .ok_or_else(|| undecodable("invalid JPEG: no frame header"))?;
+            let orientation = decoder
+                .exif()
+                .and_then(|exif| Orientation::from_exif_chunk(exif))
+                .unwrap_or(Orientation::NoTransforms);
             // Grey stays grey (the resizer replicates it later, on the small image); everything else becomes RGB.
             let grey = matches!(decoder.input_colorspace(), Some(ZuneColorSpace::Luma));
-            let out = if grey { ZuneColorSpace::Luma } else { ZuneColorSpace::RGB };
+            let out = if grey {
+                ZuneColorSpace::Luma
+            } else {
+                ZuneColorSpace::RGB
+            };
             decoder.set_options(options.jpeg_set_out_colorspace(out));
-            let (w, h) = (u32::try_from(w).unwrap_or(u32::MAX), u32::try_from(h).unwrap_or(u32::MAX));
-            (w, h, orientation, Inner::Jpeg { bytes, decoder: Box::new(decoder), grey })
+            let (w, h) = (
+                u32::try_from(w).unwrap_or(u32::MAX),
+                u32::try_from(h).unwrap_or(u32::MAX),
+            );
+            (
+                w,
+                h,
+                orientation,
+                Inner::Jpeg {
+                    bytes,
+                    decoder: Box::new(decoder),
+                    grey,
+                },
+            )
         }
     };
     if width == 0 || height == 0 {
         return Err(undecodable(format!("zero-size image ({width}x{height})")));
     }
-    let (width, height) = if swaps_axes(orientation) { (height, width) } else { (width, height) };
-    Ok(Probe { format, width, height, orientation, inner })
+    let (width, height) = if swaps_axes(orientation) {
+        (height, width)
+    } else {
+        (width, height)
+    };
+    Ok(Probe {
+        format,
+        width,
+        height,
+        orientation,
+        inner,
+    })
 }
 
 /// Whether a JPEG ends its last scan: an end-of-image marker (FF D9) must follow the last start-of-scan marker
@@ -211,7 +260,10 @@ fn has_end_of_image(bytes: &[u8]) -> bool {
     // Searched from the end, so a well-formed file costs a few bytes, not a scan of the whole file.
     let is_marker = |marker: u8| move |w: &[u8]| w[0] == 0xFF && w[1] == marker;
     match bytes.windows(2).rposition(is_marker(0xD9)) {
-        Some(eoi) => !bytes[eoi..].windows(2).any(is_marker(0xDA)) && bytes[..eoi].windows(2).any(is_marker(0xDA)),
+        Some(eoi) => {
+            !bytes[eoi..].windows(2).any(is_marker(0xDA))
+                && bytes[..eoi].windows(2).any(is_marker(0xDA))
+        }
         None => false,
     }
 }
@@ -239,19 +291,34 @@ impl Probe<'_> {
         buffer: &mut Vec<u8>,
     ) -> Result<Decoded, Reject> {
         let (full_width, full_height) = (self.width, self.height);
-        let (stored_w, stored_h) =
-            if swaps_axes(self.orientation) { (self.height, self.width) } else { (self.width, self.height) };
+        let (stored_w, stored_h) = if swaps_axes(self.orientation) {
+            (self.height, self.width)
+        } else {
+            (self.width, self.height)
+        };
         let (width, height, pixels) = match self.inner {
             Inner::Png(mut decoder) => {
                 let mut limits = image::Limits::default();
                 limits.max_alloc = Some(max_alloc);
-                decoder.set_limits(limits).map_err(|e| undecodable(format!("PNG: {e}")))?;
+                decoder
+                    .set_limits(limits)
+                    .map_err(|e| undecodable(format!("PNG: {e}")))?;
                 let color = decoder.color_type();
                 let pixels = read_with_image_crate(*decoder, color, max_alloc, buffer)?;
                 (stored_w, stored_h, pixels)
             }
-            Inner::Jpeg { bytes, mut decoder, grey } => {
-                let want_stored = want.map(|(w, h)| if swaps_axes(self.orientation) { (h, w) } else { (w, h) });
+            Inner::Jpeg {
+                bytes,
+                mut decoder,
+                grey,
+            } => {
+                let want_stored = want.map(|(w, h)| {
+                    if swaps_axes(self.orientation) {
+                        (h, w)
+                    } else {
+                        (w, h)
+                    }
+                });
                 let scaled = want_stored
                     .and_then(|want| dct_scale(stored_w, stored_h, want))
                     .and_then(|size| decode_scaled_jpeg(bytes, size, max_alloc).transpose())
@@ -259,25 +326,39 @@ impl Probe<'_> {
                 match scaled {
                     Some(decoded) => decoded,
                     None => {
-                        let total = u64::from(stored_w) * u64::from(stored_h) * if grey { 1 } else { 3 };
+                        let total =
+                            u64::from(stored_w) * u64::from(stored_h) * if grey { 1 } else { 3 };
                         if total > max_alloc {
                             return Err(Reject::new(
                                 Reason::ImageTooLarge,
-                                format!("decoding needs {total} bytes, over the limit of {max_alloc}"),
+                                format!(
+                                    "decoding needs {total} bytes, over the limit of {max_alloc}"
+                                ),
                             ));
                         }
                         let mut buf = take_buffer(buffer, total as usize);
                         decoder
                             .decode_into(&mut buf[..total as usize])
                             .map_err(|e| undecodable(format!("invalid JPEG: {e}")))?;
-                        let pixels = if grey { Pixels::L8(buf) } else { Pixels::Rgb8(buf) };
+                        let pixels = if grey {
+                            Pixels::L8(buf)
+                        } else {
+                            Pixels::Rgb8(buf)
+                        };
                         (stored_w, stored_h, pixels)
                     }
                 }
             }
         };
         let (width, height, pixels) = orient(width, height, pixels, self.orientation);
-        Ok(Decoded { format: self.format, width, height, full_width, full_height, pixels })
+        Ok(Decoded {
+            format: self.format,
+            width,
+            height,
+            full_width,
+            full_height,
+            pixels,
+        })
     }
 }
 
@@ -296,11 +377,19 @@ fn dct_scale(w: u32, h: u32, want: (u32, u32)) -> Option<(u32, u32)> {
 /// Decodes a JPEG scaled in the DCT to `size` (stored orientation) with `jpeg-decoder`; `Ok(None)` when that
 /// decoder cannot do this file (CMYK, 16-bit, a size it would round differently), so the caller decodes at full
 /// size instead.
-fn decode_scaled_jpeg(bytes: &[u8], size: (u32, u32), max_alloc: u64) -> Result<Option<(u32, u32, Pixels)>, Reject> {
+fn decode_scaled_jpeg(
+    bytes: &[u8],
+    size: (u32, u32),
+    max_alloc: u64,
+) -> Result<Option<(u32, u32, Pixels)>, Reject> {
     let mut decoder = jpeg_decoder::Decoder::new(bytes);
     decoder.set_max_decoding_buffer_size(usize::try_from(max_alloc).unwrap_or(usize::MAX));
-    let (Ok(w), Ok(h)) = (u16::try_from(size.0), u16::try_from(size.1)) else { return Ok(None) };
-    let (out_w, out_h) = decoder.scale(w, h).map_err(|e| undecodable(format!("invalid JPEG: {e}")))?;
+    let (Ok(w), Ok(h)) = (u16::try_from(size.0), u16::try_from(size.1)) else {
+        return Ok(None);
+    };
+    let (out_w, out_h) = decoder
+        .scale(w, h)
+        .map_err(|e| undecodable(format!("invalid JPEG: {e}")))?;
     let channels = match decoder.info().map(|i| i.pixel_format) {
         Some(jpeg_decoder::PixelFormat::L8) => 1,
         Some(jpeg_decoder::PixelFormat::RGB24) => 3,
@@ -309,11 +398,20 @@ fn decode_scaled_jpeg(bytes: &[u8], size: (u32, u32), max_alloc: u64) -> Result<
     if (u32::from(out_w), u32::from(out_h)) != size {
         return Ok(None);
     }
-    let data = decoder.decode().map_err(|e| undecodable(format!("invalid JPEG: {e}")))?;
+    let data = decoder
+        .decode()
+        .map_err(|e| undecodable(format!("invalid JPEG: {e}")))?;
     if data.len() != usize::from(out_w) * usize::from(out_h) * channels {
-        return Err(undecodable(format!("invalid JPEG: decoded {} bytes for {out_w}x{out_h}x{channels}", data.len())));
+        return Err(undecodable(format!(
+            "invalid JPEG: decoded {} bytes for {out_w}x{out_h}x{channels}",
+            data.len()
+        )));
     }
-    let pixels = if channels == 1 { Pixels::L8(data) } else { Pixels::Rgb8(data) };
+    let pixels = if channels == 1 {
+        Pixels::L8(data)
+    } else {
+        Pixels::Rgb8(data)
+    };
     Ok(Some((u32::from(out_w), u32::from(out_h), pixels)))
 }
 
@@ -341,23 +439,38 @@ fn read_with_image_crate(
     }
     let total = usize::try_from(total).map_err(|_| undecodable("image too large for memory"))?;
     let mut buf = take_buffer(buffer, total);
-    decoder.read_image(&mut buf[..total]).map_err(|e| undecodable(format!("{e}")))?;
-    let wide = |buf: &[u8]| -> Vec<u16> { buf.chunks_exact(2).map(|b| u16::from_ne_bytes([b[0], b[1]])).collect() };
+    decoder
+        .read_image(&mut buf[..total])
+        .map_err(|e| undecodable(format!("{e}")))?;
+    let wide = |buf: &[u8]| -> Vec<u16> {
+        buf.chunks_exact(2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+            .collect()
+    };
     let pixels = match color {
         ColorType::L8 => return Ok(Pixels::L8(buf)),
         ColorType::La8 => return Ok(Pixels::La8(buf)),
         ColorType::Rgb8 => return Ok(Pixels::Rgb8(buf)),
         ColorType::Rgba8 => return Ok(Pixels::Rgba8(buf)),
         ColorType::L16 => Pixels::L16(wide(&buf[..total]).into_iter().map(U16::new).collect()),
-        ColorType::La16 => {
-            Pixels::La16(wide(&buf[..total]).chunks_exact(2).map(|p| U16x2::new([p[0], p[1]])).collect())
-        }
-        ColorType::Rgb16 => {
-            Pixels::Rgb16(wide(&buf[..total]).chunks_exact(3).map(|p| U16x3::new([p[0], p[1], p[2]])).collect())
-        }
-        ColorType::Rgba16 => {
-            Pixels::Rgba16(wide(&buf[..total]).chunks_exact(4).map(|p| U16x4::new([p[0], p[1], p[2], p[3]])).collect())
-        }
+        ColorType::La16 => Pixels::La16(
+            wide(&buf[..total])
+                .chunks_exact(2)
+                .map(|p| U16x2::new([p[0], p[1]]))
+                .collect(),
+        ),
+        ColorType::Rgb16 => Pixels::Rgb16(
+            wide(&buf[..total])
+                .chunks_exact(3)
+                .map(|p| U16x3::new([p[0], p[1], p[2]]))
+                .collect(),
+        ),
+        ColorType::Rgba16 => Pixels::Rgba16(
+            wide(&buf[..total])
+                .chunks_exact(4)
+                .map(|p| U16x4::new([p[0], p[1], p[2], p[3]]))
+                .collect(),
+        ),
         other => return Err(undecodable(format!("unsupported pixel layout {other:?}"))),
     };
     // 16-bit pixels were copied out; the byte buffer goes back for the next image.
@@ -371,7 +484,11 @@ fn orient(width: u32, height: u32, pixels: Pixels, orientation: Orientation) -> 
         return (width, height, pixels);
     }
     let (w, h) = (width as usize, height as usize);
-    let (out_w, out_h) = if swaps_axes(orientation) { (height, width) } else { (width, height) };
+    let (out_w, out_h) = if swaps_axes(orientation) {
+        (height, width)
+    } else {
+        (width, height)
+    };
     let pixels = match pixels {
         Pixels::L8(p) => Pixels::L8(remap(&p, w, h, 1, orientation)),
         Pixels::La8(p) => Pixels::La8(remap(&p, w, h, 2, orientation)),
@@ -387,7 +504,11 @@ fn orient(width: u32, height: u32, pixels: Pixels, orientation: Orientation) -> 
 
 /// Rearranges a `w` x `h` image of `ch` elements a pixel by `orientation`.
 fn remap<T: Copy>(src: &[T], w: usize, h: usize, ch: usize, orientation: Orientation) -> Vec<T> {
-    let (out_w, out_h) = if swaps_axes(orientation) { (h, w) } else { (w, h) };
+    let (out_w, out_h) = if swaps_axes(orientation) {
+        (h, w)
+    } else {
+        (w, h)
+    };
     let mut out = Vec::with_capacity(src.len());
     for dy in 0..out_h {
         for dx in 0..out_w {
@@ -414,7 +535,9 @@ mod tests {
 
     #[test]
     fn dct_scale_keeps_both_sides_at_least_the_wanted_size() {
-        let check = |w, h, want, expected| assert_eq!(dct_scale(w, h, want), expected, "{w}x{h} want {want:?}");
+        let check = |w, h, want, expected| {
+            assert_eq!(dct_scale(w, h, want), expected, "{w}x{h} want {want:?}")
+        };
         check(640, 640, (64, 64), None);
         check(1024, 1100, (64, 64), Some((128, 138)));
         check(1016, 1100, (64, 64), None);
@@ -439,9 +562,15 @@ mod tests {
 
     #[test]
     fn end_of_image_marker_must_follow_the_last_scan() {
-        assert!(has_end_of_image(&[0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 0xFF, 0x00, 0xFF, 0xD9]));
-        assert!(!has_end_of_image(&[0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 0xFF, 0x00]));
+        assert!(has_end_of_image(&[
+            0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 0xFF, 0x00, 0xFF, 0xD9
+        ]));
+        assert!(!has_end_of_image(&[
+            0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 0xFF, 0x00
+        ]));
         // A thumbnail's EOI before the main scan does not count.
-        assert!(!has_end_of_image(&[0xFF, 0xD8, 0xFF, 0xD9, 0xFF, 0xDA, 1, 2]));
+        assert!(!has_end_of_image(&[
+            0xFF, 0xD8, 0xFF, 0xD9, 0xFF, 0xDA, 1, 2
+        ]));
     }
 }

@@ -59,9 +59,18 @@ impl PerceptualHasher {
         let to_u8 = |l: f32| (l * 255.0).round().clamp(0.0, 255.0) as u8;
         let grey = GrayImage::from_fn(size as u32, size as u32, |x, y| {
             let i = y as usize * size + x as usize;
-            Luma([to_u8(0.299 * value(0, i) + 0.587 * value(1, i) + 0.114 * value(2, i))])
+            Luma([to_u8(
+                0.299 * value(0, i) + 0.587 * value(1, i) + 0.114 * value(2, i),
+            )])
         });
-        let hash = u64::from_le_bytes(*self.hasher.hash_image(&grey).as_bytes().first_chunk::<8>().unwrap_or(&[0; 8]));
+        let hash = u64::from_le_bytes(
+            *self
+                .hasher
+                .hash_image(&grey)
+                .as_bytes()
+                .first_chunk::<8>()
+                .unwrap_or(&[0; 8]),
+        );
         // Box-average RGB thumbnail, THUMB x THUMB per channel (or the canvas's own size when smaller).
         let side = THUMB.min(size);
         let mut thumb = Vec::with_capacity(3 * side * side);
@@ -73,7 +82,11 @@ impl PerceptualHasher {
                 sums[cell] += value(c, i);
                 counts[cell] += 1;
             }
-            thumb.extend(sums.iter().zip(&counts).map(|(s, &n)| to_u8(s / n.max(1) as f32)));
+            thumb.extend(
+                sums.iter()
+                    .zip(&counts)
+                    .map(|(s, &n)| to_u8(s / n.max(1) as f32)),
+            );
         }
         Fingerprint { hash, thumb }
     }
@@ -103,7 +116,10 @@ impl Fingerprint {
         let plane = n / 3;
         let (mut dot, mut va, mut vb, mut mean_gap) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
         for c in 0..3 {
-            let (a, b) = (&self.thumb[c * plane..(c + 1) * plane], &other.thumb[c * plane..(c + 1) * plane]);
+            let (a, b) = (
+                &self.thumb[c * plane..(c + 1) * plane],
+                &other.thumb[c * plane..(c + 1) * plane],
+            );
             let mean = |t: &[u8]| t.iter().map(|&v| f64::from(v)).sum::<f64>() / plane as f64;
             let (ma, mb) = (mean(a), mean(b));
             mean_gap = mean_gap.max((ma - mb).abs());
@@ -129,11 +145,17 @@ impl Fingerprint {
 /// in increasing order, and the groups are ordered by their first index. Singletons are left out.
 pub fn groups(prints: &[Fingerprint], max_distance: u32, min_correlation: f32) -> Vec<Vec<usize>> {
     let hashes: Vec<u64> = prints.iter().map(|p| p.hash).collect();
-    group_pairs(&hashes, max_distance, |i, j| prints[i].similarity(&prints[j]) >= min_correlation)
+    group_pairs(&hashes, max_distance, |i, j| {
+        prints[i].similarity(&prints[j]) >= min_correlation
+    })
 }
 
 /// Connected components of the pairs within `max_distance` bits that `confirm` accepts.
-fn group_pairs(hashes: &[u64], max_distance: u32, confirm: impl Fn(usize, usize) -> bool) -> Vec<Vec<usize>> {
+fn group_pairs(
+    hashes: &[u64],
+    max_distance: u32,
+    confirm: impl Fn(usize, usize) -> bool,
+) -> Vec<Vec<usize>> {
     let mut parent: Vec<usize> = (0..hashes.len()).collect();
     fn find(parent: &mut [usize], mut i: usize) -> usize {
         while parent[i] != i {
@@ -145,7 +167,11 @@ fn group_pairs(hashes: &[u64], max_distance: u32, confirm: impl Fn(usize, usize)
     let chunks = max_distance as usize + 1;
     for k in 0..chunks {
         let (lo, hi) = (k * 64 / chunks, (k + 1) * 64 / chunks);
-        let mask = if hi - lo == 64 { u64::MAX } else { ((1u64 << (hi - lo)) - 1) << lo };
+        let mask = if hi - lo == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << (hi - lo)) - 1) << lo
+        };
         let mut buckets: HashMap<u64, Vec<usize>> = HashMap::new();
         for (i, h) in hashes.iter().enumerate() {
             buckets.entry(h & mask).or_default().push(i);
@@ -219,7 +245,11 @@ mod tests {
             hashes.insert(rng.random_range(0..=hashes.len()), h ^ (i % 2));
         }
         for d in [0, 1, 4, 7] {
-            assert_eq!(group_pairs(&hashes, d, |_, _| true), brute_force(&hashes, d), "d = {d}");
+            assert_eq!(
+                group_pairs(&hashes, d, |_, _| true),
+                brute_force(&hashes, d),
+                "d = {d}"
+            );
         }
     }
 
@@ -228,13 +258,23 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let rects: Vec<(usize, usize, usize, [f32; 3])> = (0..4)
-            .map(|_| (rng.random_range(0..24), rng.random_range(0..24), rng.random_range(4..14), rng.random()))
+            .map(|_| {
+                (
+                    rng.random_range(0..24),
+                    rng.random_range(0..24),
+                    rng.random_range(4..14),
+                    rng.random(),
+                )
+            })
             .collect();
         let mut canvas = Canvas::empty(32);
         for c in 0..3 {
             for i in 0..1024 {
                 let (x, y) = (i % 32, i / 32);
-                let rect = rects.iter().rev().find(|r| x >= r.0 && x < r.0 + r.2 && y >= r.1 && y < r.1 + r.2);
+                let rect = rects
+                    .iter()
+                    .rev()
+                    .find(|r| x >= r.0 && x < r.0 + r.2 && y >= r.1 && y < r.1 + r.2);
                 let v = rect.map_or((x + y) as f32 / 80.0 + 0.05, |r| r.3[c] * 0.8 + 0.1);
                 canvas.data[c * 1024 + i] = (v + shift).clamp(0.0, 1.0);
             }
@@ -250,30 +290,64 @@ mod tests {
             assert_eq!(a, hasher.fingerprint(&picture(seed, 0.0)));
             let shifted = hasher.fingerprint(&picture(seed, 0.04));
             let bits = distance(a.hash, shifted.hash);
-            assert!(bits <= 4, "seed {seed}: brightness moved the hash {bits} bits");
-            assert!(a.similarity(&shifted) > 0.98, "seed {seed}: brightness is not a difference");
+            assert!(
+                bits <= 4,
+                "seed {seed}: brightness moved the hash {bits} bits"
+            );
+            assert!(
+                a.similarity(&shifted) > 0.98,
+                "seed {seed}: brightness is not a difference"
+            );
             let other = hasher.fingerprint(&picture(seed + 100, 0.0));
             let bits = distance(a.hash, other.hash);
-            assert!(bits > 8, "seed {seed}: another picture is only {bits} bits away");
-            assert!(a.similarity(&other) < 0.9, "seed {seed}: another picture correlates {}", a.similarity(&other));
+            assert!(
+                bits > 8,
+                "seed {seed}: another picture is only {bits} bits away"
+            );
+            assert!(
+                a.similarity(&other) < 0.9,
+                "seed {seed}: another picture correlates {}",
+                a.similarity(&other)
+            );
         }
     }
 
     #[test]
     fn a_hash_collision_is_not_a_duplicate_unless_the_thumbnails_agree() {
-        let ramp =
-            |hash, offset: u8| Fingerprint { hash, thumb: (0..768).map(|v| (v % 256 / 2) as u8 + offset).collect() };
+        let ramp = |hash, offset: u8| Fingerprint {
+            hash,
+            thumb: (0..768).map(|v| (v % 256 / 2) as u8 + offset).collect(),
+        };
         let noise = |hash, seed| {
             use rand::{Rng, SeedableRng};
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            Fingerprint { hash, thumb: (0..768).map(|_| rng.random_range(90..110)).collect() }
+            Fingerprint {
+                hash,
+                thumb: (0..768).map(|_| rng.random_range(90..110)).collect(),
+            }
         };
         // 0 and 2 are one picture, 10 levels apart; 1 collides on the hash but is another picture; 3 and 4 are
         // two plain noisy backgrounds; 5 is far in hash.
-        let prints = [ramp(1, 0), noise(1, 1), ramp(3, 10), noise(7, 2), noise(7, 3), ramp(u64::MAX, 0)];
+        let prints = [
+            ramp(1, 0),
+            noise(1, 1),
+            ramp(3, 10),
+            noise(7, 2),
+            noise(7, 3),
+            ramp(u64::MAX, 0),
+        ];
         assert_eq!(groups(&prints, 4, 0.95), vec![vec![0, 2]]);
         assert_eq!(groups(&prints, 0, 0.95), Vec::<Vec<usize>>::new());
-        let flat = |v: u8| Fingerprint { hash: 0, thumb: vec![v; 768] };
-        assert_eq!((flat(10).similarity(&flat(11)), flat(10).similarity(&flat(40))), (1.0, 0.0));
+        let flat = |v: u8| Fingerprint {
+            hash: 0,
+            thumb: vec![v; 768],
+        };
+        assert_eq!(
+            (
+                flat(10).similarity(&flat(11)),
+                flat(10).similarity(&flat(40))
+            ),
+            (1.0, 0.0)
+        );
     }
 }

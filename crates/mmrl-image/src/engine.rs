@@ -165,9 +165,10 @@ pub(crate) fn plan(pre: &Preprocessor, source: &dyn Source) -> Result<Plan> {
             .par_iter()
             .map_init(Scratch::new, |scratch, row| match &row.image {
                 Media::None => Outcome::NoImage,
-                Media::Unreadable(e) => {
-                    Outcome::Rejected(Reject::new(Reason::UndecodableImage, format!("cannot read: {e}")))
-                }
+                Media::Unreadable(e) => Outcome::Rejected(Reject::new(
+                    Reason::UndecodableImage,
+                    format!("cannot read: {e}"),
+                )),
                 Media::Bytes(bytes) => match pre.analyze(scratch, bytes) {
                     Ok(a) => Outcome::Checked(Box::new(Checked {
                         sums: a.sums,
@@ -183,7 +184,10 @@ pub(crate) fn plan(pre: &Preprocessor, source: &dyn Source) -> Result<Plan> {
             if !seen.insert(row.id.clone()) {
                 return Err(Error::Input {
                     path: source.describe().into(),
-                    message: format!("id {:?} appears twice (line {}); ids must be unique", row.id, row.line),
+                    message: format!(
+                        "id {:?} appears twice (line {}); ids must be unique",
+                        row.id, row.line
+                    ),
                 });
             }
             let fate = match &outcome {
@@ -194,7 +198,13 @@ pub(crate) fn plan(pre: &Preprocessor, source: &dyn Source) -> Result<Plan> {
                     Policy::Absent => Fate::Absent(r.clone()),
                 },
             };
-            rows.push(Info { id: row.id, split: row.split, line: row.line, outcome, fate });
+            rows.push(Info {
+                id: row.id,
+                split: row.split,
+                line: row.line,
+                outcome,
+                fate,
+            });
         }
         Ok(())
     })?;
@@ -212,7 +222,9 @@ pub(crate) fn plan(pre: &Preprocessor, source: &dyn Source) -> Result<Plan> {
     let mut fit_images = 0;
     let mut any_present = false;
     for row in &rows {
-        let Outcome::Checked(checked) = &row.outcome else { continue };
+        let Outcome::Checked(checked) = &row.outcome else {
+            continue;
+        };
         *formats.entry(checked.kind.clone()).or_insert(0) += 1;
         if row.fate != Fate::Present {
             continue;
@@ -229,41 +241,103 @@ pub(crate) fn plan(pre: &Preprocessor, source: &dyn Source) -> Result<Plan> {
     let by_split = split_sums
         .into_iter()
         .map(|(split, (images, sums))| {
-            (split.as_str().to_owned(), SplitStats { images, mean: sums.mean(), std: sums.std() })
+            (
+                split.as_str().to_owned(),
+                SplitStats {
+                    images,
+                    mean: sums.mean(),
+                    std: sums.std(),
+                },
+            )
         })
         .collect();
     let (normalization, fitted) = match (config.mean, config.std) {
         (Some(mean), Some(std)) => (Normalization { mean, std }, false),
         _ => match Normalization::fit(&fit_sums) {
             Some(n) => (n, true),
-            None if any_present => return Err(Error::NothingToFit { what: "train view-0".into() }),
+            None if any_present => {
+                return Err(Error::NothingToFit {
+                    what: "train view-0".into(),
+                });
+            }
             // No image anywhere: nothing will be normalized, so an identity normalization is recorded.
-            None => (Normalization { mean: [0.0; 3], std: [1.0; 3] }, false),
+            None => (
+                Normalization {
+                    mean: [0.0; 3],
+                    std: [1.0; 3],
+                },
+                false,
+            ),
         },
     };
-    Ok(Plan { rows, normalization, fitted, fit_sums, fit_images, duplicates, formats, by_split })
+    Ok(Plan {
+        rows,
+        normalization,
+        fitted,
+        fit_sums,
+        fit_images,
+        duplicates,
+        formats,
+        by_split,
+    })
 }
 
 /// Groups near-duplicates among the present images, drops the members that straddle splits (and, optionally,
 /// repeats within a split), and reports every group.
-fn deduplicate(rows: &mut [Info], max_distance: u32, min_correlation: f32, within_split: bool) -> DuplicateReport {
+fn deduplicate(
+    rows: &mut [Info],
+    max_distance: u32,
+    min_correlation: f32,
+    within_split: bool,
+) -> DuplicateReport {
     let present: Vec<usize> = (0..rows.len())
-        .filter(|&i| rows[i].fate == Fate::Present && matches!(rows[i].outcome, Outcome::Checked(_)))
+        .filter(|&i| {
+            rows[i].fate == Fate::Present && matches!(rows[i].outcome, Outcome::Checked(_))
+        })
         .collect();
     let checked = |rows: &[Info], i: usize| match &rows[i].outcome {
         Outcome::Checked(c) => Some((c.fingerprint.clone(), c.digest)),
         _ => None,
     };
-    let empty = || (dedup::Fingerprint { hash: 0, thumb: Vec::new() }, [0u8; 32]);
-    let prints: Vec<dedup::Fingerprint> = present.iter().map(|&i| checked(rows, i).unwrap_or_else(empty).0).collect();
-    let mut report = DuplicateReport { max_distance, min_correlation, ..DuplicateReport::default() };
+    let empty = || {
+        (
+            dedup::Fingerprint {
+                hash: 0,
+                thumb: Vec::new(),
+            },
+            [0u8; 32],
+        )
+    };
+    let prints: Vec<dedup::Fingerprint> = present
+        .iter()
+        .map(|&i| checked(rows, i).unwrap_or_else(empty).0)
+        .collect();
+    let mut report = DuplicateReport {
+        max_distance,
+        min_correlation,
+        ..DuplicateReport::default()
+    };
     for group in dedup::groups(&prints, max_distance, min_correlation) {
         let members: Vec<usize> = group.iter().map(|&k| present[k]).collect();
-        let info: Vec<(u64, [u8; 32])> =
-            group.iter().map(|&k| (prints[k].hash, checked(rows, present[k]).unwrap_or_else(empty).1)).collect();
-        let earliest = members.iter().map(|&i| rows[i].split).min().unwrap_or(Split::Train);
+        let info: Vec<(u64, [u8; 32])> = group
+            .iter()
+            .map(|&k| {
+                (
+                    prints[k].hash,
+                    checked(rows, present[k]).unwrap_or_else(empty).1,
+                )
+            })
+            .collect();
+        let earliest = members
+            .iter()
+            .map(|&i| rows[i].split)
+            .min()
+            .unwrap_or(Split::Train);
         // The sample every dropped member is reported against: the first of the earliest split.
-        let anchor = members.iter().position(|&i| rows[i].split == earliest).unwrap_or(0);
+        let anchor = members
+            .iter()
+            .position(|&i| rows[i].split == earliest)
+            .unwrap_or(0);
         let anchor_id = rows[members[anchor]].id.clone();
         let mut dropped = Vec::new();
         for (k, &i) in members.iter().enumerate() {
@@ -285,7 +359,10 @@ fn deduplicate(rows: &mut [Info], max_distance: u32, min_correlation: f32, withi
                     ),
                 ))
             } else if within_split && k != anchor {
-                Some((Reason::NearDuplicate, format!("near-duplicate ({how}) of {anchor_id:?}, kept")))
+                Some((
+                    Reason::NearDuplicate,
+                    format!("near-duplicate ({how}) of {anchor_id:?}, kept"),
+                ))
             } else {
                 None
             };
@@ -299,7 +376,10 @@ fn deduplicate(rows: &mut [Info], max_distance: u32, min_correlation: f32, withi
             .map(|(a, b)| dedup::distance(info[a].0, info[b].0))
             .max()
             .unwrap_or(0);
-        let splits: Vec<String> = members.iter().map(|&i| rows[i].split.as_str().to_owned()).collect();
+        let splits: Vec<String> = members
+            .iter()
+            .map(|&i| rows[i].split.as_str().to_owned())
+            .collect();
         let identical = info.iter().all(|c| c.1 == info[0].1);
         report.groups += 1;
         report.images_in_groups += members.len();
@@ -337,7 +417,10 @@ pub(crate) fn produce(
         let start = offset;
         offset += batch.len();
         let infos = plan.rows.get(start..offset).ok_or_else(|| {
-            Error::Other(format!("{}: changed between the two passes (more rows)", source.describe()))
+            Error::Other(format!(
+                "{}: changed between the two passes (more rows)",
+                source.describe()
+            ))
         })?;
         let produced: Vec<Result<Produced>> = batch
             .par_iter()
@@ -359,13 +442,15 @@ pub(crate) fn produce(
                 match (&info.fate, &row.image) {
                     (Fate::Drop(_), _) => Ok(Vec::new()),
                     (Fate::Present, Media::Bytes(bytes)) => {
-                        let canvases = pre.views(scratch, bytes, n_views, seed, &info.id).map_err(|reject| {
-                            Error::Other(format!(
-                                "{}: {:?} passed the first pass but not the second: {reject}",
-                                source.describe(),
-                                info.id
-                            ))
-                        })?;
+                        let canvases = pre.views(scratch, bytes, n_views, seed, &info.id).map_err(
+                            |reject| {
+                                Error::Other(format!(
+                                    "{}: {:?} passed the first pass but not the second: {reject}",
+                                    source.describe(),
+                                    info.id
+                                ))
+                            },
+                        )?;
                         Ok((0u16..)
                             .zip(canvases)
                             .map(|(view, canvas)| {
@@ -386,7 +471,10 @@ pub(crate) fn produce(
         emit(out)
     })?;
     if offset != plan.rows.len() {
-        return Err(Error::Other(format!("{}: changed between the two passes (fewer rows)", source.describe())));
+        return Err(Error::Other(format!(
+            "{}: changed between the two passes (fewer rows)",
+            source.describe()
+        )));
     }
     Ok(())
 }
@@ -408,7 +496,11 @@ pub(crate) fn count_by_reason(rows: &[Info], absent: bool) -> BTreeMap<String, u
 pub(crate) fn absent_samples(rows: &[Info]) -> Vec<AbsentSample> {
     rows.iter()
         .filter_map(|row| match &row.fate {
-            Fate::Absent(r) => Some(AbsentSample { id: row.id.clone(), reason: r.reason, detail: r.detail.clone() }),
+            Fate::Absent(r) => Some(AbsentSample {
+                id: row.id.clone(),
+                reason: r.reason,
+                detail: r.detail.clone(),
+            }),
             _ => None,
         })
         .collect()

@@ -37,7 +37,9 @@ pub enum Error {
         message: String,
     },
     /// Nothing to fit the normalization statistics on.
-    #[error("no {what} image to fit the channel mean and std on; give mean and std in the config to skip fitting")]
+    #[error(
+        "no {what} image to fit the channel mean and std on; give mean and std in the config to skip fitting"
+    )]
     NothingToFit {
         /// Which images were looked for ("train view-0").
         what: String,
@@ -73,7 +75,14 @@ pub enum Error {
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
-    move |source| Error::Io { action, path, source }
+    move |source| Error::Io {
+        action,
+        path,
+        source,
+    }
 }

@@ -72,7 +72,10 @@ struct FolderSource {
 impl FolderSource {
     fn new(root: &Path) -> Result<Self> {
         if !root.is_dir() {
-            return Err(Error::Input { path: root.to_path_buf(), message: "not a directory".into() });
+            return Err(Error::Input {
+                path: root.to_path_buf(),
+                message: "not a directory".into(),
+            });
         }
         let mut files = Vec::new();
         let mut stack = vec![root.to_path_buf()];
@@ -94,14 +97,20 @@ impl FolderSource {
                 message: "no .png, .jpg or .jpeg file in the folder".into(),
             });
         }
-        Ok(Self { root: root.to_path_buf(), files })
+        Ok(Self {
+            root: root.to_path_buf(),
+            files,
+        })
     }
 }
 
 /// Files are chosen by extension; whether the content matches is checked from the bytes, so a `.png` that is
 /// not a PNG is rejected with the reason.
 fn is_image_name(path: &Path) -> bool {
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
 }
 
@@ -126,7 +135,12 @@ impl Source for FolderSource {
                 .zip(contents)
                 .map(|(rel, image)| {
                     line += 1;
-                    Row { id: rel.clone(), split: Split::Train, line, image }
+                    Row {
+                        id: rel.clone(),
+                        split: Split::Train,
+                        line,
+                        image,
+                    }
                 })
                 .collect();
             f(rows)?;
@@ -146,7 +160,8 @@ pub fn preprocess(
     let mut config = match (config, state) {
         (Some(_), Some(_)) => {
             return Err(Error::Other(
-                "give either params or a saved state, not both: the state carries its config".into(),
+                "give either params or a saved state, not both: the state carries its config"
+                    .into(),
             ));
         }
         (Some(c), None) => c.clone(),
@@ -172,17 +187,32 @@ pub fn preprocess(
 
     let schema = output_schema(config.size);
     let file = File::create(output).map_err(crate::error::io("creating", output))?;
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    let parquet_error = |source| Error::Parquet { path: output.to_path_buf(), source };
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_error)?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let parquet_error = |source| Error::Parquet {
+        path: output.to_path_buf(),
+        source,
+    };
+    let mut writer =
+        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_error)?;
     let mut rows_out = 0;
     tracing::info!(normalization = ?plan.normalization, "preprocess pass 2: writing tensors");
     engine::produce(&pre, &source, &plan, 0, &|_| 0, &mut |rows| {
         rows_out += rows.len();
-        let ids: StringArray = rows.iter().map(|(i, _, _)| Some(plan.rows[*i].id.as_str())).collect();
+        let ids: StringArray = rows
+            .iter()
+            .map(|(i, _, _)| Some(plan.rows[*i].id.as_str()))
+            .collect();
         let present: BooleanArray = rows.iter().map(|(_, _, t)| Some(t.is_some())).collect();
-        let tensors = stage::tensor_column(schema.field(2), rows.into_iter().map(|(_, _, t)| t).collect())?;
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(present), tensors])?;
+        let tensors = stage::tensor_column(
+            schema.field(2),
+            rows.into_iter().map(|(_, _, t)| t).collect(),
+        )?;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(ids), Arc::new(present), tensors],
+        )?;
         writer.write(&batch).map_err(parquet_error)
     })?;
     writer.close().map_err(parquet_error)?;
@@ -192,12 +222,20 @@ pub fn preprocess(
         .rows
         .iter()
         .filter_map(|row| match &row.fate {
-            Fate::Drop(r) => Some(FileReject { file: row.id.clone(), reason: r.reason, detail: r.detail.clone() }),
+            Fate::Drop(r) => Some(FileReject {
+                file: row.id.clone(),
+                reason: r.reason,
+                detail: r.detail.clone(),
+            }),
             _ => None,
         })
         .collect();
-    let report =
-        FolderReport { input: input.display().to_string(), output: output.display().to_string(), summary, rejects };
+    let report = FolderReport {
+        input: input.display().to_string(),
+        output: output.display().to_string(),
+        summary,
+        rejects,
+    };
     let fitted_state = ImageState {
         normalization: plan.normalization,
         fitted: plan.fitted,
@@ -205,7 +243,11 @@ pub fn preprocess(
         fit_images: plan.fit_images,
         fit_pixels: plan.fit_sums.pixels,
         shape: config.shape(),
-        config: ImageConfig { mean: None, std: None, ..config.clone() },
+        config: ImageConfig {
+            mean: None,
+            std: None,
+            ..config.clone()
+        },
     };
     let state_out = state.cloned().unwrap_or(fitted_state);
     write_json(&sidecar(output, "report.json"), &report)?;

@@ -67,16 +67,22 @@ fn main() -> anyhow::Result<()> {
         Command::Preprocess(args) => {
             let config = match &args.params {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
                     let config: ImageConfig = toml::from_str(&text)
                         .map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
                     Some(config)
                 }
                 None => None,
             };
-            let state = args.state.as_deref().map(stage::ImageState::read).transpose()?;
-            let report = folder::preprocess(config.as_ref(), state.as_ref(), &args.input, &args.output)
-                .with_context(|| format!("preprocess {}", args.input.display()))?;
+            let state = args
+                .state
+                .as_deref()
+                .map(stage::ImageState::read)
+                .transpose()?;
+            let report =
+                folder::preprocess(config.as_ref(), state.as_ref(), &args.input, &args.output)
+                    .with_context(|| format!("preprocess {}", args.input.display()))?;
             for r in &report.rejects {
                 tracing::warn!(file = %r.file, reason = %r.reason, "{}", r.detail);
             }

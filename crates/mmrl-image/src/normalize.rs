@@ -83,7 +83,10 @@ pub struct Normalization {
 impl Normalization {
     /// Fits from sums; `None` when they count no pixel.
     pub fn fit(sums: &ChannelSums) -> Option<Self> {
-        (sums.pixels > 0).then(|| Normalization { mean: sums.mean(), std: sums.std().map(|s| s.max(MIN_STD)) })
+        (sums.pixels > 0).then(|| Normalization {
+            mean: sums.mean(),
+            std: sums.std().map(|s| s.max(MIN_STD)),
+        })
     }
 
     /// Writes the normalized canvas into `out` (`3 * size * size` values); pixels without content become 0.
@@ -108,7 +111,10 @@ mod tests {
     fn sums_skip_padding_and_fit_the_population_statistics() {
         // 2x2 canvas: three content pixels and one padding pixel.
         let mut canvas = Canvas::empty(2);
-        for (c, values) in [[0.0, 0.5, 1.0], [0.2, 0.2, 0.2], [0.1, 0.3, 0.5]].iter().enumerate() {
+        for (c, values) in [[0.0, 0.5, 1.0], [0.2, 0.2, 0.2], [0.1, 0.3, 0.5]]
+            .iter()
+            .enumerate()
+        {
             canvas.data[c * 4..c * 4 + 3].copy_from_slice(&values.map(|v: f64| v as f32));
         }
         let sums = ChannelSums::of(&canvas);
@@ -117,8 +123,16 @@ mod tests {
         let expected_mean = [0.5, 0.2, 0.3];
         let expected_std = [(1.0f64 / 6.0).sqrt(), MIN_STD, (0.08f64 / 3.0).sqrt()];
         for c in 0..3 {
-            assert!((fit.mean[c] - expected_mean[c]).abs() < 1e-6, "mean {c}: {:?}", fit.mean);
-            assert!((fit.std[c] - expected_std[c]).abs() < 1e-6, "std {c}: {:?}", fit.std);
+            assert!(
+                (fit.mean[c] - expected_mean[c]).abs() < 1e-6,
+                "mean {c}: {:?}",
+                fit.mean
+            );
+            assert!(
+                (fit.std[c] - expected_std[c]).abs() < 1e-6,
+                "std {c}: {:?}",
+                fit.std
+            );
         }
         let mut out = vec![9.0f32; 12];
         fit.apply(&canvas, &mut out);

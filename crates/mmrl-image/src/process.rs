@@ -57,7 +57,10 @@ impl Preprocessor {
     /// A preprocessor for a validated config.
     pub fn new(config: &ImageConfig) -> crate::Result<Self> {
         config.validate()?;
-        Ok(Self { config: config.clone(), hasher: PerceptualHasher::new() })
+        Ok(Self {
+            config: config.clone(),
+            hasher: PerceptualHasher::new(),
+        })
     }
 
     /// The config in use.
@@ -68,7 +71,10 @@ impl Preprocessor {
     /// The bytes a decoder may allocate: 8 bytes a pixel (16-bit RGBA) up to the pixel limit, plus slack for the
     /// decoder's own buffers.
     fn max_alloc(&self) -> u64 {
-        self.config.max_pixels.saturating_mul(8).saturating_add(64 << 20)
+        self.config
+            .max_pixels
+            .saturating_mul(8)
+            .saturating_add(64 << 20)
     }
 
     /// Reads the header and applies the checks that need no pixels: format, zero size, pixel limit, aspect.
@@ -78,30 +84,58 @@ impl Preprocessor {
         if probe.pixels() > self.config.max_pixels {
             return Err(Reject::new(
                 Reason::ImageTooLarge,
-                format!("{w}x{h} = {} pixels, over max_pixels {}", probe.pixels(), self.config.max_pixels),
+                format!(
+                    "{w}x{h} = {} pixels, over max_pixels {}",
+                    probe.pixels(),
+                    self.config.max_pixels
+                ),
             ));
         }
         let aspect = f64::from(w.max(h)) / f64::from(w.min(h));
         if aspect > self.config.max_aspect_ratio {
             return Err(Reject::new(
                 Reason::ExtremeAspect,
-                format!("{w}x{h} has aspect ratio {aspect:.2}, over max_aspect_ratio {}", self.config.max_aspect_ratio),
+                format!(
+                    "{w}x{h} has aspect ratio {aspect:.2}, over max_aspect_ratio {}",
+                    self.config.max_aspect_ratio
+                ),
             ));
         }
         Ok(probe)
     }
 
     /// Decodes at the smallest size that still serves every placement (when JPEG DCT scaling is on).
-    fn decode(&self, scratch: &mut Scratch, probe: decode::Probe<'_>, want: (u32, u32)) -> Result<Decoded, Reject> {
+    fn decode(
+        &self,
+        scratch: &mut Scratch,
+        probe: decode::Probe<'_>,
+        want: (u32, u32),
+    ) -> Result<Decoded, Reject> {
         let want = self.config.jpeg_dct_scaling.then_some(want);
         probe.decode_reusing(self.max_alloc(), want, &mut scratch.buffer)
     }
 
     /// Decodes and renders view 0.
-    fn view_zero(&self, scratch: &mut Scratch, probe: decode::Probe<'_>) -> Result<(Decoded, Canvas), Reject> {
-        let placement = Placement::new(probe.width, probe.height, Region::FULL, self.config.fit, self.config.size);
+    fn view_zero(
+        &self,
+        scratch: &mut Scratch,
+        probe: decode::Probe<'_>,
+    ) -> Result<(Decoded, Canvas), Reject> {
+        let placement = Placement::new(
+            probe.width,
+            probe.height,
+            Region::FULL,
+            self.config.fit,
+            self.config.size,
+        );
         let image = self.decode(scratch, probe, placement.min_decode_size())?;
-        let canvas = resize::render(&mut scratch.resizer, &image, &placement, self.config.filter, self.config.size)?;
+        let canvas = resize::render(
+            &mut scratch.resizer,
+            &image,
+            &placement,
+            self.config.filter,
+            self.config.size,
+        )?;
         Ok((image, canvas))
     }
 
@@ -134,7 +168,15 @@ impl Preprocessor {
                 ));
             }
             let fingerprint = self.hasher.fingerprint(&canvas);
-            Ok(Analysis { format, layout, width, height, canvas, sums, fingerprint })
+            Ok(Analysis {
+                format,
+                layout,
+                width,
+                height,
+                canvas,
+                sums,
+                fingerprint,
+            })
         })
     }
 
@@ -177,7 +219,8 @@ impl Preprocessor {
                 self.decode(scratch, self.probe(bytes)?, want)?
             };
             for (placement, rng) in &mut plans {
-                let mut canvas = resize::render(&mut scratch.resizer, &source, placement, filter, size)?;
+                let mut canvas =
+                    resize::render(&mut scratch.resizer, &source, placement, filter, size)?;
                 augment::apply(&mut canvas, rng, &self.config.augment);
                 canvases.push(canvas);
             }
@@ -198,7 +241,10 @@ fn guard<T>(f: impl FnOnce() -> Result<T, Reject>) -> Result<T, Reject> {
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_owned());
-            Err(Reject::new(Reason::UndecodableImage, format!("the decoder failed on this input: {message}")))
+            Err(Reject::new(
+                Reason::UndecodableImage,
+                format!("the decoder failed on this input: {message}"),
+            ))
         }
     }
 }
@@ -216,17 +262,29 @@ pub(crate) mod tests {
         let rects: Vec<(u32, u32, u32, u32, [u8; 3])> = (0..4)
             .map(|_| {
                 let (x, y) = (rng.random_range(0..w), rng.random_range(0..h));
-                (x, y, rng.random_range(2..=w / 2 + 2), rng.random_range(2..=h / 2 + 2), rng.random())
+                (
+                    x,
+                    y,
+                    rng.random_range(2..=w / 2 + 2),
+                    rng.random_range(2..=h / 2 + 2),
+                    rng.random(),
+                )
             })
             .collect();
         let mut out = Vec::with_capacity((w * h * 3) as usize);
         for y in 0..h {
             for x in 0..w {
-                let rect = rects.iter().rev().find(|r| x >= r.0 && x < r.0 + r.2 && y >= r.1 && y < r.1 + r.3);
+                let rect = rects
+                    .iter()
+                    .rev()
+                    .find(|r| x >= r.0 && x < r.0 + r.2 && y >= r.1 && y < r.1 + r.3);
                 for c in 0..3u32 {
                     let base = match rect {
                         Some(r) => f32::from(r.4[c as usize]),
-                        None => (x * 255 / w.max(1) + c * 40) as f32 * 0.6 + (y * 255 / h.max(1)) as f32 * 0.3,
+                        None => {
+                            (x * 255 / w.max(1) + c * 40) as f32 * 0.6
+                                + (y * 255 / h.max(1)) as f32 * 0.3
+                        }
                     };
                     out.push((base + rng.random_range(-3.0..3.0f32)).clamp(0.0, 255.0) as u8);
                 }
@@ -237,11 +295,19 @@ pub(crate) mod tests {
 
     pub(crate) fn png(data: &[u8], w: u32, h: u32, color: ExtendedColorType) -> Vec<u8> {
         let mut out = Vec::new();
-        image::codecs::png::PngEncoder::new(&mut out).write_image(data, w, h, color).unwrap();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(data, w, h, color)
+            .unwrap();
         out
     }
 
-    pub(crate) fn jpeg(data: &[u8], w: u32, h: u32, color: ExtendedColorType, exif: Option<Vec<u8>>) -> Vec<u8> {
+    pub(crate) fn jpeg(
+        data: &[u8],
+        w: u32,
+        h: u32,
+        color: ExtendedColorType,
+        exif: Option<Vec<u8>>,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95);
         if let Some(exif) = exif {
@@ -258,7 +324,9 @@ pub(crate) mod tests {
     }
 
     fn wide(v: &[u8]) -> Vec<u8> {
-        v.iter().flat_map(|&b| (u16::from(b) * 257).to_be_bytes()).collect()
+        v.iter()
+            .flat_map(|&b| (u16::from(b) * 257).to_be_bytes())
+            .collect()
     }
 
     fn with_alpha(v: &[u8], channels: usize, seed: u8) -> Vec<u8> {
@@ -273,7 +341,11 @@ pub(crate) mod tests {
     }
 
     fn stretch16() -> Preprocessor {
-        preprocessor(ImageConfig { size: 16, fit: Fit::Stretch, ..ImageConfig::default() })
+        preprocessor(ImageConfig {
+            size: 16,
+            fit: Fit::Stretch,
+            ..ImageConfig::default()
+        })
     }
 
     /// Mean absolute difference over the pixels both canvases have (padding is NaN in both).
@@ -293,9 +365,15 @@ pub(crate) mod tests {
     fn check_same(pre: &Preprocessor, reference: &[u8], cases: &[(&str, Vec<u8>, f32)]) {
         let expected = pre.analyze(&mut Scratch::new(), reference).unwrap().canvas;
         for (name, bytes, tolerance) in cases {
-            let got = pre.analyze(&mut Scratch::new(), bytes).unwrap_or_else(|r| panic!("{name}: {r}")).canvas;
+            let got = pre
+                .analyze(&mut Scratch::new(), bytes)
+                .unwrap_or_else(|r| panic!("{name}: {r}"))
+                .canvas;
             let diff = mean_abs_diff(&expected, &got);
-            assert!(diff <= *tolerance, "{name}: mean abs diff {diff} > {tolerance}");
+            assert!(
+                diff <= *tolerance,
+                "{name}: mean abs diff {diff} > {tolerance}"
+            );
         }
     }
 
@@ -309,23 +387,59 @@ pub(crate) mod tests {
             &pre,
             &png(&rgb, w, h, ExtendedColorType::Rgb8),
             &[
-                ("rgba8 png", png(&with_alpha(&rgb, 3, 7), w, h, ExtendedColorType::Rgba8), 1e-6),
-                ("rgb16 png", png(&wide(&rgb), w, h, ExtendedColorType::Rgb16), 2.0 / 255.0),
-                ("rgba16 png", png(&wide(&with_alpha(&rgb, 3, 9)), w, h, ExtendedColorType::Rgba16), 2.0 / 255.0),
-                ("rgb jpeg", jpeg(&rgb, w, h, ExtendedColorType::Rgb8, None), 4.0 / 255.0),
+                (
+                    "rgba8 png",
+                    png(&with_alpha(&rgb, 3, 7), w, h, ExtendedColorType::Rgba8),
+                    1e-6,
+                ),
+                (
+                    "rgb16 png",
+                    png(&wide(&rgb), w, h, ExtendedColorType::Rgb16),
+                    2.0 / 255.0,
+                ),
+                (
+                    "rgba16 png",
+                    png(
+                        &wide(&with_alpha(&rgb, 3, 9)),
+                        w,
+                        h,
+                        ExtendedColorType::Rgba16,
+                    ),
+                    2.0 / 255.0,
+                ),
+                (
+                    "rgb jpeg",
+                    jpeg(&rgb, w, h, ExtendedColorType::Rgb8, None),
+                    4.0 / 255.0,
+                ),
             ],
         );
         check_same(
             &pre,
             &png(&l, w, h, ExtendedColorType::L8),
             &[
-                ("la8 png", png(&with_alpha(&l, 1, 3), w, h, ExtendedColorType::La8), 1e-6),
-                ("l16 png", png(&wide(&l), w, h, ExtendedColorType::L16), 2.0 / 255.0),
-                ("grey jpeg", jpeg(&l, w, h, ExtendedColorType::L8, None), 3.0 / 255.0),
+                (
+                    "la8 png",
+                    png(&with_alpha(&l, 1, 3), w, h, ExtendedColorType::La8),
+                    1e-6,
+                ),
+                (
+                    "l16 png",
+                    png(&wide(&l), w, h, ExtendedColorType::L16),
+                    2.0 / 255.0,
+                ),
+                (
+                    "grey jpeg",
+                    jpeg(&l, w, h, ExtendedColorType::L8, None),
+                    3.0 / 255.0,
+                ),
             ],
         );
         // Grey becomes equal R, G and B.
-        let canvas = pre.analyze(&mut Scratch::new(), &png(&l, w, h, ExtendedColorType::L8)).unwrap().canvas;
+        let canvas = pre
+            .analyze(&mut Scratch::new(), &png(&l, w, h, ExtendedColorType::L8))
+            .unwrap()
+            .canvas;
         assert_eq!(canvas.data[..256], canvas.data[256..512]);
         assert_eq!(canvas.data[..256], canvas.data[512..]);
     }
@@ -335,7 +449,11 @@ pub(crate) mod tests {
         let (w, h) = (1100, 1040);
         let rgb = pattern(w, h, 2);
         let bytes = jpeg(&rgb, w, h, ExtendedColorType::Rgb8, None);
-        let scaled = preprocessor(ImageConfig { size: 64, fit: Fit::Stretch, ..ImageConfig::default() });
+        let scaled = preprocessor(ImageConfig {
+            size: 64,
+            fit: Fit::Stretch,
+            ..ImageConfig::default()
+        });
         let full = preprocessor(ImageConfig {
             size: 64,
             fit: Fit::Stretch,
@@ -345,7 +463,10 @@ pub(crate) mod tests {
         let a = scaled.analyze(&mut Scratch::new(), &bytes).unwrap().canvas;
         let b = full.analyze(&mut Scratch::new(), &bytes).unwrap().canvas;
         let diff = mean_abs_diff(&a, &b);
-        assert!(diff > 0.0, "a 1100x1040 JPEG at 64 px should take the scaled path");
+        assert!(
+            diff > 0.0,
+            "a 1100x1040 JPEG at 64 px should take the scaled path"
+        );
         assert!(diff < 1.5 / 255.0, "mean abs diff {diff}");
     }
 
@@ -360,17 +481,44 @@ pub(crate) mod tests {
     fn exif_orientation_is_applied() {
         // 32x16: left half red, right half blue. Orientation 6 (rotate 90 clockwise) puts red on top.
         let (w, h) = (32u32, 16u32);
-        let rgb: Vec<u8> = (0..w * h).flat_map(|i| if i % w < w / 2 { [220, 20, 20] } else { [20, 20, 220] }).collect();
-        let pre = preprocessor(ImageConfig { size: 8, fit: Fit::Pad, ..ImageConfig::default() });
+        let rgb: Vec<u8> = (0..w * h)
+            .flat_map(|i| {
+                if i % w < w / 2 {
+                    [220, 20, 20]
+                } else {
+                    [20, 20, 220]
+                }
+            })
+            .collect();
+        let pre = preprocessor(ImageConfig {
+            size: 8,
+            fit: Fit::Pad,
+            ..ImageConfig::default()
+        });
         let analysis = pre
-            .analyze(&mut Scratch::new(), &jpeg(&rgb, w, h, ExtendedColorType::Rgb8, Some(exif_orientation(6))))
+            .analyze(
+                &mut Scratch::new(),
+                &jpeg(
+                    &rgb,
+                    w,
+                    h,
+                    ExtendedColorType::Rgb8,
+                    Some(exif_orientation(6)),
+                ),
+            )
             .unwrap();
         assert_eq!((analysis.width, analysis.height), (16, 32), "upright size");
         let c = &analysis.canvas;
         let (red_top, blue_top) = (c.data[3], c.data[128 + 3]);
         let (red_bottom, blue_bottom) = (c.data[7 * 8 + 3], c.data[128 + 7 * 8 + 3]);
-        assert!(red_top > 0.7 && blue_top < 0.3, "top is red: {red_top} {blue_top}");
-        assert!(red_bottom < 0.3 && blue_bottom > 0.7, "bottom is blue: {red_bottom} {blue_bottom}");
+        assert!(
+            red_top > 0.7 && blue_top < 0.3,
+            "top is red: {red_top} {blue_top}"
+        );
+        assert!(
+            red_bottom < 0.3 && blue_bottom > 0.7,
+            "bottom is blue: {red_bottom} {blue_bottom}"
+        );
         assert!(c.data[0].is_nan(), "a 1:2 image is padded left and right");
     }
 
@@ -381,7 +529,11 @@ pub(crate) mod tests {
             for &b in bytes {
                 crc ^= u32::from(b);
                 for _ in 0..8 {
-                    crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                    crc = if crc & 1 == 1 {
+                        (crc >> 1) ^ 0xEDB8_8320
+                    } else {
+                        crc >> 1
+                    };
                 }
             }
             !crc
@@ -410,14 +562,22 @@ pub(crate) mod tests {
             Ok(_) => panic!("{name}: accepted, expected {reason}"),
             Err(r) => {
                 assert_eq!(r.reason, reason, "{name}: {r}");
-                assert!(r.detail.contains(needle), "{name}: {:?} lacks {needle:?}", r.detail);
+                assert!(
+                    r.detail.contains(needle),
+                    "{name}: {:?} lacks {needle:?}",
+                    r.detail
+                );
             }
         }
     }
 
     #[test]
     fn each_bad_input_is_refused_with_its_reason() {
-        let pre = preprocessor(ImageConfig { max_pixels: 200 * 200, max_aspect_ratio: 4.0, ..ImageConfig::default() });
+        let pre = preprocessor(ImageConfig {
+            max_pixels: 200 * 200,
+            max_aspect_ratio: 4.0,
+            ..ImageConfig::default()
+        });
         let good_png = png(&pattern(40, 30, 3), 40, 30, ExtendedColorType::Rgb8);
         let good_jpeg = jpeg(&pattern(40, 30, 3), 40, 30, ExtendedColorType::Rgb8, None);
         pre.analyze(&mut Scratch::new(), &good_png).unwrap();
@@ -425,20 +585,74 @@ pub(crate) mod tests {
 
         use Reason::*;
         check_reject(&pre, "empty", &[], UndecodableImage, "empty");
-        check_reject(&pre, "text", b"id,question\n1,what?\n", UnsupportedFormat, "not a PNG or JPEG");
-        check_reject(&pre, "gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", UnsupportedFormat, "Gif");
+        check_reject(
+            &pre,
+            "text",
+            b"id,question\n1,what?\n",
+            UnsupportedFormat,
+            "not a PNG or JPEG",
+        );
+        check_reject(
+            &pre,
+            "gif",
+            b"GIF89a\x01\x00\x01\x00\x00\x00\x00;",
+            UnsupportedFormat,
+            "Gif",
+        );
         let mut fake_png = b"\x89PNG\r\n\x1a\n".to_vec();
         fake_png.extend_from_slice(b"this is not a png at all, only its signature");
-        check_reject(&pre, "png signature, garbage after", &fake_png, UndecodableImage, "PNG");
-        check_reject(&pre, "truncated png", &good_png[..good_png.len() * 2 / 3], UndecodableImage, "");
-        check_reject(&pre, "truncated jpeg", &good_jpeg[..good_jpeg.len() * 2 / 3], UndecodableImage, "truncated");
+        check_reject(
+            &pre,
+            "png signature, garbage after",
+            &fake_png,
+            UndecodableImage,
+            "PNG",
+        );
+        check_reject(
+            &pre,
+            "truncated png",
+            &good_png[..good_png.len() * 2 / 3],
+            UndecodableImage,
+            "",
+        );
+        check_reject(
+            &pre,
+            "truncated jpeg",
+            &good_jpeg[..good_jpeg.len() * 2 / 3],
+            UndecodableImage,
+            "truncated",
+        );
         // An empty zlib stream: the pixel data is never reached, the header decides.
         let idat = vec![0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01];
-        let header_only = |w, h| raw_png(&[(b"IHDR", ihdr(w, h)), (b"IDAT", idat.clone()), (b"IEND", vec![])]);
-        check_reject(&pre, "zero-width png", &header_only(0, 10), UndecodableImage, "");
-        check_reject(&pre, "too large", &header_only(300, 300), ImageTooLarge, "max_pixels");
+        let header_only = |w, h| {
+            raw_png(&[
+                (b"IHDR", ihdr(w, h)),
+                (b"IDAT", idat.clone()),
+                (b"IEND", vec![]),
+            ])
+        };
+        check_reject(
+            &pre,
+            "zero-width png",
+            &header_only(0, 10),
+            UndecodableImage,
+            "",
+        );
+        check_reject(
+            &pre,
+            "too large",
+            &header_only(300, 300),
+            ImageTooLarge,
+            "max_pixels",
+        );
         // A decompression bomb's header claims 100k x 100k; it is refused before any pixel is inflated.
-        check_reject(&pre, "bomb", &header_only(100_000, 100_000), ImageTooLarge, "10000000000 pixels");
+        check_reject(
+            &pre,
+            "bomb",
+            &header_only(100_000, 100_000),
+            ImageTooLarge,
+            "10000000000 pixels",
+        );
         check_reject(
             &pre,
             "extreme aspect",
@@ -453,7 +667,13 @@ pub(crate) mod tests {
             BlankImage,
             "near-constant",
         );
-        let blank_jpeg = jpeg(&[200u8, 30, 60].repeat(30 * 30), 30, 30, ExtendedColorType::Rgb8, None);
+        let blank_jpeg = jpeg(
+            &[200u8, 30, 60].repeat(30 * 30),
+            30,
+            30,
+            ExtendedColorType::Rgb8,
+            None,
+        );
         check_reject(&pre, "blank jpeg", &blank_jpeg, BlankImage, "near-constant");
     }
 
@@ -484,14 +704,21 @@ pub(crate) mod tests {
             // Either outcome is fine; what matters is that it returns.
             refused += usize::from(pre.analyze(&mut Scratch::new(), &bytes).is_err());
         }
-        assert!(refused > 50, "most mutations break the file; {refused} of 400 refused");
+        assert!(
+            refused > 50,
+            "most mutations break the file; {refused} of 400 refused"
+        );
     }
 
     #[test]
     fn views_are_deterministic_and_differ_from_view_zero() {
         let config = ImageConfig {
             size: 16,
-            augment: crate::config::AugmentConfig { n_views: 3, cutout_prob: 0.5, ..Default::default() },
+            augment: crate::config::AugmentConfig {
+                n_views: 3,
+                cutout_prob: 0.5,
+                ..Default::default()
+            },
             ..ImageConfig::default()
         };
         let pre = preprocessor(config);
@@ -499,19 +726,33 @@ pub(crate) mod tests {
         let a = pre.views(&mut Scratch::new(), &bytes, 3, 9, "s1").unwrap();
         let b = pre.views(&mut Scratch::new(), &bytes, 3, 9, "s1").unwrap();
         assert_eq!(a.len(), 4);
-        let same_bits = |x: &Canvas, y: &Canvas| x.data.iter().zip(&y.data).all(|(p, q)| p.to_bits() == q.to_bits());
+        let same_bits = |x: &Canvas, y: &Canvas| {
+            x.data
+                .iter()
+                .zip(&y.data)
+                .all(|(p, q)| p.to_bits() == q.to_bits())
+        };
         for (x, y) in a.iter().zip(&b) {
             assert!(same_bits(x, y), "bit-identical reruns");
         }
         assert!(
-            same_bits(&a[0], &pre.analyze(&mut Scratch::new(), &bytes).unwrap().canvas),
+            same_bits(
+                &a[0],
+                &pre.analyze(&mut Scratch::new(), &bytes).unwrap().canvas
+            ),
             "view 0 is the analyzed canvas"
         );
         for view in &a[1..] {
-            assert!(mean_abs_diff(&a[0], view) > 1e-3, "an augmented view differs from view 0");
+            assert!(
+                mean_abs_diff(&a[0], view) > 1e-3,
+                "an augmented view differs from view 0"
+            );
         }
         let other_seed = pre.views(&mut Scratch::new(), &bytes, 3, 10, "s1").unwrap();
-        assert!(mean_abs_diff(&a[1], &other_seed[1]) > 1e-4, "the seed changes the views");
+        assert!(
+            mean_abs_diff(&a[1], &other_seed[1]) > 1e-4,
+            "the seed changes the views"
+        );
         assert!(same_bits(&a[0], &other_seed[0]), "but not view 0");
     }
 }

@@ -53,7 +53,9 @@ impl Reason {
     /// be a sample whose question was seen with that image in another split.
     pub fn policy(self, config: &ImageConfig) -> Policy {
         match self {
-            Reason::UndecodableImage | Reason::UnsupportedFormat | Reason::ImageTooLarge => config.on_undecodable,
+            Reason::UndecodableImage | Reason::UnsupportedFormat | Reason::ImageTooLarge => {
+                config.on_undecodable
+            }
             Reason::ExtremeAspect => config.on_extreme_aspect,
             Reason::BlankImage => config.on_blank,
             Reason::NearDuplicateAcrossSplits | Reason::NearDuplicate => Policy::Drop,
@@ -80,7 +82,10 @@ pub struct Reject {
 impl Reject {
     /// A reject with this reason and message.
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into() }
+        Self {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 

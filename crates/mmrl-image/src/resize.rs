@@ -28,7 +28,12 @@ pub struct Region {
 
 impl Region {
     /// The whole image.
-    pub const FULL: Region = Region { x: 0.0, y: 0.0, w: 1.0, h: 1.0 };
+    pub const FULL: Region = Region {
+        x: 0.0,
+        y: 0.0,
+        w: 1.0,
+        h: 1.0,
+    };
 }
 
 /// Where a source region lands on the canvas: the region actually read (after a centre crop) and the
@@ -51,27 +56,54 @@ impl Placement {
     /// Places `region` of an upright `full_w` x `full_h` image on a `size` x `size` canvas.
     pub fn new(full_w: u32, full_h: u32, region: Region, fit: Fit, size: u32) -> Self {
         // Aspect ratio of the region in source pixels.
-        let aspect = (region.w * f64::from(full_w)) / (region.h * f64::from(full_h)).max(f64::MIN_POSITIVE);
+        let aspect =
+            (region.w * f64::from(full_w)) / (region.h * f64::from(full_h)).max(f64::MIN_POSITIVE);
         let side = |v: f64| (v.round() as u32).clamp(1, size);
         match fit {
-            Fit::Stretch => Placement { src: region, x0: 0, y0: 0, w: size, h: size },
+            Fit::Stretch => Placement {
+                src: region,
+                x0: 0,
+                y0: 0,
+                w: size,
+                h: size,
+            },
             Fit::Pad => {
                 let (w, h) = if aspect >= 1.0 {
                     (size, side(f64::from(size) / aspect))
                 } else {
                     (side(f64::from(size) * aspect), size)
                 };
-                Placement { src: region, x0: (size - w) / 2, y0: (size - h) / 2, w, h }
+                Placement {
+                    src: region,
+                    x0: (size - w) / 2,
+                    y0: (size - h) / 2,
+                    w,
+                    h,
+                }
             }
             Fit::CenterCrop => {
                 let src = if aspect > 1.0 {
                     let w = region.w / aspect;
-                    Region { x: region.x + (region.w - w) / 2.0, w, ..region }
+                    Region {
+                        x: region.x + (region.w - w) / 2.0,
+                        w,
+                        ..region
+                    }
                 } else {
                     let h = region.h * aspect;
-                    Region { y: region.y + (region.h - h) / 2.0, h, ..region }
+                    Region {
+                        y: region.y + (region.h - h) / 2.0,
+                        h,
+                        ..region
+                    }
                 };
-                Placement { src, x0: 0, y0: 0, w: size, h: size }
+                Placement {
+                    src,
+                    x0: 0,
+                    y0: 0,
+                    w: size,
+                    h: size,
+                }
             }
         }
     }
@@ -79,7 +111,11 @@ impl Placement {
     /// The smallest decoded size (upright) at which the source region still has at least as many pixels as its
     /// destination, so that a reduced-scale decode never has to be enlarged again.
     pub fn min_decode_size(&self) -> (u32, u32) {
-        let need = |dst: u32, rel: f64| (f64::from(dst) / rel.max(1e-9)).ceil().min(f64::from(u32::MAX)) as u32;
+        let need = |dst: u32, rel: f64| {
+            (f64::from(dst) / rel.max(1e-9))
+                .ceil()
+                .min(f64::from(u32::MAX)) as u32
+        };
         (need(self.w, self.src.w), need(self.h, self.src.h))
     }
 }
@@ -97,7 +133,10 @@ pub struct Canvas {
 impl Canvas {
     /// A canvas with no content.
     pub fn empty(size: usize) -> Self {
-        Self { size, data: vec![f32::NAN; 3 * size * size] }
+        Self {
+            size,
+            data: vec![f32::NAN; 3 * size * size],
+        }
     }
 
     /// Pixels per channel.
@@ -185,19 +224,34 @@ pub fn render(
     // Clamped so that rounding in the placement never reaches outside the image.
     let left = (src.x * w).clamp(0.0, w - 1.0);
     let top = (src.y * h).clamp(0.0, h - 1.0);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter_type(filter))).use_alpha(false).crop(
-        left,
-        top,
-        (src.w * w).clamp(1.0, w - left),
-        (src.h * h).clamp(1.0, h - top),
-    );
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(filter_type(filter)))
+        .use_alpha(false)
+        .crop(
+            left,
+            top,
+            (src.w * w).clamp(1.0, w - left),
+            (src.h * h).clamp(1.0, h - top),
+        );
     let (iw, ih) = (image.width, image.height);
     let args = (resizer, &mut canvas, placement, &options);
     match &image.pixels {
-        Pixels::L8(p) => draw(args, TypedImageRef::<U8>::from_buffer(iw, ih, p).map_err(buffer)?),
-        Pixels::La8(p) => draw(args, TypedImageRef::<U8x2>::from_buffer(iw, ih, p).map_err(buffer)?),
-        Pixels::Rgb8(p) => draw(args, TypedImageRef::<U8x3>::from_buffer(iw, ih, p).map_err(buffer)?),
-        Pixels::Rgba8(p) => draw(args, TypedImageRef::<U8x4>::from_buffer(iw, ih, p).map_err(buffer)?),
+        Pixels::L8(p) => draw(
+            args,
+            TypedImageRef::<U8>::from_buffer(iw, ih, p).map_err(buffer)?,
+        ),
+        Pixels::La8(p) => draw(
+            args,
+            TypedImageRef::<U8x2>::from_buffer(iw, ih, p).map_err(buffer)?,
+        ),
+        Pixels::Rgb8(p) => draw(
+            args,
+            TypedImageRef::<U8x3>::from_buffer(iw, ih, p).map_err(buffer)?,
+        ),
+        Pixels::Rgba8(p) => draw(
+            args,
+            TypedImageRef::<U8x4>::from_buffer(iw, ih, p).map_err(buffer)?,
+        ),
         Pixels::L16(p) => draw(args, TypedImageRef::new(iw, ih, p).map_err(buffer)?),
         Pixels::La16(p) => draw(args, TypedImageRef::new(iw, ih, p).map_err(buffer)?),
         Pixels::Rgb16(p) => draw(args, TypedImageRef::new(iw, ih, p).map_err(buffer)?),
@@ -207,10 +261,18 @@ pub fn render(
 }
 
 fn buffer(e: impl std::fmt::Display) -> Reject {
-    Reject::new(Reason::UndecodableImage, format!("decoded pixel buffer does not match the image size: {e}"))
+    Reject::new(
+        Reason::UndecodableImage,
+        format!("decoded pixel buffer does not match the image size: {e}"),
+    )
 }
 
-type DrawArgs<'a> = (&'a mut Resizer, &'a mut Canvas, &'a Placement, &'a ResizeOptions);
+type DrawArgs<'a> = (
+    &'a mut Resizer,
+    &'a mut Canvas,
+    &'a Placement,
+    &'a ResizeOptions,
+);
 
 fn draw<P: ToRgb>(
     (resizer, canvas, placement, options): DrawArgs<'_>,
@@ -221,7 +283,12 @@ fn draw<P: ToRgb>(
         .resize_typed(&src, &mut dst, options)
         .map_err(|e| Reject::new(Reason::UndecodableImage, format!("resizing failed: {e}")))?;
     let plane = canvas.plane();
-    let (size, x0, y0, w) = (canvas.size, placement.x0 as usize, placement.y0 as usize, placement.w as usize);
+    let (size, x0, y0, w) = (
+        canvas.size,
+        placement.x0 as usize,
+        placement.y0 as usize,
+        placement.w as usize,
+    );
     for (row, pixels) in dst.pixels().chunks_exact(w).enumerate() {
         let start = (y0 + row) * size + x0;
         for (x, pixel) in pixels.iter().enumerate() {
@@ -252,14 +319,30 @@ mod tests {
         check((200, 100), Fit::Stretch, (0, 0, 32, 32));
         check((200, 100), Fit::CenterCrop, (0, 0, 32, 32));
         let crop = Placement::new(200, 100, Region::FULL, Fit::CenterCrop, 32).src;
-        assert!((crop.x - 0.25).abs() < 1e-12 && (crop.w - 0.5).abs() < 1e-12 && crop.h == 1.0, "{crop:?}");
+        assert!(
+            (crop.x - 0.25).abs() < 1e-12 && (crop.w - 0.5).abs() < 1e-12 && crop.h == 1.0,
+            "{crop:?}"
+        );
         // The whole image must be decoded at least at the destination's resolution.
-        assert_eq!(Placement::new(640, 320, Region::FULL, Fit::Pad, 64).min_decode_size(), (64, 32));
-        assert_eq!(Placement::new(640, 320, Region::FULL, Fit::CenterCrop, 64).min_decode_size(), (128, 64));
+        assert_eq!(
+            Placement::new(640, 320, Region::FULL, Fit::Pad, 64).min_decode_size(),
+            (64, 32)
+        );
+        assert_eq!(
+            Placement::new(640, 320, Region::FULL, Fit::CenterCrop, 64).min_decode_size(),
+            (128, 64)
+        );
     }
 
     fn decoded(pixels: Pixels, width: u32, height: u32) -> Decoded {
-        Decoded { format: Format::Png, width, height, full_width: width, full_height: height, pixels }
+        Decoded {
+            format: Format::Png,
+            width,
+            height,
+            full_width: width,
+            full_height: height,
+            pixels,
+        }
     }
 
     #[test]
@@ -270,16 +353,33 @@ mod tests {
         let cases = vec![
             decoded(Pixels::Rgb8(rgb.repeat(n)), 4, 2),
             decoded(Pixels::Rgba8([51, 102, 153, 7].repeat(n)), 4, 2),
-            decoded(Pixels::Rgb16(vec![U16x3::new(rgb.map(|v| u16::from(v) * 257)); n]), 4, 2),
-            decoded(Pixels::Rgba16(vec![U16x4::new([51 * 257, 102 * 257, 153 * 257, 0]); n]), 4, 2),
+            decoded(
+                Pixels::Rgb16(vec![U16x3::new(rgb.map(|v| u16::from(v) * 257)); n]),
+                4,
+                2,
+            ),
+            decoded(
+                Pixels::Rgba16(vec![U16x4::new([51 * 257, 102 * 257, 153 * 257, 0]); n]),
+                4,
+                2,
+            ),
         ];
         for image in cases {
             let placement = Placement::new(4, 2, Region::FULL, Fit::Pad, 8);
-            let canvas = render(&mut Resizer::new(), &image, &placement, Filter::Bilinear, 8).unwrap();
+            let canvas =
+                render(&mut Resizer::new(), &image, &placement, Filter::Bilinear, 8).unwrap();
             for (plane, value) in canvas.data.chunks_exact(64).zip(rgb) {
-                assert!(plane[..16].iter().chain(&plane[48..]).all(|v| v.is_nan()), "{}", image.pixels.layout());
+                assert!(
+                    plane[..16].iter().chain(&plane[48..]).all(|v| v.is_nan()),
+                    "{}",
+                    image.pixels.layout()
+                );
                 for v in &plane[16..48] {
-                    assert!((v - f32::from(value) / 255.0).abs() < 1e-4, "{} {v}", image.pixels.layout());
+                    assert!(
+                        (v - f32::from(value) / 255.0).abs() < 1e-4,
+                        "{} {v}",
+                        image.pixels.layout()
+                    );
                 }
             }
         }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
-    UInt16Array, UInt64Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch,
+    StringArray, UInt16Array, UInt64Array,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -72,11 +72,24 @@ impl ImageState {
     /// Reads a `state.json` written by the stage or by `preprocess`.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(crate::error::io("reading", path))?;
-        let state: ImageState = serde_json::from_str(&text)
-            .map_err(|e| Error::State { path: path.to_path_buf(), message: e.to_string() })?;
-        state.config.validate().map_err(|e| Error::State { path: path.to_path_buf(), message: e.to_string() })?;
-        if state.normalization.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(Error::State { path: path.to_path_buf(), message: "std must be finite and > 0".into() });
+        let state: ImageState = serde_json::from_str(&text).map_err(|e| Error::State {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        state.config.validate().map_err(|e| Error::State {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if state
+            .normalization
+            .std
+            .iter()
+            .any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return Err(Error::State {
+                path: path.to_path_buf(),
+                message: "std must be finite and > 0".into(),
+            });
         }
         Ok(state)
     }
@@ -147,7 +160,10 @@ impl TableSource {
                 Ok(field) => {
                     return Err(Error::Input {
                         path,
-                        message: format!("column {name:?} is {:?}, expected {data_type:?}", field.data_type()),
+                        message: format!(
+                            "column {name:?} is {:?}, expected {data_type:?}",
+                            field.data_type()
+                        ),
                     });
                 }
                 Err(_) => {
@@ -165,10 +181,13 @@ impl TableSource {
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T> {
-    batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).ok_or_else(|| Error::Input {
-        path: path.to_path_buf(),
-        message: format!("column {name:?} missing or mistyped"),
-    })
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| Error::Input {
+            path: path.to_path_buf(),
+            message: format!("column {name:?} missing or mistyped"),
+        })
 }
 
 impl Source for TableSource {
@@ -177,11 +196,21 @@ impl Source for TableSource {
     }
 
     fn for_each_batch(&self, f: &mut dyn FnMut(Vec<Row>) -> Result<()>) -> Result<()> {
-        let parquet_error = |source| Error::Parquet { path: self.path.clone(), source };
+        let parquet_error = |source| Error::Parquet {
+            path: self.path.clone(),
+            source,
+        };
         let file = File::open(&self.path).map_err(crate::error::io("opening", &self.path))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
-        let mask = ProjectionMask::columns(builder.parquet_schema(), Self::COLUMNS.iter().map(|(n, _)| *n));
-        let reader = builder.with_projection(mask).with_batch_size(BATCH_ROWS).build().map_err(parquet_error)?;
+        let mask = ProjectionMask::columns(
+            builder.parquet_schema(),
+            Self::COLUMNS.iter().map(|(n, _)| *n),
+        );
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(parquet_error)?;
         let mut row_number = 0usize;
         for batch in reader {
             let batch = batch?;
@@ -192,10 +221,13 @@ impl Source for TableSource {
             let mut rows = Vec::with_capacity(batch.num_rows());
             for i in 0..batch.num_rows() {
                 row_number += 1;
-                let id = ids.is_valid(i).then(|| ids.value(i).to_owned()).ok_or_else(|| Error::Input {
-                    path: self.path.clone(),
-                    message: format!("row {row_number}: id is null"),
-                })?;
+                let id = ids
+                    .is_valid(i)
+                    .then(|| ids.value(i).to_owned())
+                    .ok_or_else(|| Error::Input {
+                        path: self.path.clone(),
+                        message: format!("row {row_number}: id is null"),
+                    })?;
                 let split_text = splits.is_valid(i).then(|| splits.value(i));
                 let split = split_text.and_then(Split::parse).ok_or_else(|| Error::Input {
                     path: self.path.clone(),
@@ -205,8 +237,17 @@ impl Source for TableSource {
                     ),
                 })?;
                 let line = if lines.is_valid(i) { lines.value(i) } else { 0 };
-                let image = if images.is_valid(i) { Media::Bytes(images.value(i).to_vec()) } else { Media::None };
-                rows.push(Row { id, split, line, image });
+                let image = if images.is_valid(i) {
+                    Media::Bytes(images.value(i).to_vec())
+                } else {
+                    Media::None
+                };
+                rows.push(Row {
+                    id,
+                    split,
+                    line,
+                    image,
+                });
             }
             f(rows)?;
         }
@@ -221,7 +262,8 @@ pub fn run(config: &ImageConfig, seed: u64, samples: &Path, output: &Path) -> Re
         stage: STAGE.into(),
         crate_name: env!("CARGO_PKG_NAME").into(),
         crate_version: env!("CARGO_PKG_VERSION").into(),
-        config: serde_json::to_value(config).map_err(|e| Error::Other(format!("serializing config: {e}")))?,
+        config: serde_json::to_value(config)
+            .map_err(|e| Error::Other(format!("serializing config: {e}")))?,
         seed: Some(seed),
     };
     let input = Artifact::open(samples)?;
@@ -251,11 +293,19 @@ pub fn run(config: &ImageConfig, seed: u64, samples: &Path, output: &Path) -> Re
     let mut rejects = Rejects::new(STAGE);
     for row in &plan.rows {
         if let Fate::Drop(r) = &row.fate {
-            let detail = format!("sample {:?} (manifest line {}): {}", row.id, row.line, r.detail);
+            let detail = format!(
+                "sample {:?} (manifest line {}): {}",
+                row.id, row.line, r.detail
+            );
             rejects.push(row.line, Some(&row.id), r.reason.as_str(), detail);
         }
     }
-    writer.write_table("rejects", Role::Rejects, sample::rejects_schema(), &[rejects.finish()?])?;
+    writer.write_table(
+        "rejects",
+        Role::Rejects,
+        sample::rejects_schema(),
+        &[rejects.finish()?],
+    )?;
 
     let report = report(config, &plan, rows_out);
     let state = ImageState {
@@ -284,7 +334,9 @@ pub fn run(config: &ImageConfig, seed: u64, samples: &Path, output: &Path) -> Re
 pub(crate) fn report(config: &ImageConfig, plan: &engine::Plan, rows_out: usize) -> ImageReport {
     let mut rows_in_by_split = BTreeMap::new();
     for row in &plan.rows {
-        *rows_in_by_split.entry(row.split.as_str().to_owned()).or_insert(0) += 1;
+        *rows_in_by_split
+            .entry(row.split.as_str().to_owned())
+            .or_insert(0) += 1;
     }
     let count = |f: &dyn Fn(&Fate) -> bool| plan.rows.iter().filter(|r| f(&r.fate)).count();
     let dropped_by_reason = engine::count_by_reason(&plan.rows, false);
@@ -316,7 +368,10 @@ pub(crate) fn report(config: &ImageConfig, plan: &engine::Plan, rows_out: usize)
 /// The tensor column from `(tensor or null)` per row.
 pub(crate) fn tensor_column(field: &Field, tensors: Vec<Option<Vec<f32>>>) -> Result<ArrayRef> {
     let DataType::FixedSizeList(item, len) = field.data_type() else {
-        return Err(Error::Other(format!("column {:?} is not a fixed-size list", field.name())));
+        return Err(Error::Other(format!(
+            "column {:?} is not a fixed-size list",
+            field.name()
+        )));
     };
     let per = *len as usize;
     let mut values = Vec::with_capacity(tensors.len() * per);
@@ -327,7 +382,12 @@ pub(crate) fn tensor_column(field: &Field, tensors: Vec<Option<Vec<f32>>>) -> Re
                 values.extend_from_slice(&t);
                 valid.push(true);
             }
-            Some(t) => return Err(Error::Other(format!("tensor of {} values, expected {per}", t.len()))),
+            Some(t) => {
+                return Err(Error::Other(format!(
+                    "tensor of {} values, expected {per}",
+                    t.len()
+                )));
+            }
             None => {
                 values.resize(values.len() + per, 0.0);
                 valid.push(false);
@@ -343,14 +403,33 @@ pub(crate) fn tensor_column(field: &Field, tensors: Vec<Option<Vec<f32>>>) -> Re
     Ok(Arc::new(array))
 }
 
-fn output_batch(schema: &SchemaRef, rows: &[engine::Info], out: engine::Produced) -> Result<RecordBatch> {
-    let ids: StringArray = out.iter().map(|(i, _, _)| Some(rows[*i].id.as_str())).collect();
-    let splits: StringArray = out.iter().map(|(i, _, _)| Some(rows[*i].split.as_str())).collect();
+fn output_batch(
+    schema: &SchemaRef,
+    rows: &[engine::Info],
+    out: engine::Produced,
+) -> Result<RecordBatch> {
+    let ids: StringArray = out
+        .iter()
+        .map(|(i, _, _)| Some(rows[*i].id.as_str()))
+        .collect();
+    let splits: StringArray = out
+        .iter()
+        .map(|(i, _, _)| Some(rows[*i].split.as_str()))
+        .collect();
     let views: UInt16Array = out.iter().map(|(_, v, _)| Some(*v)).collect();
     let present: BooleanArray = out.iter().map(|(_, _, t)| Some(t.is_some())).collect();
-    let tensors = tensor_column(schema.field(4), out.into_iter().map(|(_, _, t)| t).collect())?;
+    let tensors = tensor_column(
+        schema.field(4),
+        out.into_iter().map(|(_, _, t)| t).collect(),
+    )?;
     Ok(RecordBatch::try_new(
         schema.clone(),
-        vec![Arc::new(ids), Arc::new(splits), Arc::new(views), Arc::new(present), tensors],
+        vec![
+            Arc::new(ids),
+            Arc::new(splits),
+            Arc::new(views),
+            Arc::new(present),
+            tensors,
+        ],
     )?)
 }

@@ -6,14 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
-    UInt16Array, UInt32Array, UInt64Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch,
+    StringArray, UInt16Array, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use image::{ExtendedColorType, ImageEncoder};
 use mmrl_artifact::sample::{self, tensor_shape};
 use mmrl_artifact::{Artifact, ArtifactWriter, Role, StageInfo};
-use mmrl_image::{AugmentConfig, Error, ImageConfig, ImageReport, ImageState, Policy, folder, stage};
+use mmrl_image::{
+    AugmentConfig, Error, ImageConfig, ImageReport, ImageState, Policy, folder, stage,
+};
 use rand::{Rng, SeedableRng};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -24,13 +26,22 @@ fn pattern(w: u32, h: u32, seed: u64) -> Vec<u8> {
     let rects: Vec<(u32, u32, u32, u32, [u8; 3])> = (0..4)
         .map(|_| {
             let (x, y) = (rng.random_range(0..w), rng.random_range(0..h));
-            (x, y, rng.random_range(2..=w / 2 + 2), rng.random_range(2..=h / 2 + 2), rng.random())
+            (
+                x,
+                y,
+                rng.random_range(2..=w / 2 + 2),
+                rng.random_range(2..=h / 2 + 2),
+                rng.random(),
+            )
         })
         .collect();
     let mut out = Vec::with_capacity((w * h * 3) as usize);
     for y in 0..h {
         for x in 0..w {
-            let rect = rects.iter().rev().find(|r| x >= r.0 && x < r.0 + r.2 && y >= r.1 && y < r.1 + r.3);
+            let rect = rects
+                .iter()
+                .rev()
+                .find(|r| x >= r.0 && x < r.0 + r.2 && y >= r.1 && y < r.1 + r.3);
             for c in 0..3u32 {
                 let base = match rect {
                     Some(r) => f32::from(r.4[c as usize]),
@@ -45,7 +56,9 @@ fn pattern(w: u32, h: u32, seed: u64) -> Vec<u8> {
 
 fn png_rgb(rgb: &[u8], w: u32, h: u32) -> Vec<u8> {
     let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out).write_image(rgb, w, h, ExtendedColorType::Rgb8).unwrap();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(rgb, w, h, ExtendedColorType::Rgb8)
+        .unwrap();
     out
 }
 
@@ -67,8 +80,9 @@ fn write_samples(dir: &Path, rows: &[(&str, &str, Option<Vec<u8>>)]) -> PathBuf 
     fields.push(Field::new("repeat", DataType::UInt32, false));
     let schema = Arc::new(Schema::new(fields));
     let n = rows.len();
-    let strings =
-        |f: &dyn Fn(usize) -> Option<String>| -> ArrayRef { Arc::new((0..n).map(f).collect::<StringArray>()) };
+    let strings = |f: &dyn Fn(usize) -> Option<String>| -> ArrayRef {
+        Arc::new((0..n).map(f).collect::<StringArray>())
+    };
     let columns: Vec<ArrayRef> = vec![
         strings(&|i| Some(rows[i].0.to_owned())),
         strings(&|i| Some(rows[i].1.to_owned())),
@@ -78,7 +92,9 @@ fn write_samples(dir: &Path, rows: &[(&str, &str, Option<Vec<u8>>)]) -> PathBuf 
         strings(&|_| Some("3".into())),
         Arc::new(rows.iter().map(|r| r.2.as_deref()).collect::<BinaryArray>()),
         Arc::new(BinaryArray::from(vec![None::<&[u8]>; n])),
-        Arc::new(UInt64Array::from((0..n as u64).map(|i| i + 2).collect::<Vec<_>>())),
+        Arc::new(UInt64Array::from(
+            (0..n as u64).map(|i| i + 2).collect::<Vec<_>>(),
+        )),
         Arc::new(UInt32Array::from(vec![1u32; n])),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
@@ -91,7 +107,9 @@ fn write_samples(dir: &Path, rows: &[(&str, &str, Option<Vec<u8>>)]) -> PathBuf 
         seed: Some(1),
     };
     let mut writer = ArtifactWriter::create(&path, info).unwrap();
-    writer.write_table("samples", Role::Data, schema, &[batch]).unwrap();
+    writer
+        .write_table("samples", Role::Data, schema, &[batch])
+        .unwrap();
     writer.commit().unwrap();
     path
 }
@@ -110,7 +128,13 @@ struct Output {
     shape: Vec<usize>,
 }
 
-fn run(dir: &Path, name: &str, config: &ImageConfig, seed: u64, samples: &Path) -> Result<Output, Error> {
+fn run(
+    dir: &Path,
+    name: &str,
+    config: &ImageConfig,
+    seed: u64,
+    samples: &Path,
+) -> Result<Output, Error> {
     let out = dir.join(name);
     let report = stage::run(config, seed, samples, &out)?;
     let artifact = Artifact::open(&out).unwrap();
@@ -123,13 +147,27 @@ fn run(dir: &Path, name: &str, config: &ImageConfig, seed: u64, samples: &Path) 
         let splits = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
         let views = b.column(2).as_any().downcast_ref::<UInt16Array>().unwrap();
         let present = b.column(3).as_any().downcast_ref::<BooleanArray>().unwrap();
-        let tensors = b.column(4).as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+        let tensors = b
+            .column(4)
+            .as_any()
+            .downcast_ref::<FixedSizeListArray>()
+            .unwrap();
         for i in 0..b.num_rows() {
             let tensor = tensors.is_valid(i).then(|| {
                 let v = tensors.value(i);
-                v.as_any().downcast_ref::<Float32Array>().unwrap().values().to_vec()
+                v.as_any()
+                    .downcast_ref::<Float32Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
             });
-            rows.push((ids.value(i).to_owned(), splits.value(i).to_owned(), views.value(i), present.value(i), tensor));
+            rows.push((
+                ids.value(i).to_owned(),
+                splits.value(i).to_owned(),
+                views.value(i),
+                present.value(i),
+                tensor,
+            ));
         }
     }
     let (_, reject_batches) = artifact.read_table("rejects").unwrap();
@@ -139,17 +177,33 @@ fn run(dir: &Path, name: &str, config: &ImageConfig, seed: u64, samples: &Path) 
         let reasons = b.column(3).as_any().downcast_ref::<StringArray>().unwrap();
         let details = b.column(4).as_any().downcast_ref::<StringArray>().unwrap();
         for i in 0..b.num_rows() {
-            rejects.push((ids.value(i).to_owned(), reasons.value(i).to_owned(), details.value(i).to_owned()));
+            rejects.push((
+                ids.value(i).to_owned(),
+                reasons.value(i).to_owned(),
+                details.value(i).to_owned(),
+            ));
         }
     }
-    let state = serde_json::from_str(&std::fs::read_to_string(out.join("state.json")).unwrap()).unwrap();
+    let state =
+        serde_json::from_str(&std::fs::read_to_string(out.join("state.json")).unwrap()).unwrap();
     let manifest = artifact.manifest();
     let table_hash = manifest.output("images.parquet").unwrap().blake3.clone();
-    Ok(Output { report, state, rows, rejects, content_hash: manifest.content_hash.clone(), table_hash, shape })
+    Ok(Output {
+        report,
+        state,
+        rows,
+        rejects,
+        content_hash: manifest.content_hash.clone(),
+        table_hash,
+        shape,
+    })
 }
 
 fn small(size: u32) -> ImageConfig {
-    ImageConfig { size, ..ImageConfig::default() }
+    ImageConfig {
+        size,
+        ..ImageConfig::default()
+    }
 }
 
 #[test]
@@ -166,8 +220,11 @@ fn the_stage_writes_a_fixed_shape_tensor_per_kept_sample() -> TestResult {
     );
     let out = run(dir.path(), "image", &small(12), 7, &samples)?;
     assert_eq!(out.shape, vec![3, 12, 12]);
-    let summary: Vec<(&str, &str, u16, bool, bool)> =
-        out.rows.iter().map(|r| (r.0.as_str(), r.1.as_str(), r.2, r.3, r.4.is_some())).collect();
+    let summary: Vec<(&str, &str, u16, bool, bool)> = out
+        .rows
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str(), r.2, r.3, r.4.is_some()))
+        .collect();
     assert_eq!(
         summary,
         [
@@ -178,9 +235,19 @@ fn the_stage_writes_a_fixed_shape_tensor_per_kept_sample() -> TestResult {
         ]
     );
     assert!(
-        out.rows.iter().filter_map(|r| r.4.as_ref()).all(|t| t.len() == 3 * 12 * 12 && t.iter().all(|v| v.is_finite()))
+        out.rows
+            .iter()
+            .filter_map(|r| r.4.as_ref())
+            .all(|t| t.len() == 3 * 12 * 12 && t.iter().all(|v| v.is_finite()))
     );
-    assert_eq!((out.report.rows_in, out.report.present, out.report.absent_in_input), (4, 3, 1));
+    assert_eq!(
+        (
+            out.report.rows_in,
+            out.report.present,
+            out.report.absent_in_input
+        ),
+        (4, 3, 1)
+    );
     let manifest = Artifact::open(dir.path().join("image"))?.manifest().clone();
     assert_eq!(manifest.fit_splits, ["train"]);
     assert_eq!(manifest.inputs[0].name, "samples");
@@ -191,17 +258,30 @@ fn the_stage_writes_a_fixed_shape_tensor_per_kept_sample() -> TestResult {
 #[test]
 fn normalization_is_fit_on_train_only_and_applied_unchanged_to_val_and_test() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let train: Vec<(String, Vec<u8>)> = (0..4).map(|i| (format!("t{i}"), picture(10 + i))).collect();
+    let train: Vec<(String, Vec<u8>)> =
+        (0..4).map(|i| (format!("t{i}"), picture(10 + i))).collect();
     let build = |name: &str, other_seed: u64| {
-        let mut rows: Vec<(&str, &str, Option<Vec<u8>>)> =
-            train.iter().map(|(id, bytes)| (id.as_str(), "train", Some(bytes.clone()))).collect();
+        let mut rows: Vec<(&str, &str, Option<Vec<u8>>)> = train
+            .iter()
+            .map(|(id, bytes)| (id.as_str(), "train", Some(bytes.clone())))
+            .collect();
         // Val and test images differ wildly between the two datasets (a bright one and a dark one).
-        let bright: Vec<u8> = pattern(24, 20, other_seed).iter().map(|v| v / 4 + 190).collect();
+        let bright: Vec<u8> = pattern(24, 20, other_seed)
+            .iter()
+            .map(|v| v / 4 + 190)
+            .collect();
         rows.push(("v0", "val", Some(png_rgb(&bright, 24, 20))));
         rows.push((
             "x0",
             "test",
-            Some(png_rgb(&pattern(24, 20, other_seed + 1).iter().map(|v| v / 5).collect::<Vec<_>>(), 24, 20)),
+            Some(png_rgb(
+                &pattern(24, 20, other_seed + 1)
+                    .iter()
+                    .map(|v| v / 5)
+                    .collect::<Vec<_>>(),
+                24,
+                20,
+            )),
         ));
         let sub = dir.path().join(name);
         std::fs::create_dir_all(&sub).unwrap();
@@ -209,7 +289,10 @@ fn normalization_is_fit_on_train_only_and_applied_unchanged_to_val_and_test() ->
     };
     let first = run(dir.path(), "one", &small(12), 1, &build("a", 100))?;
     let second = run(dir.path(), "two", &small(12), 1, &build("b", 200))?;
-    assert_eq!(first.state["normalization"], second.state["normalization"], "val/test never change the fit");
+    assert_eq!(
+        first.state["normalization"], second.state["normalization"],
+        "val/test never change the fit"
+    );
     assert_eq!(first.state["fit_images"], 4);
 
     // The fitted mean is the mean of the train images' pixels (0-1 scale), computed independently here.
@@ -220,12 +303,21 @@ fn normalization_is_fit_on_train_only_and_applied_unchanged_to_val_and_test() ->
     }
     let fitted: [f64; 3] = serde_json::from_value(first.state["normalization"]["mean"].clone())?;
     for c in 0..3 {
-        assert!((fitted[c] - sums.mean()[c]).abs() < 1e-9, "channel {c}: {fitted:?} vs {:?}", sums.mean());
+        assert!(
+            (fitted[c] - sums.mean()[c]).abs() < 1e-9,
+            "channel {c}: {fitted:?} vs {:?}",
+            sums.mean()
+        );
     }
     // Train tensors are centred (mean 0 over the content pixels); the bright val image is not.
     let channel_mean = |t: &[f32], c: usize| t[c * 144..(c + 1) * 144].iter().sum::<f32>() / 144.0;
-    let train_mean: f32 =
-        first.rows.iter().filter(|r| r.1 == "train").map(|r| channel_mean(r.4.as_ref().unwrap(), 0)).sum::<f32>() / 4.0;
+    let train_mean: f32 = first
+        .rows
+        .iter()
+        .filter(|r| r.1 == "train")
+        .map(|r| channel_mean(r.4.as_ref().unwrap(), 0))
+        .sum::<f32>()
+        / 4.0;
     assert!(train_mean.abs() < 0.05, "{train_mean}");
     let val = first.rows.iter().find(|r| r.0 == "v0").unwrap();
     assert!(channel_mean(val.4.as_ref().unwrap(), 0) > 0.5);
@@ -254,9 +346,16 @@ fn each_rejection_reason_is_reported_and_follows_its_policy() -> TestResult {
             ("copy", "test", Some(good.clone())),
         ],
     );
-    let config = ImageConfig { max_pixels: 60 * 60, ..small(12) };
+    let config = ImageConfig {
+        max_pixels: 60 * 60,
+        ..small(12)
+    };
     let dropped = run(dir.path(), "drop", &config, 1, &samples)?;
-    let reasons: Vec<(&str, &str)> = dropped.rejects.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
+    let reasons: Vec<(&str, &str)> = dropped
+        .rejects
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str()))
+        .collect();
     assert_eq!(
         reasons,
         [
@@ -268,10 +367,19 @@ fn each_rejection_reason_is_reported_and_follows_its_policy() -> TestResult {
             ("copy", "near_duplicate_across_splits"),
         ]
     );
-    assert!(dropped.rejects.iter().all(|r| r.2.contains(&format!("sample {:?}", r.0))), "details name the sample");
+    assert!(
+        dropped
+            .rejects
+            .iter()
+            .all(|r| r.2.contains(&format!("sample {:?}", r.0))),
+        "details name the sample"
+    );
     let kept: Vec<&str> = dropped.rows.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(kept, ["ok", "ok2"]);
-    assert_eq!(dropped.report.dropped_by_reason.get("blank_image"), Some(&1));
+    assert_eq!(
+        dropped.report.dropped_by_reason.get("blank_image"),
+        Some(&1)
+    );
     assert_eq!(dropped.report.duplicates.identical_bytes_groups, 1);
 
     // With every policy at "absent" the samples stay, without image; the duplicate is still dropped.
@@ -297,9 +405,15 @@ fn each_rejection_reason_is_reported_and_follows_its_policy() -> TestResult {
     );
     assert_eq!(marked.rejects.len(), 1);
     assert_eq!(marked.report.marked_absent, 5);
-    assert_eq!(marked.report.marked_absent_by_reason.get("image_too_large"), Some(&1));
+    assert_eq!(
+        marked.report.marked_absent_by_reason.get("image_too_large"),
+        Some(&1)
+    );
     assert_eq!(marked.report.marked_absent_samples.len(), 5);
-    assert_eq!(dropped.state["normalization"], marked.state["normalization"], "absent images are not fit on");
+    assert_eq!(
+        dropped.state["normalization"], marked.state["normalization"],
+        "absent images are not fit on"
+    );
     Ok(())
 }
 
@@ -309,7 +423,11 @@ fn near_duplicates_never_straddle_splits() -> TestResult {
     let base = pattern(64, 48, 30);
     let original = png_rgb(&base, 64, 48);
     let reencoded = jpeg_rgb(&base, 64, 48, 80);
-    let brighter = png_rgb(&base.iter().map(|v| v.saturating_add(6)).collect::<Vec<_>>(), 64, 48);
+    let brighter = png_rgb(
+        &base.iter().map(|v| v.saturating_add(6)).collect::<Vec<_>>(),
+        64,
+        48,
+    );
     let other = png_rgb(&pattern(64, 48, 31), 64, 48);
     let samples = write_samples(
         dir.path(),
@@ -320,12 +438,24 @@ fn near_duplicates_never_straddle_splits() -> TestResult {
             ("test-jpeg", "test", Some(reencoded)),
             ("val-bright", "val", Some(brighter)),
             ("unrelated", "test", Some(other.clone())),
-            ("pair-val", "val", Some(png_rgb(&pattern(64, 48, 32), 64, 48))),
-            ("pair-test", "test", Some(png_rgb(&pattern(64, 48, 32), 64, 48))),
+            (
+                "pair-val",
+                "val",
+                Some(png_rgb(&pattern(64, 48, 32), 64, 48)),
+            ),
+            (
+                "pair-test",
+                "test",
+                Some(png_rgb(&pattern(64, 48, 32), 64, 48)),
+            ),
         ],
     );
     let out = run(dir.path(), "image", &small(16), 1, &samples)?;
-    let rejects: Vec<(&str, &str)> = out.rejects.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
+    let rejects: Vec<(&str, &str)> = out
+        .rejects
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str()))
+        .collect();
     assert_eq!(
         rejects,
         [
@@ -335,26 +465,70 @@ fn near_duplicates_never_straddle_splits() -> TestResult {
             ("pair-test", "near_duplicate_across_splits"),
         ]
     );
-    assert!(out.rejects[0].2.contains("train sample \"train-orig\""), "{}", out.rejects[0].2);
-    assert!(out.rejects[3].2.contains("val sample \"pair-val\""), "{}", out.rejects[3].2);
+    assert!(
+        out.rejects[0].2.contains("train sample \"train-orig\""),
+        "{}",
+        out.rejects[0].2
+    );
+    assert!(
+        out.rejects[3].2.contains("val sample \"pair-val\""),
+        "{}",
+        out.rejects[3].2
+    );
     let groups = &out.report.duplicates.list;
     assert_eq!(groups.len(), 2);
-    assert_eq!(groups[0].ids, ["val-copy", "train-orig", "train-copy", "test-jpeg", "val-bright"]);
+    assert_eq!(
+        groups[0].ids,
+        [
+            "val-copy",
+            "train-orig",
+            "train-copy",
+            "test-jpeg",
+            "val-bright"
+        ]
+    );
     assert_eq!(groups[0].splits, ["val", "train", "train", "test", "val"]);
     assert!(!groups[0].identical_bytes);
     assert_eq!(groups[0].dropped, ["val-copy", "test-jpeg", "val-bright"]);
     assert_eq!(groups[1].ids, ["pair-val", "pair-test"]);
     assert!(groups[1].identical_bytes);
-    assert_eq!((out.report.duplicates.cross_split_groups, out.report.duplicates.dropped), (2, 4));
+    assert_eq!(
+        (
+            out.report.duplicates.cross_split_groups,
+            out.report.duplicates.dropped
+        ),
+        (2, 4)
+    );
     // Within one split copies are kept (and reported) unless dedup_within_split asks otherwise.
     assert!(out.rows.iter().any(|r| r.0 == "train-copy"));
-    let strict = run(dir.path(), "strict", &ImageConfig { dedup_within_split: true, ..small(16) }, 1, &samples)?;
+    let strict = run(
+        dir.path(),
+        "strict",
+        &ImageConfig {
+            dedup_within_split: true,
+            ..small(16)
+        },
+        1,
+        &samples,
+    )?;
     assert!(
-        strict.rejects.iter().any(|r| r.0 == "train-copy" && r.1 == "near_duplicate" && r.2.contains("train-orig"))
+        strict
+            .rejects
+            .iter()
+            .any(|r| r.0 == "train-copy" && r.1 == "near_duplicate" && r.2.contains("train-orig"))
     );
     // With distance 0 only identical hashes group: the re-encoded JPEG and the brighter copy may escape, the
     // exact copies never do.
-    let exact = run(dir.path(), "exact", &ImageConfig { dedup_max_distance: 0, ..small(16) }, 1, &samples)?;
+    let exact = run(
+        dir.path(),
+        "exact",
+        &ImageConfig {
+            dedup_max_distance: 0,
+            ..small(16)
+        },
+        1,
+        &samples,
+    )?;
     assert!(exact.rejects.iter().any(|r| r.0 == "val-copy"));
     assert!(exact.rejects.iter().any(|r| r.0 == "pair-test"));
     Ok(())
@@ -364,19 +538,35 @@ fn near_duplicates_never_straddle_splits() -> TestResult {
 fn augmentation_is_seeded_train_only_and_independent_of_threads() -> TestResult {
     let dir = tempfile::tempdir()?;
     let rows: Vec<(String, &str, Option<Vec<u8>>)> = (0..12)
-        .map(|i| (format!("s{i}"), ["train", "train", "val", "test"][i % 4], (i != 5).then(|| picture(40 + i as u64))))
+        .map(|i| {
+            (
+                format!("s{i}"),
+                ["train", "train", "val", "test"][i % 4],
+                (i != 5).then(|| picture(40 + i as u64)),
+            )
+        })
         .collect();
-    let rows: Vec<(&str, &str, Option<Vec<u8>>)> = rows.iter().map(|(a, b, c)| (a.as_str(), *b, c.clone())).collect();
+    let rows: Vec<(&str, &str, Option<Vec<u8>>)> = rows
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), *b, c.clone()))
+        .collect();
     let samples = write_samples(dir.path(), &rows);
     let config = ImageConfig {
-        augment: AugmentConfig { n_views: 2, cutout_prob: 0.5, ..AugmentConfig::default() },
+        augment: AugmentConfig {
+            n_views: 2,
+            cutout_prob: 0.5,
+            ..AugmentConfig::default()
+        },
         ..small(12)
     };
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let a = one_thread.install(|| run(dir.path(), "a", &config, 5, &samples))?;
     let four_threads = rayon::ThreadPoolBuilder::new().num_threads(4).build()?;
     let b = four_threads.install(|| run(dir.path(), "b", &config, 5, &samples))?;
-    assert_eq!(a.table_hash, b.table_hash, "same seed, byte-identical tensors, whatever the thread count");
+    assert_eq!(
+        a.table_hash, b.table_hash,
+        "same seed, byte-identical tensors, whatever the thread count"
+    );
     assert_eq!(a.content_hash, b.content_hash);
 
     // Train samples get views 1 and 2 (absent ones too, as null rows); val and test only view 0.
@@ -390,21 +580,52 @@ fn augmentation_is_seeded_train_only_and_independent_of_threads() -> TestResult 
     assert_eq!(s5, [false, false, false]);
 
     let c = run(dir.path(), "c", &config, 6, &samples)?;
-    let find =
-        |o: &Output, id: &str, view: u16| o.rows.iter().find(|r| r.0 == id && r.2 == view).unwrap().4.clone().unwrap();
-    assert_eq!(find(&a, "s0", 0), find(&c, "s0", 0), "the seed does not touch view 0");
-    assert_ne!(find(&a, "s0", 1), find(&c, "s0", 1), "but changes the views");
-    assert_ne!(find(&a, "s0", 1), find(&a, "s0", 2), "two views of one sample differ");
-    assert_eq!(a.state["normalization"], c.state["normalization"], "statistics come from view 0 only");
+    let find = |o: &Output, id: &str, view: u16| {
+        o.rows
+            .iter()
+            .find(|r| r.0 == id && r.2 == view)
+            .unwrap()
+            .4
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(
+        find(&a, "s0", 0),
+        find(&c, "s0", 0),
+        "the seed does not touch view 0"
+    );
+    assert_ne!(
+        find(&a, "s0", 1),
+        find(&c, "s0", 1),
+        "but changes the views"
+    );
+    assert_ne!(
+        find(&a, "s0", 1),
+        find(&a, "s0", 2),
+        "two views of one sample differ"
+    );
+    assert_eq!(
+        a.state["normalization"], c.state["normalization"],
+        "statistics come from view 0 only"
+    );
     Ok(())
 }
 
 #[test]
 fn inputs_that_break_the_contract_are_errors_naming_the_problem() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let samples = write_samples(dir.path(), &[("a", "train", Some(picture(1))), ("a", "val", Some(picture(2)))]);
+    let samples = write_samples(
+        dir.path(),
+        &[
+            ("a", "train", Some(picture(1))),
+            ("a", "val", Some(picture(2))),
+        ],
+    );
     let err = stage::run(&small(8), 0, &samples, &dir.path().join("o1")).unwrap_err();
-    assert!(matches!(&err, Error::Input { message, .. } if message.contains("\"a\" appears twice")), "{err}");
+    assert!(
+        matches!(&err, Error::Input { message, .. } if message.contains("\"a\" appears twice")),
+        "{err}"
+    );
 
     let sub = dir.path().join("nosplit");
     std::fs::create_dir_all(&sub)?;
@@ -412,21 +633,42 @@ fn inputs_that_break_the_contract_are_errors_naming_the_problem() -> TestResult 
     let err = stage::run(&small(8), 0, &samples, &dir.path().join("o2")).unwrap_err();
     assert!(err.to_string().contains("split is \"holdout\""), "{err}");
 
-    let bad = ImageConfig { size: 1, ..ImageConfig::default() };
+    let bad = ImageConfig {
+        size: 1,
+        ..ImageConfig::default()
+    };
     let err = stage::run(&bad, 0, &samples, &dir.path().join("o3")).unwrap_err();
-    assert!(matches!(&err, Error::Config { field, .. } if field == "size"), "{err}");
-    assert!(!dir.path().join("o3").exists(), "nothing is written on a config error");
+    assert!(
+        matches!(&err, Error::Config { field, .. } if field == "size"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("o3").exists(),
+        "nothing is written on a config error"
+    );
 
     // Images only in val: nothing to fit on is an error that says how to fix it.
     let sub = dir.path().join("noval");
     std::fs::create_dir_all(&sub)?;
-    let samples = write_samples(&sub, &[("a", "train", None), ("b", "val", Some(picture(1)))]);
+    let samples = write_samples(
+        &sub,
+        &[("a", "train", None), ("b", "val", Some(picture(1)))],
+    );
     let err = stage::run(&small(8), 0, &samples, &dir.path().join("o4")).unwrap_err();
     assert!(matches!(err, Error::NothingToFit { .. }), "{err}");
-    let fixed = ImageConfig { mean: Some([0.5; 3]), std: Some([0.25; 3]), ..small(8) };
+    let fixed = ImageConfig {
+        mean: Some([0.5; 3]),
+        std: Some([0.25; 3]),
+        ..small(8)
+    };
     let out = run(dir.path(), "o5", &fixed, 0, &samples)?;
     assert_eq!(out.state["fitted"], false);
-    assert!(Artifact::open(dir.path().join("o5"))?.manifest().fit_splits.is_empty());
+    assert!(
+        Artifact::open(dir.path().join("o5"))?
+            .manifest()
+            .fit_splits
+            .is_empty()
+    );
     Ok(())
 }
 
@@ -436,7 +678,10 @@ fn preprocess_turns_a_folder_into_tensors_keyed_by_file_name() -> TestResult {
     let input = dir.path().join("images");
     std::fs::create_dir_all(input.join("sub"))?;
     std::fs::write(input.join("a.png"), picture(60))?;
-    std::fs::write(input.join("sub/b.jpg"), jpeg_rgb(&pattern(40, 30, 61), 40, 30, 90))?;
+    std::fs::write(
+        input.join("sub/b.jpg"),
+        jpeg_rgb(&pattern(40, 30, 61), 40, 30, 90),
+    )?;
     std::fs::write(input.join("fake.png"), b"GIF89a not really a png")?;
     let good = jpeg_rgb(&pattern(40, 30, 62), 40, 30, 90);
     std::fs::write(input.join("cut.jpg"), &good[..good.len() - 40])?;
@@ -445,21 +690,37 @@ fn preprocess_turns_a_folder_into_tensors_keyed_by_file_name() -> TestResult {
     std::os::unix::fs::symlink(dir.path().join("nowhere.png"), input.join("dangling.png"))?;
     let output = dir.path().join("out.parquet");
     let report = folder::preprocess(Some(&small(10)), None, &input, &output)?;
-    let rejects: Vec<(&str, &str)> = report.rejects.iter().map(|r| (r.file.as_str(), r.reason.as_str())).collect();
-    let mut expected = vec![("cut.jpg", "undecodable_image"), ("fake.png", "unsupported_format")];
+    let rejects: Vec<(&str, &str)> = report
+        .rejects
+        .iter()
+        .map(|r| (r.file.as_str(), r.reason.as_str()))
+        .collect();
+    let mut expected = vec![
+        ("cut.jpg", "undecodable_image"),
+        ("fake.png", "unsupported_format"),
+    ];
     if cfg!(unix) {
         expected.insert(1, ("dangling.png", "undecodable_image"));
-        assert!(report.rejects[1].detail.contains("cannot read"), "{}", report.rejects[1].detail);
+        assert!(
+            report.rejects[1].detail.contains("cannot read"),
+            "{}",
+            report.rejects[1].detail
+        );
     }
     assert_eq!(rejects, expected);
 
     let file = std::fs::File::open(&output)?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
     let mut ids = Vec::new();
     for batch in reader {
         let batch = batch?;
         assert_eq!(tensor_shape(batch.schema().field(2)), Some(vec![3, 10, 10]));
-        let col = batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let col = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         ids.extend((0..batch.num_rows()).map(|i| col.value(i).to_owned()));
     }
     assert_eq!(ids, ["a.png", "sub/b.jpg"]);
@@ -470,9 +731,22 @@ fn preprocess_turns_a_folder_into_tensors_keyed_by_file_name() -> TestResult {
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other)?;
     std::fs::write(other.join("c.png"), picture(63))?;
-    let again = folder::preprocess(None, Some(&state), &other, &dir.path().join("again.parquet"))?;
+    let again = folder::preprocess(
+        None,
+        Some(&state),
+        &other,
+        &dir.path().join("again.parquet"),
+    )?;
     assert_eq!(again.summary.normalization, state.normalization);
     assert!(!again.summary.fitted);
-    assert!(folder::preprocess(Some(&small(10)), Some(&state), &other, &dir.path().join("x.parquet")).is_err());
+    assert!(
+        folder::preprocess(
+            Some(&small(10)),
+            Some(&state),
+            &other,
+            &dir.path().join("x.parquet")
+        )
+        .is_err()
+    );
     Ok(())
 }

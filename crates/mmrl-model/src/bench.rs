@@ -76,7 +76,13 @@ pub fn peak_rss_mib() -> Option<f64> {
 }
 
 fn synthetic(config: &ModelConfig, n: usize, rng: &mut ChaCha8Rng) -> (Batch, Vec<Vec<u32>>) {
-    let questions = (0..n).map(|_| (0..8).map(|_| rng.random_range(2..config.question_vocab as u32)).collect()).collect();
+    let questions = (0..n)
+        .map(|_| {
+            (0..8)
+                .map(|_| rng.random_range(2..config.question_vocab as u32))
+                .collect()
+        })
+        .collect();
     let mut batch = Batch::new(questions);
     let mut modality = |per: usize| ModalityBatch {
         values: (0..n * per).map(|_| rng.random_range(-1.0..1.0)).collect(),
@@ -120,7 +126,12 @@ pub fn run(bench: &BenchConfig) -> Result<BenchResult> {
         if step == 2 {
             start = Instant::now();
         }
-        let loss = model.nll(&batch, &answers, normalizer, &mut Dropout::train(&mut rng, config.dropout));
+        let loss = model.nll(
+            &batch,
+            &answers,
+            normalizer,
+            &mut Dropout::train(&mut rng, config.dropout),
+        );
         let _ = loss.clone().into_scalar::<f32>();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         clip_global_norm(&model, &mut grads, 1.0);

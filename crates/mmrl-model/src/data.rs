@@ -109,19 +109,36 @@ pub struct Dataset {
 }
 
 fn input_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::Input { path: path.to_path_buf(), message: message.into() }
+    Error::Input {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a dyn Array> {
-    batch.column_by_name(name).map(|c| c.as_ref()).ok_or_else(|| input_err(path, format!("missing column {name:?}")))
+    batch
+        .column_by_name(name)
+        .map(|c| c.as_ref())
+        .ok_or_else(|| input_err(path, format!("missing column {name:?}")))
 }
 
 fn strings(batch: &RecordBatch, name: &str, path: &Path) -> Result<Vec<Option<String>>> {
     let col = column(batch, name, path)?;
     match col.data_type() {
-        DataType::Utf8 => Ok(col.as_string::<i32>().iter().map(|s| s.map(str::to_owned)).collect()),
-        DataType::LargeUtf8 => Ok(col.as_string::<i64>().iter().map(|s| s.map(str::to_owned)).collect()),
-        other => Err(input_err(path, format!("column {name:?} is {other:?}, expected Utf8"))),
+        DataType::Utf8 => Ok(col
+            .as_string::<i32>()
+            .iter()
+            .map(|s| s.map(str::to_owned))
+            .collect()),
+        DataType::LargeUtf8 => Ok(col
+            .as_string::<i64>()
+            .iter()
+            .map(|s| s.map(str::to_owned))
+            .collect()),
+        other => Err(input_err(
+            path,
+            format!("column {name:?} is {other:?}, expected Utf8"),
+        )),
     }
 }
 
@@ -129,8 +146,15 @@ fn views(batch: &RecordBatch, path: &Path) -> Result<Vec<u16>> {
     match batch.column_by_name(sample::VIEW) {
         None => Ok(vec![0; batch.num_rows()]),
         Some(col) => match col.data_type() {
-            DataType::UInt16 => Ok(col.as_primitive::<UInt16Type>().iter().map(|v| v.unwrap_or(0)).collect()),
-            other => Err(input_err(path, format!("column \"view\" is {other:?}, expected UInt16"))),
+            DataType::UInt16 => Ok(col
+                .as_primitive::<UInt16Type>()
+                .iter()
+                .map(|v| v.unwrap_or(0))
+                .collect()),
+            other => Err(input_err(
+                path,
+                format!("column \"view\" is {other:?}, expected UInt16"),
+            )),
         },
     }
 }
@@ -139,8 +163,16 @@ fn presence(batch: &RecordBatch, name: &str, path: &Path) -> Result<Option<Vec<b
     match batch.column_by_name(name) {
         None => Ok(None),
         Some(col) => match col.data_type() {
-            DataType::Boolean => Ok(Some(col.as_boolean().iter().map(|v| v.unwrap_or(false)).collect())),
-            other => Err(input_err(path, format!("column {name:?} is {other:?}, expected Boolean"))),
+            DataType::Boolean => Ok(Some(
+                col.as_boolean()
+                    .iter()
+                    .map(|v| v.unwrap_or(false))
+                    .collect(),
+            )),
+            other => Err(input_err(
+                path,
+                format!("column {name:?} is {other:?}, expected Boolean"),
+            )),
         },
     }
 }
@@ -148,36 +180,60 @@ fn presence(batch: &RecordBatch, name: &str, path: &Path) -> Result<Option<Vec<b
 /// Rows of a modality table: id -> [(view, row)], view-0 row first.
 type IdRows = HashMap<String, Vec<(u16, usize)>>;
 
-fn load_tensor_table(dir: &Path, table: &str, tensor: &str, present_col: &str) -> Result<(TensorStore, IdRows)> {
+fn load_tensor_table(
+    dir: &Path,
+    table: &str,
+    tensor: &str,
+    present_col: &str,
+) -> Result<(TensorStore, IdRows)> {
     let artifact = Artifact::open(dir)?;
     let schema: SchemaRef = artifact.table_schema(table)?;
-    let field = schema
-        .field_with_name(tensor)
-        .map_err(|_| input_err(dir, format!("table {table:?} has no tensor column {tensor:?}")))?;
+    let field = schema.field_with_name(tensor).map_err(|_| {
+        input_err(
+            dir,
+            format!("table {table:?} has no tensor column {tensor:?}"),
+        )
+    })?;
     let shape = sample::tensor_shape(field).ok_or_else(|| {
-        input_err(dir, format!("column {tensor:?} is not a fixed-shape Float32 tensor with {} metadata", sample::SHAPE_KEY))
+        input_err(
+            dir,
+            format!(
+                "column {tensor:?} is not a fixed-shape Float32 tensor with {} metadata",
+                sample::SHAPE_KEY
+            ),
+        )
     })?;
     let per: usize = shape.iter().product();
     let (_, batches) = artifact.read_table(table)?;
-    let mut store = TensorStore { shape, values: Vec::new(), present: Vec::new() };
+    let mut store = TensorStore {
+        shape,
+        values: Vec::new(),
+        present: Vec::new(),
+    };
     let mut rows: IdRows = HashMap::new();
     for batch in &batches {
         let ids = strings(batch, sample::ID, dir)?;
         let views = views(batch, dir)?;
         let present = presence(batch, present_col, dir)?;
         let col = column(batch, tensor, dir)?;
-        let list = col.as_fixed_size_list_opt().ok_or_else(|| input_err(dir, format!("{tensor:?} is not a FixedSizeList")))?;
+        let list = col
+            .as_fixed_size_list_opt()
+            .ok_or_else(|| input_err(dir, format!("{tensor:?} is not a FixedSizeList")))?;
         let values = list
             .values()
             .as_primitive_opt::<Float32Type>()
             .ok_or_else(|| input_err(dir, format!("{tensor:?} items are not Float32")))?;
         for r in 0..batch.num_rows() {
-            let Some(id) = ids[r].clone() else { return Err(input_err(dir, format!("table {table:?} row {r}: null id"))) };
+            let Some(id) = ids[r].clone() else {
+                return Err(input_err(dir, format!("table {table:?} row {r}: null id")));
+            };
             let is_present = present.as_ref().is_none_or(|p| p[r]) && !list.is_null(r);
             let row = store.present.len();
             if is_present {
                 let start = list.value_offset_at(r) as usize;
-                store.values.extend_from_slice(&values.values()[start..start + per]);
+                store
+                    .values
+                    .extend_from_slice(&values.values()[start..start + per]);
             } else {
                 // Never attended to (masked); zeros only keep NaN out of the arithmetic.
                 store.values.extend(std::iter::repeat_n(0.0, per));
@@ -203,7 +259,11 @@ fn load_tabular(dir: &Path) -> Result<(TabularStore, HashMap<String, usize>)> {
             DataType::Float32 => numeric_names.push(f.name().clone()),
             DataType::UInt32 => {
                 categorical_names.push(f.name().clone());
-                declared.push(f.metadata().get(CARDINALITY_KEY).and_then(|v| v.parse().ok()));
+                declared.push(
+                    f.metadata()
+                        .get(CARDINALITY_KEY)
+                        .and_then(|v| v.parse().ok()),
+                );
             }
             _ => {}
         }
@@ -237,10 +297,21 @@ fn load_tabular(dir: &Path) -> Result<(TabularStore, HashMap<String, usize>)> {
             if views[r] != 0 {
                 continue;
             }
-            let Some(id) = ids[r].clone() else { return Err(input_err(dir, format!("table \"tabular\" row {r}: null id"))) };
+            let Some(id) = ids[r].clone() else {
+                return Err(input_err(
+                    dir,
+                    format!("table \"tabular\" row {r}: null id"),
+                ));
+            };
             let is_present = present.as_ref().is_none_or(|p| p[r]);
             // A null numeric cell is treated as 0 (the tabular stage writes missing indicators).
-            store.numeric.extend(nums.iter().map(|c| if is_present && c.is_valid(r) { c.value(r) } else { 0.0 }));
+            store.numeric.extend(nums.iter().map(|c| {
+                if is_present && c.is_valid(r) {
+                    c.value(r)
+                } else {
+                    0.0
+                }
+            }));
             for (j, c) in cats.iter().enumerate() {
                 let code = if c.is_valid(r) { c.value(r) } else { 0 };
                 max_code[j] = max_code[j].max(code);
@@ -250,8 +321,11 @@ fn load_tabular(dir: &Path) -> Result<(TabularStore, HashMap<String, usize>)> {
             store.present.push(is_present);
         }
     }
-    store.cardinalities =
-        declared.iter().zip(&max_code).map(|(d, m)| d.unwrap_or(*m as usize + 1).max(1)).collect();
+    store.cardinalities = declared
+        .iter()
+        .zip(&max_code)
+        .map(|(d, m)| d.unwrap_or(*m as usize + 1).max(1))
+        .collect();
     Ok((store, rows))
 }
 
@@ -263,11 +337,22 @@ impl Dataset {
         let (schema, batches) = artifact.read_table("samples")?;
         for col in [sample::ID, sample::SPLIT, sample::QUESTION, sample::ANSWER] {
             if schema.field_with_name(col).is_err() {
-                return Err(input_err(path, format!("table \"samples\" has no column {col:?}; pass the select artifact")));
+                return Err(input_err(
+                    path,
+                    format!("table \"samples\" has no column {col:?}; pass the select artifact"),
+                ));
             }
         }
-        let image = inputs.image.as_deref().map(|d| load_tensor_table(d, "images", "image_tensor", "image_present")).transpose()?;
-        let audio = inputs.audio.as_deref().map(|d| load_tensor_table(d, "audio", "audio_mel", "audio_present")).transpose()?;
+        let image = inputs
+            .image
+            .as_deref()
+            .map(|d| load_tensor_table(d, "images", "image_tensor", "image_present"))
+            .transpose()?;
+        let audio = inputs
+            .audio
+            .as_deref()
+            .map(|d| load_tensor_table(d, "audio", "audio_mel", "audio_present"))
+            .transpose()?;
         let tabular = inputs.tabular.as_deref().map(load_tabular).transpose()?;
         let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
         let mut samples = Vec::new();
@@ -277,11 +362,14 @@ impl Dataset {
             let qtypes = strings(batch, sample::QTYPE, path)?;
             let questions = strings(batch, sample::QUESTION, path)?;
             let answers = strings(batch, sample::ANSWER, path)?;
-            let repeats: Option<Vec<u32>> = batch
-                .column_by_name("repeat")
-                .and_then(|c| c.as_primitive_opt::<UInt32Type>().map(|a| a.iter().map(|v| v.unwrap_or(1)).collect()));
+            let repeats: Option<Vec<u32>> = batch.column_by_name("repeat").and_then(|c| {
+                c.as_primitive_opt::<UInt32Type>()
+                    .map(|a| a.iter().map(|v| v.unwrap_or(1)).collect())
+            });
             for r in 0..batch.num_rows() {
-                let id = ids[r].clone().ok_or_else(|| input_err(path, format!("row {r}: null id")))?;
+                let id = ids[r]
+                    .clone()
+                    .ok_or_else(|| input_err(path, format!("row {r}: null id")))?;
                 let split_name = splits[r].clone().unwrap_or_default();
                 let split = Split::parse(&split_name).ok_or_else(|| {
                     input_err(path, format!("sample {id:?}: split {split_name:?} is not train/val/test; run select first"))
@@ -290,7 +378,11 @@ impl Dataset {
                     let v = rows.get(&id).map(Vec::as_slice).unwrap_or_default();
                     match split {
                         Split::Train => v.iter().map(|&(_, r)| r).collect(),
-                        _ => v.iter().filter(|(view, _)| *view == 0).map(|&(_, r)| r).collect(),
+                        _ => v
+                            .iter()
+                            .filter(|(view, _)| *view == 0)
+                            .map(|&(_, r)| r)
+                            .collect(),
                     }
                 };
                 let image_rows = image.as_ref().map(|(_, rows)| view_rows(rows));
@@ -332,17 +424,28 @@ impl Dataset {
 
     /// Indices of the samples of `split`.
     pub fn split(&self, split: Split) -> Vec<usize> {
-        (0..self.samples.len()).filter(|&i| self.samples[i].split == split).collect()
+        (0..self.samples.len())
+            .filter(|&i| self.samples[i].split == split)
+            .collect()
     }
 
     /// Fills the data-derived sizes of a model config from this dataset and the vocabulary.
     pub fn shape_config(&self, mut config: ModelConfig, vocab: &Vocab) -> ModelConfig {
         config.question_vocab = vocab.question.len();
         config.answer_vocab = vocab.answer.len();
-        config.image_shape = self.image.as_ref().and_then(|s| <[usize; 3]>::try_from(s.shape.as_slice()).ok());
-        config.audio_shape = self.audio.as_ref().and_then(|s| <[usize; 2]>::try_from(s.shape.as_slice()).ok());
+        config.image_shape = self
+            .image
+            .as_ref()
+            .and_then(|s| <[usize; 3]>::try_from(s.shape.as_slice()).ok());
+        config.audio_shape = self
+            .audio
+            .as_ref()
+            .and_then(|s| <[usize; 2]>::try_from(s.shape.as_slice()).ok());
         config.numeric_features = self.tabular.as_ref().map_or(0, |t| t.numeric_names.len());
-        config.categorical_cardinalities = self.tabular.as_ref().map_or_else(Vec::new, |t| t.cardinalities.clone());
+        config.categorical_cardinalities = self
+            .tabular
+            .as_ref()
+            .map_or_else(Vec::new, |t| t.cardinalities.clone());
         config
     }
 
@@ -350,22 +453,46 @@ impl Dataset {
     pub fn check_compatible(&self, config: &ModelConfig, path: &Path) -> Result<()> {
         let shape_of = |s: &Option<TensorStore>| s.as_ref().map(|s| s.shape.clone());
         let checks = [
-            ("image", config.image_shape.map(|s| s.to_vec()), shape_of(&self.image), "--input image=ARTIFACT"),
-            ("audio", config.audio_shape.map(|s| s.to_vec()), shape_of(&self.audio), "--input audio=ARTIFACT"),
+            (
+                "image",
+                config.image_shape.map(|s| s.to_vec()),
+                shape_of(&self.image),
+                "--input image=ARTIFACT",
+            ),
+            (
+                "audio",
+                config.audio_shape.map(|s| s.to_vec()),
+                shape_of(&self.audio),
+                "--input audio=ARTIFACT",
+            ),
         ];
         for (name, want, have, flag) in checks {
             match (want, have) {
                 (Some(w), None) => {
-                    return Err(input_err(path, format!("the model needs the {name} modality {w:?}; pass {flag}")));
+                    return Err(input_err(
+                        path,
+                        format!("the model needs the {name} modality {w:?}; pass {flag}"),
+                    ));
                 }
                 (Some(w), Some(h)) if w != h => {
-                    return Err(input_err(path, format!("the model expects {name} tensors of shape {w:?}, the input has {h:?}")));
+                    return Err(input_err(
+                        path,
+                        format!(
+                            "the model expects {name} tensors of shape {w:?}, the input has {h:?}"
+                        ),
+                    ));
                 }
                 _ => {}
             }
         }
-        let tab = self.tabular.as_ref().map(|t| (t.numeric_names.len(), t.cardinalities.len()));
-        let want = (config.numeric_features, config.categorical_cardinalities.len());
+        let tab = self
+            .tabular
+            .as_ref()
+            .map(|t| (t.numeric_names.len(), t.cardinalities.len()));
+        let want = (
+            config.numeric_features,
+            config.categorical_cardinalities.len(),
+        );
         if want != (0, 0) && tab != Some(want) {
             return Err(input_err(
                 path,
@@ -381,7 +508,9 @@ impl Dataset {
     /// The train order of one epoch: each train sample `repeat` times with a random view, shuffled; a pure
     /// function of `(seed, epoch)`, so a resumed run replays it exactly.
     pub fn epoch_order(&self, seed: u64, epoch: u64) -> Vec<(usize, usize)> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0000_0000 ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            seed ^ 0x5eed_0000_0000 ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let mut order = Vec::new();
         for i in self.split(Split::Train) {
             let s = &self.samples[i];
@@ -403,10 +532,16 @@ impl Dataset {
         config: &ModelConfig,
         mut modality_dropout: Option<(&mut ChaCha8Rng, f64)>,
     ) -> (Batch, Vec<Vec<u32>>) {
-        let questions =
-            items.iter().map(|&(i, _)| vocab.encode_question(&self.samples[i].question, config.max_question_len)).collect();
-        let answers =
-            items.iter().map(|&(i, _)| vocab.encode_answer(&self.samples[i].answer, config.max_answer_len)).collect();
+        let questions = items
+            .iter()
+            .map(|&(i, _)| {
+                vocab.encode_question(&self.samples[i].question, config.max_question_len)
+            })
+            .collect();
+        let answers = items
+            .iter()
+            .map(|&(i, _)| vocab.encode_answer(&self.samples[i].answer, config.max_answer_len))
+            .collect();
         let mut batch = Batch::new(questions);
         let mut keep = |present: bool| -> bool {
             match modality_dropout.as_mut() {
@@ -414,15 +549,21 @@ impl Dataset {
                 _ => present,
             }
         };
-        let mut gather = |store: &Option<TensorStore>, wanted: bool, rows_of: &dyn Fn(&SampleRow) -> &Vec<usize>| {
+        let mut gather = |store: &Option<TensorStore>,
+                          wanted: bool,
+                          rows_of: &dyn Fn(&SampleRow) -> &Vec<usize>| {
             let store = store.as_ref().filter(|_| wanted)?;
             let per = store.per();
-            let mut m = ModalityBatch { values: Vec::with_capacity(items.len() * per), present: Vec::with_capacity(items.len()) };
+            let mut m = ModalityBatch {
+                values: Vec::with_capacity(items.len() * per),
+                present: Vec::with_capacity(items.len()),
+            };
             for &(i, view) in items {
                 let rows = rows_of(&self.samples[i]);
                 match rows.get(view.min(rows.len().saturating_sub(1))) {
                     Some(&r) => {
-                        m.values.extend_from_slice(&store.values[r * per..(r + 1) * per]);
+                        m.values
+                            .extend_from_slice(&store.values[r * per..(r + 1) * per]);
                         m.present.push(keep(store.present[r]));
                     }
                     None => {
@@ -435,14 +576,24 @@ impl Dataset {
         };
         batch.image = gather(&self.image, config.image_shape.is_some(), &|s| &s.image);
         batch.audio = gather(&self.audio, config.audio_shape.is_some(), &|s| &s.audio);
-        if let Some(t) = self.tabular.as_ref().filter(|_| config.numeric_features + config.categorical_cardinalities.len() > 0) {
+        if let Some(t) = self
+            .tabular
+            .as_ref()
+            .filter(|_| config.numeric_features + config.categorical_cardinalities.len() > 0)
+        {
             let (nf, nc) = (t.numeric_names.len(), t.categorical_names.len());
-            let mut tb = TabularBatch { numeric: Vec::new(), categorical: Vec::new(), present: Vec::new() };
+            let mut tb = TabularBatch {
+                numeric: Vec::new(),
+                categorical: Vec::new(),
+                present: Vec::new(),
+            };
             for &(i, _) in items {
                 match self.samples[i].tabular {
                     Some(r) => {
-                        tb.numeric.extend_from_slice(&t.numeric[r * nf..(r + 1) * nf]);
-                        tb.categorical.extend_from_slice(&t.categorical[r * nc..(r + 1) * nc]);
+                        tb.numeric
+                            .extend_from_slice(&t.numeric[r * nf..(r + 1) * nf]);
+                        tb.categorical
+                            .extend_from_slice(&t.categorical[r * nc..(r + 1) * nc]);
                         tb.present.push(keep(t.present[r]));
                     }
                     None => {

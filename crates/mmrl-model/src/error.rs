@@ -67,10 +67,20 @@ pub enum Error {
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) fn io<'a>(action: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io { action, path: path.to_path_buf(), source }
+pub(crate) fn io<'a>(
+    action: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub(crate) fn config_err(field: &str, message: impl Into<String>) -> Error {
-    Error::Config { field: field.to_owned(), message: message.into() }
+    Error::Config {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }

@@ -12,4 +12,6 @@ pub mod sft;
 pub mod vocab;
 
 pub use error::{Error, Result};
-pub use model::{Batch, Decoding, Dropout, Generated, ModelConfig, MultimodalModel, Preset, SequenceScores};
+pub use model::{
+    Batch, Decoding, Dropout, Generated, ModelConfig, MultimodalModel, Preset, SequenceScores,
+};

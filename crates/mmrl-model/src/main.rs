@@ -9,7 +9,11 @@ use mmrl_model::model::Preset;
 use mmrl_model::{bench, predict, sft};
 
 #[derive(Parser)]
-#[command(name = "mmrl-model", version, about = "mmrl model: supervised fine-tuning, prediction, throughput bench")]
+#[command(
+    name = "mmrl-model",
+    version,
+    about = "mmrl model: supervised fine-tuning, prediction, throughput bench"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,7 +43,12 @@ enum Command {
 }
 
 fn input_paths(args: &StageArgs) -> anyhow::Result<InputPaths> {
-    let optional = |name: &str| args.inputs.iter().find(|(n, _)| n == name).map(|(_, p)| p.clone());
+    let optional = |name: &str| {
+        args.inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+    };
     Ok(InputPaths {
         samples: args.input("samples").map_err(|e| anyhow!(e))?.to_path_buf(),
         image: optional("image"),
@@ -63,7 +72,10 @@ fn main() -> anyhow::Result<()> {
                 bar.set_position(p.step);
                 bar.set_message(format!("loss {:.3}", p.loss));
             };
-            let hooks = sft::Hooks { progress: Some(&mut on_step), stop_after_step: None };
+            let hooks = sft::Hooks {
+                progress: Some(&mut on_step),
+                stop_after_step: None,
+            };
             let outcome = sft::run(&cfg, args.seed, &inputs, output, hooks)
                 .with_context(|| format!("sft into {}", output.display()))?;
             bar.finish_and_clear();
@@ -82,7 +94,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Predict(args) => {
-            let Some(cfg) = config(&args, predict::PredictConfig::validate).map_err(|e| anyhow!(e))? else {
+            let Some(cfg) =
+                config(&args, predict::PredictConfig::validate).map_err(|e| anyhow!(e))?
+            else {
                 return Ok(());
             };
             let model = args.input("model").map_err(|e| anyhow!(e))?.to_path_buf();
@@ -92,15 +106,30 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("predict into {}", output.display()))?;
             tracing::info!(rows = n, output = %output.display(), "predictions written");
         }
-        Command::Bench { preset, batch, steps, dropout } => {
+        Command::Bench {
+            preset,
+            batch,
+            steps,
+            dropout,
+        } => {
             let preset: Preset = serde_json::from_value(serde_json::Value::String(preset.clone()))
                 .map_err(|_| anyhow!("--preset must be tiny, small or base, got {preset:?}"))?;
-            let cfg = bench::BenchConfig { preset, batch, steps, dropout, ..Default::default() };
+            let cfg = bench::BenchConfig {
+                preset,
+                batch,
+                steps,
+                dropout,
+                ..Default::default()
+            };
             let r = bench::run(&cfg)?;
             println!("{}", serde_json::to_string(&r)?);
             println!(
                 "preset {preset:?}: {} parameters, {} tokens/sample; train {:.1} samples/s (batch {batch}), inference {:.1} samples/s (batch {}), peak RSS {} MiB",
-                r.parameters, r.tokens, r.train_samples_per_s, r.infer_samples_per_s, cfg.infer_batch,
+                r.parameters,
+                r.tokens,
+                r.train_samples_per_s,
+                r.infer_samples_per_s,
+                cfg.infer_batch,
                 r.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.0}"))
             );
         }

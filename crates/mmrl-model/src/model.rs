@@ -107,7 +107,11 @@ impl ModelConfig {
     /// The config of a preset (data-derived sizes left at their defaults).
     pub fn preset(preset: Preset) -> Self {
         let (d, enc, dec, heads) = preset.sizes();
-        Self::new().with_d_model(d).with_encoder_layers(enc).with_decoder_layers(dec).with_heads(heads)
+        Self::new()
+            .with_d_model(d)
+            .with_encoder_layers(enc)
+            .with_decoder_layers(dec)
+            .with_heads(heads)
     }
 
     /// Checks every size; errors name the field and the accepted range.
@@ -129,17 +133,26 @@ impl ModelConfig {
             }
         }
         if !self.d_model.is_multiple_of(self.heads) {
-            return Err(config_err("heads", format!("must divide d_model {}, got {}", self.d_model, self.heads)));
+            return Err(config_err(
+                "heads",
+                format!("must divide d_model {}, got {}", self.d_model, self.heads),
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(config_err("dropout", format!("must be in [0, 1), got {}", self.dropout)));
+            return Err(config_err(
+                "dropout",
+                format!("must be in [0, 1), got {}", self.dropout),
+            ));
         }
         if let Some([_, h, w]) = self.image_shape
             && (h % self.image_patch != 0 || w % self.image_patch != 0)
         {
             return Err(config_err(
                 "image_patch",
-                format!("must divide the image size {h}x{w}, got {}; pick a divisor", self.image_patch),
+                format!(
+                    "must divide the image size {h}x{w}, got {}; pick a divisor",
+                    self.image_patch
+                ),
             ));
         }
         if let Some([_, frames]) = self.audio_shape
@@ -147,11 +160,17 @@ impl ModelConfig {
         {
             return Err(config_err(
                 "audio_patch",
-                format!("must be at most the {frames} mel frames of the audio input, got {}", self.audio_patch),
+                format!(
+                    "must be at most the {frames} mel frames of the audio input, got {}",
+                    self.audio_patch
+                ),
             ));
         }
         if self.categorical_cardinalities.contains(&0) {
-            return Err(config_err("categorical_cardinalities", "every categorical feature needs at least 1 code"));
+            return Err(config_err(
+                "categorical_cardinalities",
+                "every categorical feature needs at least 1 code",
+            ));
         }
         Ok(())
     }
@@ -160,14 +179,24 @@ impl ModelConfig {
     pub fn init(&self, device: &Device, seed: u64) -> Result<MultimodalModel> {
         self.check()?;
         let d = self.d_model;
-        let mut init = Init { rng: ChaCha8Rng::seed_from_u64(seed), next_id: 0, device: device.clone() };
+        let mut init = Init {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            next_id: 0,
+            device: device.clone(),
+        };
         let image = self.image_shape.map(|[c, h, w]| {
             let n = (h / self.image_patch) * (w / self.image_patch);
-            PatchEmbed { proj: init.dense(c * self.image_patch * self.image_patch, d), pos: init.embedding([n, d]) }
+            PatchEmbed {
+                proj: init.dense(c * self.image_patch * self.image_patch, d),
+                pos: init.embedding([n, d]),
+            }
         });
         let audio = self.audio_shape.map(|[mels, frames]| {
             let n = frames / self.audio_patch;
-            PatchEmbed { proj: init.dense(mels * self.audio_patch, d), pos: init.embedding([n, d]) }
+            PatchEmbed {
+                proj: init.dense(mels * self.audio_patch, d),
+                pos: init.embedding([n, d]),
+            }
         });
         let numeric = (self.numeric_features > 0).then(|| NumericEmbed {
             weight: init.embedding([self.numeric_features, d]),
@@ -178,8 +207,12 @@ impl ModelConfig {
             let rows: usize = self.categorical_cardinalities.iter().map(|c| c + 1).sum();
             init.embedding([rows, d])
         });
-        let encoder = (0..self.encoder_layers).map(|_| EncoderLayer::new(&mut init, d, self.ff_mult * d)).collect();
-        let decoder = (0..self.decoder_layers).map(|_| DecoderLayer::new(&mut init, d, self.ff_mult * d)).collect();
+        let encoder = (0..self.encoder_layers)
+            .map(|_| EncoderLayer::new(&mut init, d, self.ff_mult * d))
+            .collect();
+        let decoder = (0..self.decoder_layers)
+            .map(|_| DecoderLayer::new(&mut init, d, self.ff_mult * d))
+            .collect();
         Ok(MultimodalModel {
             fusion: init.embedding([1, d]),
             type_embed: init.embedding([Segment::COUNT, d]),
@@ -211,14 +244,17 @@ struct Init {
 
 impl Init {
     fn param<const D: usize>(&mut self, data: TensorData) -> Param<Tensor<D>> {
-        let (_, value, mapper) = Param::from_tensor(Tensor::<D>::from_data(data, &self.device)).consume();
+        let (_, value, mapper) =
+            Param::from_tensor(Tensor::<D>::from_data(data, &self.device)).consume();
         self.next_id += 1;
         Param::from_mapped_value(ParamId::from(self.next_id), value, mapper)
     }
 
     fn uniform<const D: usize>(&mut self, shape: [usize; D], bound: f32) -> Param<Tensor<D>> {
         let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| self.rng.random_range(-bound..=bound)).collect();
+        let values: Vec<f32> = (0..n)
+            .map(|_| self.rng.random_range(-bound..=bound))
+            .collect();
         self.param(TensorData::new(values, shape))
     }
 
@@ -230,7 +266,10 @@ impl Init {
     /// Xavier-uniform weight, zero bias.
     fn dense(&mut self, d_in: usize, d_out: usize) -> Dense {
         let bound = (6.0 / (d_in + d_out) as f32).sqrt();
-        Dense { weight: self.uniform([d_in, d_out], bound), bias: self.constant([d_out], 0.0) }
+        Dense {
+            weight: self.uniform([d_in, d_out], bound),
+            bias: self.constant([d_out], 0.0),
+        }
     }
 
     /// Embedding-style table with standard deviation 0.02 (uniform with that variance).
@@ -239,7 +278,10 @@ impl Init {
     }
 
     fn norm(&mut self, d: usize) -> Norm {
-        Norm { gamma: self.constant([d], 1.0), beta: self.constant([d], 0.0) }
+        Norm {
+            gamma: self.constant([d], 1.0),
+            beta: self.constant([d], 0.0),
+        }
     }
 }
 
@@ -261,7 +303,9 @@ impl<'a> Dropout<'a> {
     }
 
     fn apply<const D: usize>(&mut self, x: Tensor<D>) -> Tensor<D> {
-        let Some(rng) = self.rng.as_deref_mut() else { return x };
+        let Some(rng) = self.rng.as_deref_mut() else {
+            return x;
+        };
         if self.p <= 0.0 {
             return x;
         }
@@ -269,7 +313,9 @@ impl<'a> Dropout<'a> {
         let n: usize = dims.iter().product();
         let keep = 1.0 - self.p;
         let scale = (1.0 / keep) as f32;
-        let mask: Vec<f32> = (0..n).map(|_| if rng.random_bool(keep) { scale } else { 0.0 }).collect();
+        let mask: Vec<f32> = (0..n)
+            .map(|_| if rng.random_bool(keep) { scale } else { 0.0 })
+            .collect();
         let mask = Tensor::<D>::from_data(TensorData::new(mask, dims), &x.device());
         x * mask
     }
@@ -319,14 +365,28 @@ fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
 impl Attention {
     fn new(init: &mut Init, d: usize, cross: bool) -> Self {
         if cross {
-            Self { query: init.dense(d, d), key_value: Some(init.dense(d, 2 * d)), out: init.dense(d, d) }
+            Self {
+                query: init.dense(d, d),
+                key_value: Some(init.dense(d, 2 * d)),
+                out: init.dense(d, d),
+            }
         } else {
-            Self { query: init.dense(d, 3 * d), key_value: None, out: init.dense(d, d) }
+            Self {
+                query: init.dense(d, 3 * d),
+                key_value: None,
+                out: init.dense(d, d),
+            }
         }
     }
 
     /// `bias` is `[B or 1, 1, Lq or 1, Lk]`, added to the scores.
-    fn forward(&self, x: Tensor<3>, memory: Option<Tensor<3>>, bias: Tensor<4>, heads: usize) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        memory: Option<Tensor<3>>,
+        bias: Tensor<4>,
+        heads: usize,
+    ) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let (q, k, v) = match (&self.key_value, memory) {
             (Some(kv), Some(memory)) => {
@@ -350,7 +410,11 @@ impl Attention {
                 }
             }
         };
-        let (q, k, v) = (split_heads(q, heads), split_heads(k, heads), split_heads(v, heads));
+        let (q, k, v) = (
+            split_heads(q, heads),
+            split_heads(k, heads),
+            split_heads(v, heads),
+        );
         let scale = 1.0 / ((d / heads) as f32).sqrt();
         let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3)) + bias;
         let weights = activation::softmax(scores, 3);
@@ -387,12 +451,23 @@ impl EncoderLayer {
             norm_attn: init.norm(d),
             attn: Attention::new(init, d, false),
             norm_ff: init.norm(d),
-            ff: FeedForward { up: init.dense(d, ff), down: init.dense(ff, d) },
+            ff: FeedForward {
+                up: init.dense(d, ff),
+                down: init.dense(ff, d),
+            },
         }
     }
 
-    fn forward(&self, x: Tensor<3>, bias: Tensor<4>, heads: usize, drop: &mut Dropout) -> Tensor<3> {
-        let a = self.attn.forward(self.norm_attn.forward(x.clone()), None, bias, heads);
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        bias: Tensor<4>,
+        heads: usize,
+        drop: &mut Dropout,
+    ) -> Tensor<3> {
+        let a = self
+            .attn
+            .forward(self.norm_attn.forward(x.clone()), None, bias, heads);
         let x = x + drop.apply(a);
         let f = self.ff.forward(self.norm_ff.forward(x.clone()));
         x + drop.apply(f)
@@ -418,12 +493,24 @@ impl DecoderLayer {
             norm_cross: init.norm(d),
             cross_attn: Attention::new(init, d, true),
             norm_ff: init.norm(d),
-            ff: FeedForward { up: init.dense(d, ff), down: init.dense(ff, d) },
+            ff: FeedForward {
+                up: init.dense(d, ff),
+                down: init.dense(ff, d),
+            },
         }
     }
 
-    fn forward(&self, y: Tensor<3>, enc: &Encoded, causal: Tensor<4>, heads: usize, drop: &mut Dropout) -> Tensor<3> {
-        let a = self.self_attn.forward(self.norm_self.forward(y.clone()), None, causal, heads);
+    fn forward(
+        &self,
+        y: Tensor<3>,
+        enc: &Encoded,
+        causal: Tensor<4>,
+        heads: usize,
+        drop: &mut Dropout,
+    ) -> Tensor<3> {
+        let a = self
+            .self_attn
+            .forward(self.norm_self.forward(y.clone()), None, causal, heads);
         let y = y + drop.apply(a);
         let c = self.cross_attn.forward(
             self.norm_cross.forward(y.clone()),
@@ -506,7 +593,13 @@ pub struct Batch {
 impl Batch {
     /// A batch of questions only.
     pub fn new(questions: Vec<Vec<u32>>) -> Self {
-        Self { size: questions.len(), questions, image: None, audio: None, tabular: None }
+        Self {
+            size: questions.len(),
+            questions,
+            image: None,
+            audio: None,
+            tabular: None,
+        }
     }
 
     /// Whether any input value of a present modality is NaN or infinite.
@@ -554,7 +647,9 @@ pub struct SequenceScores {
 impl SequenceScores {
     /// Sum of token log-probabilities per sequence, `[batch]`.
     pub fn sequence_logprobs(&self) -> Tensor<1> {
-        (self.token_logprobs.clone() * self.mask.clone()).sum_dim(1).squeeze_dim(1)
+        (self.token_logprobs.clone() * self.mask.clone())
+            .sum_dim(1)
+            .squeeze_dim(1)
     }
 }
 
@@ -611,7 +706,10 @@ pub struct MultimodalModel {
 }
 
 fn bias_tensor(masked: &[bool], b: usize, n: usize, device: &Device) -> Tensor<4> {
-    let values: Vec<f32> = masked.iter().map(|&m| if m { MASKED } else { 0.0 }).collect();
+    let values: Vec<f32> = masked
+        .iter()
+        .map(|&m| if m { MASKED } else { 0.0 })
+        .collect();
     Tensor::<4>::from_data(TensorData::new(values, [b, 1, 1, n]), device)
 }
 
@@ -634,7 +732,10 @@ impl MultimodalModel {
 
     fn type_row(&self, segment: Segment) -> Tensor<3> {
         let d = self.config.d_model;
-        self.type_embed.val().narrow(0, segment as usize, 1).reshape([1, 1, d])
+        self.type_embed
+            .val()
+            .narrow(0, segment as usize, 1)
+            .reshape([1, 1, d])
     }
 
     /// Encodes a batch into fused tokens.
@@ -642,12 +743,20 @@ impl MultimodalModel {
         let device = self.device();
         let cfg = &self.config;
         let (b, d) = (batch.size, cfg.d_model);
-        let lq = batch.questions.iter().map(Vec::len).max().unwrap_or(1).clamp(1, cfg.max_question_len);
+        let lq = batch
+            .questions
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(1)
+            .clamp(1, cfg.max_question_len);
         let mut segments: Vec<Tensor<3>> = Vec::with_capacity(5);
         // Key mask per segment, row-major [b, tokens of the segment].
         let mut masks: Vec<(usize, Vec<bool>)> = Vec::with_capacity(5);
 
-        segments.push(self.fusion.val().reshape([1, 1, d]).expand([b, 1, d]) + self.type_row(Segment::Fusion));
+        segments.push(
+            self.fusion.val().reshape([1, 1, d]).expand([b, 1, d]) + self.type_row(Segment::Fusion),
+        );
         masks.push((1, vec![false; b]));
 
         let mut ids = vec![PAD as i64; b * lq];
@@ -665,39 +774,72 @@ impl MultimodalModel {
         segments.push(q);
         masks.push((lq, q_mask));
 
-        if let (Some(embed), Some(img), Some([c, h, w])) = (&self.image, &batch.image, cfg.image_shape) {
+        if let (Some(embed), Some(img), Some([c, h, w])) =
+            (&self.image, &batch.image, cfg.image_shape)
+        {
             let p = cfg.image_patch;
             let (gh, gw) = (h / p, w / p);
-            let x = Tensor::<4>::from_data(TensorData::new(img.values.clone(), [b, c, h, w]), &device)
-                .reshape([b, c, gh, p, gw, p])
-                .permute([0, 2, 4, 1, 3, 5])
-                .reshape([b, gh * gw, c * p * p]);
-            let tokens = embed.proj.forward(x) + embed.pos.val().unsqueeze_dim(0) + self.type_row(Segment::Image);
+            let x =
+                Tensor::<4>::from_data(TensorData::new(img.values.clone(), [b, c, h, w]), &device)
+                    .reshape([b, c, gh, p, gw, p])
+                    .permute([0, 2, 4, 1, 3, 5])
+                    .reshape([b, gh * gw, c * p * p]);
+            let tokens = embed.proj.forward(x)
+                + embed.pos.val().unsqueeze_dim(0)
+                + self.type_row(Segment::Image);
             segments.push(tokens);
-            masks.push((gh * gw, img.present.iter().flat_map(|&pr| std::iter::repeat_n(!pr, gh * gw)).collect()));
+            masks.push((
+                gh * gw,
+                img.present
+                    .iter()
+                    .flat_map(|&pr| std::iter::repeat_n(!pr, gh * gw))
+                    .collect(),
+            ));
         }
 
-        if let (Some(embed), Some(aud), Some([mels, frames])) = (&self.audio, &batch.audio, cfg.audio_shape) {
+        if let (Some(embed), Some(aud), Some([mels, frames])) =
+            (&self.audio, &batch.audio, cfg.audio_shape)
+        {
             let pf = cfg.audio_patch;
             let n = frames / pf;
-            let x = Tensor::<3>::from_data(TensorData::new(aud.values.clone(), [b, mels, frames]), &device)
-                .narrow(2, 0, n * pf)
-                .swap_dims(1, 2)
-                .reshape([b, n, pf * mels]);
-            let tokens = embed.proj.forward(x) + embed.pos.val().unsqueeze_dim(0) + self.type_row(Segment::Audio);
+            let x = Tensor::<3>::from_data(
+                TensorData::new(aud.values.clone(), [b, mels, frames]),
+                &device,
+            )
+            .narrow(2, 0, n * pf)
+            .swap_dims(1, 2)
+            .reshape([b, n, pf * mels]);
+            let tokens = embed.proj.forward(x)
+                + embed.pos.val().unsqueeze_dim(0)
+                + self.type_row(Segment::Audio);
             segments.push(tokens);
-            masks.push((n, aud.present.iter().flat_map(|&pr| std::iter::repeat_n(!pr, n)).collect()));
+            masks.push((
+                n,
+                aud.present
+                    .iter()
+                    .flat_map(|&pr| std::iter::repeat_n(!pr, n))
+                    .collect(),
+            ));
         }
 
         if let Some(tab) = &batch.tabular {
             if let Some(embed) = &self.numeric {
                 let f = cfg.numeric_features;
-                let x = Tensor::<3>::from_data(TensorData::new(tab.numeric.clone(), [b, f, 1]), &device);
+                let x = Tensor::<3>::from_data(
+                    TensorData::new(tab.numeric.clone(), [b, f, 1]),
+                    &device,
+                );
                 let tokens = x * embed.weight.val().unsqueeze_dim(0)
                     + embed.bias.val().unsqueeze_dim(0)
                     + self.type_row(Segment::Tabular);
                 segments.push(tokens);
-                masks.push((f, tab.present.iter().flat_map(|&pr| std::iter::repeat_n(!pr, f)).collect()));
+                masks.push((
+                    f,
+                    tab.present
+                        .iter()
+                        .flat_map(|&pr| std::iter::repeat_n(!pr, f))
+                        .collect(),
+                ));
             }
             if let Some(table) = &self.categorical {
                 let cards = &cfg.categorical_cardinalities;
@@ -711,14 +853,21 @@ impl MultimodalModel {
                 let idx: Vec<i64> = (0..b * nc)
                     .map(|k| {
                         let j = k % nc;
-                        let code = (tab.categorical.get(k).copied().unwrap_or(0) as usize).min(cards[j]);
+                        let code =
+                            (tab.categorical.get(k).copied().unwrap_or(0) as usize).min(cards[j]);
                         (offsets[j] + code) as i64
                     })
                     .collect();
                 let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [b, nc]), &device);
                 let tokens = ops::embedding(table.val(), idx) + self.type_row(Segment::Tabular);
                 segments.push(tokens);
-                masks.push((nc, tab.present.iter().flat_map(|&pr| std::iter::repeat_n(!pr, nc)).collect()));
+                masks.push((
+                    nc,
+                    tab.present
+                        .iter()
+                        .flat_map(|&pr| std::iter::repeat_n(!pr, nc))
+                        .collect(),
+                ));
             }
         }
 
@@ -734,7 +883,10 @@ impl MultimodalModel {
         for layer in &self.encoder {
             x = layer.forward(x, bias.clone(), cfg.heads, drop);
         }
-        Encoded { memory: self.encoder_norm.forward(x), bias }
+        Encoded {
+            memory: self.encoder_norm.forward(x),
+            bias,
+        }
     }
 
     fn causal_bias(&self, steps: usize) -> Tensor<4> {
@@ -744,7 +896,10 @@ impl MultimodalModel {
                 values[i * steps + j] = MASKED;
             }
         }
-        Tensor::<4>::from_data(TensorData::new(values, [1, 1, steps, steps]), &self.device())
+        Tensor::<4>::from_data(
+            TensorData::new(values, [1, 1, steps, steps]),
+            &self.device(),
+        )
     }
 
     /// Decoder logits `[batch, steps, answer_vocab]` for decoder inputs `[batch, steps]` (starting with `<bos>`).
@@ -762,7 +917,10 @@ impl MultimodalModel {
 
     /// Decoder inputs (`<bos>` + answer) and targets (answer + `<eos>`), padded, `[batch, steps]`, with the
     /// mask of real steps. Answers longer than `max_answer_len` are truncated.
-    pub fn teacher_forcing(&self, answers: &[Vec<u32>]) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
+    pub fn teacher_forcing(
+        &self,
+        answers: &[Vec<u32>],
+    ) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
         let max = self.config.max_answer_len;
         let b = answers.len();
         let steps = answers.iter().map(|a| a.len().min(max)).max().unwrap_or(0) + 1;
@@ -795,35 +953,60 @@ impl MultimodalModel {
         let (inputs, targets, mask) = self.teacher_forcing(answers);
         let logits = self.decode(&enc, inputs, drop);
         let logp = activation::log_softmax(logits, 2);
-        let entropy = -(logp.clone().exp() * logp.clone()).sum_dim(2).squeeze_dim(2);
+        let entropy = -(logp.clone().exp() * logp.clone())
+            .sum_dim(2)
+            .squeeze_dim(2);
         let token_logprobs = logp.gather(2, targets.unsqueeze_dim(2)).squeeze_dim(2);
-        SequenceScores { token_logprobs, entropy, mask }
+        SequenceScores {
+            token_logprobs,
+            entropy,
+            mask,
+        }
     }
 
     /// The supervised loss: summed negative log-likelihood of the answer tokens (and `<eos>`) divided by
     /// `normalizer` (the number of scored tokens of the whole optimizer batch, so accumulated micro-batches
     /// add up to the full-batch mean).
-    pub fn nll(&self, batch: &Batch, answers: &[Vec<u32>], normalizer: f32, drop: &mut Dropout) -> Tensor<1> {
+    pub fn nll(
+        &self,
+        batch: &Batch,
+        answers: &[Vec<u32>],
+        normalizer: f32,
+        drop: &mut Dropout,
+    ) -> Tensor<1> {
         let s = self.score(batch, answers, drop);
         -(s.token_logprobs * s.mask).sum().div_scalar(normalizer)
     }
 
     /// Generates an answer per sample. The encoder runs once; the decoder reruns on the growing prefix
     /// (answers are a few tokens, so a KV cache would not pay off).
-    pub fn generate(&self, batch: &Batch, decoding: Decoding, rng: &mut ChaCha8Rng) -> Vec<Generated> {
+    pub fn generate(
+        &self,
+        batch: &Batch,
+        decoding: Decoding,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Generated> {
         let b = batch.size;
         let vocab = self.config.answer_vocab;
         let device = self.device();
         let enc = self.encode(batch, &mut Dropout::off());
         let mut prefix: Vec<Vec<i64>> = vec![vec![i64::from(BOS)]; b];
-        let mut out: Vec<Generated> =
-            (0..b).map(|_| Generated { tokens: Vec::new(), token_logprobs: Vec::new(), logprob: 0.0 }).collect();
+        let mut out: Vec<Generated> = (0..b)
+            .map(|_| Generated {
+                tokens: Vec::new(),
+                token_logprobs: Vec::new(),
+                logprob: 0.0,
+            })
+            .collect();
         let mut done = vec![false; b];
         for step in 0..=self.config.max_answer_len {
             let steps = step + 1;
             let flat: Vec<i64> = prefix.iter().flatten().copied().collect();
             let inputs = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, steps]), &device);
-            let logits = self.decode(&enc, inputs, &mut Dropout::off()).narrow(1, step, 1).reshape([b, vocab]);
+            let logits = self
+                .decode(&enc, inputs, &mut Dropout::off())
+                .narrow(1, step, 1)
+                .reshape([b, vocab]);
             let logits: Vec<f32> = logits.into_data().try_into_vec::<f32>().unwrap_or_default();
             for i in 0..b {
                 let row = &logits[i * vocab..(i + 1) * vocab];
@@ -831,7 +1014,11 @@ impl MultimodalModel {
                     (PAD, 0.0)
                 } else {
                     let force_eos = step == self.config.max_answer_len;
-                    let token = if force_eos { EOS } else { pick(row, decoding, rng) };
+                    let token = if force_eos {
+                        EOS
+                    } else {
+                        pick(row, decoding, rng)
+                    };
                     (token, log_softmax_at(row, token as usize))
                 };
                 if !done[i] {
@@ -861,7 +1048,8 @@ fn allowed(token: usize) -> bool {
 fn log_softmax_at(row: &[f32], token: usize) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
-    row.get(token).map_or(f32::NEG_INFINITY, |&v| v - max - sum.ln())
+    row.get(token)
+        .map_or(f32::NEG_INFINITY, |&v| v - max - sum.ln())
 }
 
 /// Picks the next token from one row of logits.
@@ -870,12 +1058,18 @@ pub fn pick(row: &[f32], decoding: Decoding, rng: &mut ChaCha8Rng) -> u32 {
         row.iter()
             .enumerate()
             .filter(|(t, _)| allowed(*t))
-            .fold((EOS as usize, f32::NEG_INFINITY), |best, (t, &v)| if v > best.1 { (t, v) } else { best })
+            .fold((EOS as usize, f32::NEG_INFINITY), |best, (t, &v)| {
+                if v > best.1 { (t, v) } else { best }
+            })
             .0 as u32
     };
     match decoding {
         Decoding::Greedy => argmax(),
-        Decoding::Sample { temperature, top_k, epsilon } => {
+        Decoding::Sample {
+            temperature,
+            top_k,
+            epsilon,
+        } => {
             let candidates: Vec<usize> = (0..row.len()).filter(|&t| allowed(t)).collect();
             if candidates.is_empty() {
                 return EOS;
@@ -886,13 +1080,19 @@ pub fn pick(row: &[f32], decoding: Decoding, rng: &mut ChaCha8Rng) -> u32 {
             if temperature <= 1e-6 {
                 return argmax();
             }
-            let mut ranked: Vec<(usize, f32)> = candidates.iter().map(|&t| (t, row[t] / temperature)).collect();
+            let mut ranked: Vec<(usize, f32)> = candidates
+                .iter()
+                .map(|&t| (t, row[t] / temperature))
+                .collect();
             ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             if let Some(k) = top_k {
                 ranked.truncate(k.max(1));
             }
             let max = ranked[0].1;
-            let weights: Vec<f64> = ranked.iter().map(|(_, v)| f64::from(v - max).exp()).collect();
+            let weights: Vec<f64> = ranked
+                .iter()
+                .map(|(_, v)| f64::from(v - max).exp())
+                .collect();
             let total: f64 = weights.iter().sum();
             let mut u = rng.random_range(0.0..total);
             for ((t, _), w) in ranked.iter().zip(&weights) {

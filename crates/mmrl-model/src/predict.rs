@@ -32,7 +32,11 @@ pub struct PredictConfig {
 
 impl Default for PredictConfig {
     fn default() -> Self {
-        Self { split: "val".into(), batch_size: 256, device: DeviceKind::Cpu }
+        Self {
+            split: "val".into(),
+            batch_size: 256,
+            device: DeviceKind::Cpu,
+        }
     }
 }
 
@@ -40,7 +44,10 @@ impl PredictConfig {
     /// Checks the fields.
     pub fn validate(&self) -> Result<()> {
         if Split::parse(&self.split).is_none() {
-            return Err(config_err("split", format!("must be train, val or test, got {:?}", self.split)));
+            return Err(config_err(
+                "split",
+                format!("must be train, val or test, got {:?}", self.split),
+            ));
         }
         if self.batch_size == 0 {
             return Err(config_err("batch_size", "must be at least 1"));
@@ -70,7 +77,8 @@ pub fn load_trained(dir: &Path, device: DeviceKind) -> Result<Trained> {
     if vocab.question.len() != config.question_vocab || vocab.answer.len() != config.answer_vocab {
         return Err(Error::Checkpoint {
             path: dir.to_path_buf(),
-            message: "vocab.json does not match config.json; the artifact was edited, re-run sft".into(),
+            message: "vocab.json does not match config.json; the artifact was edited, re-run sft"
+                .into(),
         });
     }
     let model = config.init(&device.device()?, 0)?;
@@ -79,7 +87,12 @@ pub fn load_trained(dir: &Path, device: DeviceKind) -> Result<Trained> {
 }
 
 /// Runs predict: answers every sample of `config.split` and commits `predictions.parquet` at `output`.
-pub fn run(config: &PredictConfig, model_dir: &Path, inputs: &InputPaths, output: &Path) -> Result<usize> {
+pub fn run(
+    config: &PredictConfig,
+    model_dir: &Path,
+    inputs: &InputPaths,
+    output: &Path,
+) -> Result<usize> {
     config.validate()?;
     let trained = load_trained(model_dir, config.device)?;
     let data = Dataset::load(inputs)?;
@@ -87,9 +100,18 @@ pub fn run(config: &PredictConfig, model_dir: &Path, inputs: &InputPaths, output
     let split = Split::parse(&config.split).unwrap_or(Split::Val);
     let indices = data.split(split);
     if indices.is_empty() {
-        return Err(Error::Input { path: inputs.samples.clone(), message: format!("split {:?} has no samples", config.split) });
+        return Err(Error::Input {
+            path: inputs.samples.clone(),
+            message: format!("split {:?} has no samples", config.split),
+        });
     }
-    let generated = decode_split(&trained.model, &data, &trained.vocab, &indices, config.batch_size);
+    let generated = decode_split(
+        &trained.model,
+        &data,
+        &trained.vocab,
+        &indices,
+        config.batch_size,
+    );
     let rows: Vec<_> = indices.iter().map(|&i| &data.samples[i]).collect();
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
@@ -102,12 +124,26 @@ pub fn run(config: &PredictConfig, model_dir: &Path, inputs: &InputPaths, output
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|s| s.id.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|s| s.split.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|s| s.qtype.as_str()))),
-            Arc::new(StringArray::from_iter_values(generated.iter().map(|g| trained.vocab.decode_answer(&g.tokens)))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|s| s.answer.as_str()))),
-            Arc::new(Float64Array::from_iter_values(generated.iter().map(|g| f64::from(g.logprob)))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|s| s.id.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|s| s.split.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|s| s.qtype.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                generated
+                    .iter()
+                    .map(|g| trained.vocab.decode_answer(&g.tokens)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|s| s.answer.as_str()),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                generated.iter().map(|g| f64::from(g.logprob)),
+            )),
         ],
     )?;
     let info = StageInfo {
@@ -120,8 +156,11 @@ pub fn run(config: &PredictConfig, model_dir: &Path, inputs: &InputPaths, output
     let mut writer = ArtifactWriter::create(output, info)?;
     writer.input_artifact("model", &Artifact::open(model_dir)?);
     writer.input_artifact("samples", &Artifact::open(&inputs.samples)?);
-    let optional: [(&str, &Option<PathBuf>); 3] =
-        [("image", &inputs.image), ("audio", &inputs.audio), ("tabular", &inputs.tabular)];
+    let optional: [(&str, &Option<PathBuf>); 3] = [
+        ("image", &inputs.image),
+        ("audio", &inputs.audio),
+        ("tabular", &inputs.tabular),
+    ];
     for (name, path) in optional {
         if let Some(p) = path {
             writer.input_artifact(name, &Artifact::open(p)?);

@@ -62,7 +62,10 @@ impl ScheduleConfig {
     /// Checks the ranges; `lr` is the peak rate.
     pub fn validate(&self, lr: f64) -> Result<()> {
         if !(0.0..=lr).contains(&self.min_lr) {
-            return Err(config_err("schedule.min_lr", format!("must be in [0, lr = {lr}], got {}", self.min_lr)));
+            return Err(config_err(
+                "schedule.min_lr",
+                format!("must be in [0, lr = {lr}], got {}", self.min_lr),
+            ));
         }
         if self.restart_steps == 0 {
             return Err(config_err("schedule.restart_steps", "must be at least 1"));
@@ -71,7 +74,10 @@ impl ScheduleConfig {
             return Err(config_err("schedule.restart_mult", "must be at least 1"));
         }
         if !(self.plateau_factor > 0.0 && self.plateau_factor < 1.0) {
-            return Err(config_err("schedule.plateau_factor", format!("must be in (0, 1), got {}", self.plateau_factor)));
+            return Err(config_err(
+                "schedule.plateau_factor",
+                format!("must be in (0, 1), got {}", self.plateau_factor),
+            ));
         }
         Ok(())
     }
@@ -90,7 +96,11 @@ pub struct ScheduleState {
 
 impl Default for ScheduleState {
     fn default() -> Self {
-        Self { scale: 1.0, best: None, bad_evals: 0 }
+        Self {
+            scale: 1.0,
+            best: None,
+            bad_evals: 0,
+        }
     }
 }
 
@@ -116,7 +126,13 @@ impl Schedule {
     pub fn lr(&self, step: u64) -> f64 {
         let c = &self.config;
         let warm = c.warmup_steps;
-        let warmup = |lr: f64| if step < warm { lr * (step + 1) as f64 / warm as f64 } else { lr };
+        let warmup = |lr: f64| {
+            if step < warm {
+                lr * (step + 1) as f64 / warm as f64
+            } else {
+                lr
+            }
+        };
         match c.kind {
             ScheduleKind::Constant => self.lr,
             ScheduleKind::WarmupCosine => {
@@ -174,22 +190,44 @@ mod tests {
             plateau_factor: 0.5,
             plateau_patience: 2,
         };
-        Schedule { config, lr: 1.0, total_steps: 110, state: ScheduleState::default() }
+        Schedule {
+            config,
+            lr: 1.0,
+            total_steps: 110,
+            state: ScheduleState::default(),
+        }
     }
 
     fn check(kind: ScheduleKind, expected: &[(u64, f64)]) {
         let s = schedule(kind);
         for &(step, lr) in expected {
-            assert!((s.lr(step) - lr).abs() < 1e-9, "{kind:?} step {step}: {} != {lr}", s.lr(step));
+            assert!(
+                (s.lr(step) - lr).abs() < 1e-9,
+                "{kind:?} step {step}: {} != {lr}",
+                s.lr(step)
+            );
         }
     }
 
     #[test]
     fn schedules_follow_their_curves() {
         check(ScheduleKind::Constant, &[(0, 1.0), (500, 1.0)]);
-        check(ScheduleKind::WarmupCosine, &[(0, 0.1), (4, 0.5), (10, 1.0), (60, 0.55), (110, 0.1), (500, 0.1)]);
+        check(
+            ScheduleKind::WarmupCosine,
+            &[
+                (0, 0.1),
+                (4, 0.5),
+                (10, 1.0),
+                (60, 0.55),
+                (110, 0.1),
+                (500, 0.1),
+            ],
+        );
         // Cycles of 20 then 40 steps after warmup: restarts at 10 + 20 = 30 and 30 + 40 = 70.
-        check(ScheduleKind::CosineRestarts, &[(10, 1.0), (20, 0.55), (30, 1.0), (50, 0.55), (70, 1.0)]);
+        check(
+            ScheduleKind::CosineRestarts,
+            &[(10, 1.0), (20, 0.55), (30, 1.0), (50, 0.55), (70, 1.0)],
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{
+    BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
@@ -55,9 +57,10 @@ impl DeviceKind {
             #[cfg(feature = "vulkan")]
             DeviceKind::Vulkan => Ok(Device::vulkan(Default::default())),
             #[cfg(not(feature = "vulkan"))]
-            DeviceKind::Vulkan => {
-                Err(config_err("device", "\"vulkan\" needs mmrl-model built with `--features vulkan`; use \"cpu\""))
-            }
+            DeviceKind::Vulkan => Err(config_err(
+                "device",
+                "\"vulkan\" needs mmrl-model built with `--features vulkan`; use \"cpu\"",
+            )),
         }
     }
 }
@@ -157,23 +160,38 @@ impl SftConfig {
         if self.grad_accum == 0 || !self.batch_size.is_multiple_of(self.grad_accum) {
             return Err(config_err(
                 "grad_accum",
-                format!("must be at least 1 and divide batch_size {}, got {}", self.batch_size, self.grad_accum),
+                format!(
+                    "must be at least 1 and divide batch_size {}, got {}",
+                    self.batch_size, self.grad_accum
+                ),
             ));
         }
         if self.epochs == 0 {
             return Err(config_err("epochs", "must be at least 1"));
         }
         if !(self.lr > 0.0 && self.lr < 1.0) {
-            return Err(config_err("lr", format!("must be in (0, 1), got {}", self.lr)));
+            return Err(config_err(
+                "lr",
+                format!("must be in (0, 1), got {}", self.lr),
+            ));
         }
         if !(0.0..1.0).contains(&self.weight_decay) {
-            return Err(config_err("weight_decay", format!("must be in [0, 1), got {}", self.weight_decay)));
+            return Err(config_err(
+                "weight_decay",
+                format!("must be in [0, 1), got {}", self.weight_decay),
+            ));
         }
         if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
-            return Err(config_err("grad_clip", format!("must be 0 (off) or positive, got {}", self.grad_clip)));
+            return Err(config_err(
+                "grad_clip",
+                format!("must be 0 (off) or positive, got {}", self.grad_clip),
+            ));
         }
         if !(0.0..1.0).contains(&self.modality_dropout) {
-            return Err(config_err("modality_dropout", format!("must be in [0, 1), got {}", self.modality_dropout)));
+            return Err(config_err(
+                "modality_dropout",
+                format!("must be in [0, 1), got {}", self.modality_dropout),
+            ));
         }
         if self.eval_batch_size == 0 {
             return Err(config_err("eval_batch_size", "must be at least 1"));
@@ -341,7 +359,8 @@ pub enum Outcome {
 
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
     // splitmix64 over the three words: independent streams per (seed, purpose, counter).
-    let mut z = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let mut z =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -377,14 +396,20 @@ impl ModuleVisitor for ScaleGrads<'_> {
 
 /// The global gradient norm; when `clip > 0` and the norm exceeds it, scales the gradients down to `clip`.
 pub fn clip_global_norm(model: &MultimodalModel, grads: &mut GradientsParams, clip: f64) -> f64 {
-    let mut v = GradNorm { grads, squares: Vec::new() };
+    let mut v = GradNorm {
+        grads,
+        squares: Vec::new(),
+    };
     model.visit(&mut v);
     if v.squares.is_empty() {
         return 0.0;
     }
     let norm = f64::from(Tensor::cat(v.squares, 0).sum().into_scalar::<f32>()).sqrt();
     if clip > 0.0 && norm > clip {
-        model.visit(&mut ScaleGrads { grads, factor: (clip / (norm + 1e-6)) as f32 });
+        model.visit(&mut ScaleGrads {
+            grads,
+            factor: (clip / (norm + 1e-6)) as f32,
+        });
     }
     norm
 }
@@ -410,18 +435,29 @@ pub fn train_step(
     for chunk in items.chunks(micro) {
         let (batch, answers) = data.batch(chunk, vocab, &cfg, Some((&mut *rng, modality_dropout)));
         if batch.has_non_finite(&cfg) {
-            tracing::warn!(samples = chunk.len(), "batch holds NaN/inf inputs: skipped, not trained on");
+            tracing::warn!(
+                samples = chunk.len(),
+                "batch holds NaN/inf inputs: skipped, not trained on"
+            );
             return Ok((model, None));
         }
         parts.push((batch, answers));
     }
-    let tokens: usize = parts.iter().flat_map(|(_, a)| a.iter().map(|a| a.len().min(cfg.max_answer_len) + 1)).sum();
+    let tokens: usize = parts
+        .iter()
+        .flat_map(|(_, a)| a.iter().map(|a| a.len().min(cfg.max_answer_len) + 1))
+        .sum();
     let mut loss_sum = 0f64;
     let mut accumulator = GradientsAccumulator::<MultimodalModel>::new();
     let single = parts.len() == 1;
     let mut grads = None;
     for (batch, answers) in &parts {
-        let loss = model.nll(batch, answers, tokens as f32, &mut Dropout::train(rng, cfg.dropout));
+        let loss = model.nll(
+            batch,
+            answers,
+            tokens as f32,
+            &mut Dropout::train(rng, cfg.dropout),
+        );
         loss_sum += f64::from(loss.clone().into_scalar::<f32>());
         let g = GradientsParams::from_grads(loss.backward(), &model);
         if single {
@@ -433,7 +469,9 @@ pub fn train_step(
     if !loss_sum.is_finite() {
         return Err(Error::Diverged {
             step: 0,
-            message: format!("loss is {loss_sum} at lr {lr:.3e}; lower lr, raise schedule.warmup_steps or set grad_clip"),
+            message: format!(
+                "loss is {loss_sum} at lr {lr:.3e}; lower lr, raise schedule.warmup_steps or set grad_clip"
+            ),
         });
     }
     let mut grads = grads.unwrap_or_else(|| accumulator.grads());
@@ -461,7 +499,11 @@ pub fn decode_split(
 }
 
 /// Exact match per qtype (and `all`) of predicted answers against the references of `indices`.
-pub fn exact_match(data: &Dataset, indices: &[usize], predicted: &[String]) -> BTreeMap<String, (u64, f64)> {
+pub fn exact_match(
+    data: &Dataset,
+    indices: &[usize],
+    predicted: &[String],
+) -> BTreeMap<String, (u64, f64)> {
     let mut hits: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (&i, p) in indices.iter().zip(predicted) {
         let s = &data.samples[i];
@@ -472,7 +514,9 @@ pub fn exact_match(data: &Dataset, indices: &[usize], predicted: &[String]) -> B
             e.1 += hit;
         }
     }
-    hits.into_iter().map(|(k, (n, h))| (k, (n, h as f64 / n.max(1) as f64))).collect()
+    hits.into_iter()
+        .map(|(k, (n, h))| (k, (n, h as f64 / n.max(1) as f64)))
+        .collect()
 }
 
 /// The most frequent train answer of each qtype (ties: alphabetically first).
@@ -480,12 +524,18 @@ pub fn majority_answers(data: &Dataset) -> BTreeMap<String, String> {
     let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for i in data.split(Split::Train) {
         let s = &data.samples[i];
-        *counts.entry(s.qtype.clone()).or_default().entry(normalize_answer(&s.answer)).or_default() += 1;
+        *counts
+            .entry(s.qtype.clone())
+            .or_default()
+            .entry(normalize_answer(&s.answer))
+            .or_default() += 1;
     }
     counts
         .into_iter()
         .filter_map(|(q, c)| {
-            let best = c.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))?;
+            let best = c
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))?;
             Some((q, best.0.clone()))
         })
         .collect()
@@ -493,17 +543,35 @@ pub fn majority_answers(data: &Dataset) -> BTreeMap<String, String> {
 
 /// The work folder of a run writing `output`.
 pub fn work_dir(output: &Path) -> PathBuf {
-    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "sft".into());
-    output.parent().unwrap_or(Path::new(".")).join(format!(".{name}.sft-work"))
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sft".into());
+    output
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!(".{name}.sft-work"))
 }
 
-fn save_checkpoint(dir: &Path, model: &MultimodalModel, optim: &ModuleOptimizer, state: &TrainState) -> Result<()> {
+fn save_checkpoint(
+    dir: &Path,
+    model: &MultimodalModel,
+    optim: &ModuleOptimizer,
+    state: &TrainState,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let ck = |e: burn::store::RecordError| Error::Checkpoint { path: dir.to_path_buf(), message: e.to_string() };
+    let ck = |e: burn::store::RecordError| Error::Checkpoint {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    };
     // state.json is written last and renamed into place: a checkpoint without it is never read.
     let state_path = dir.join("state.json");
     let _ = std::fs::remove_file(&state_path);
-    model.clone().into_record().save(dir.join("model.bpk")).map_err(ck)?;
+    model
+        .clone()
+        .into_record()
+        .save(dir.join("model.bpk"))
+        .map_err(ck)?;
     optim.save(dir.join("optimizer.bpk")).map_err(ck)?;
     let tmp = dir.join("state.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(state)?).map_err(io("writing", &tmp))?;
@@ -513,7 +581,10 @@ fn save_checkpoint(dir: &Path, model: &MultimodalModel, optim: &ModuleOptimizer,
 
 /// Loads a model record into `model`, with a message that says what to fix when it does not fit.
 pub fn load_model(model: MultimodalModel, path: &Path) -> Result<MultimodalModel> {
-    let record = ModuleRecord::load(path).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
+    let record = ModuleRecord::load(path).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     model.try_load_record(record).map_err(|e| Error::Checkpoint {
         path: path.to_path_buf(),
         message: format!("{e}; the checkpoint comes from a different model config: use the config.json it was saved with"),
@@ -546,8 +617,12 @@ fn steps_table(rows: &[StepRow]) -> Result<RecordBatch> {
             Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.epoch))),
             Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.loss))),
             Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.lr))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.grad_norm))),
-            Arc::new(BooleanArray::from(rows.iter().map(|r| r.skipped).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.grad_norm),
+            )),
+            Arc::new(BooleanArray::from(
+                rows.iter().map(|r| r.skipped).collect::<Vec<_>>(),
+            )),
         ],
     )?)
 }
@@ -563,9 +638,15 @@ fn val_table(rows: &[ValRow]) -> Result<RecordBatch> {
         schema,
         vec![
             Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.epoch))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.qtype.as_str()))),
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.samples))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.exact_match))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.qtype.as_str()),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.samples),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.exact_match),
+            )),
         ],
     )?)
 }
@@ -578,7 +659,13 @@ fn input_hash(path: &Option<PathBuf>) -> Result<String> {
 }
 
 /// Runs the stage: trains on `inputs` and commits the artifact at `output`.
-pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, hooks: Hooks) -> Result<Outcome> {
+pub fn run(
+    config: &SftConfig,
+    seed: u64,
+    inputs: &InputPaths,
+    output: &Path,
+    hooks: Hooks,
+) -> Result<Outcome> {
     config.validate()?;
     let samples_artifact = Artifact::open(&inputs.samples)?;
     let data = Dataset::load(inputs)?;
@@ -596,7 +683,12 @@ pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, ho
             message: "the val split is empty; give select a val fraction above 0 (sft needs val for early stopping)".into(),
         });
     }
-    let vocab = Vocab::fit(train.iter().map(|&i| (data.samples[i].question.as_str(), data.samples[i].answer.as_str())));
+    let vocab = Vocab::fit(train.iter().map(|&i| {
+        (
+            data.samples[i].question.as_str(),
+            data.samples[i].answer.as_str(),
+        )
+    }));
     let model_config = data.shape_config(config.model_config(), &vocab);
     model_config.check()?;
 
@@ -614,16 +706,33 @@ pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, ho
     let device = base.clone().autodiff();
     let mut model = model_config.init(&device, seed)?;
     let parameters = model.num_params();
-    tracing::info!(parameters, d_model = model_config.d_model, train = train.len(), val = val.len(), "sft model");
-    let mut optim = AdamWConfig::new().with_weight_decay(config.weight_decay as f32).with_epsilon(1e-8).init();
+    tracing::info!(
+        parameters,
+        d_model = model_config.d_model,
+        train = train.len(),
+        val = val.len(),
+        "sft model"
+    );
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .init();
 
     let epoch_len = data.epoch_order(seed, 0).len().div_ceil(config.batch_size) as u64;
     let planned = {
         let all = epoch_len * u64::from(config.epochs);
-        if config.max_steps > 0 { all.min(config.max_steps) } else { all }
+        if config.max_steps > 0 {
+            all.min(config.max_steps)
+        } else {
+            all
+        }
     };
-    let mut schedule =
-        Schedule { config: config.schedule.clone(), lr: config.lr, total_steps: planned, state: ScheduleState::default() };
+    let mut schedule = Schedule {
+        config: config.schedule.clone(),
+        lr: config.lr,
+        total_steps: planned,
+        state: ScheduleState::default(),
+    };
 
     let work = work_dir(output);
     let mut state = TrainState {
@@ -647,10 +756,12 @@ pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, ho
         let saved: TrainState = serde_json::from_slice(&text)?;
         if saved.key == key {
             model = load_model(model, &work.join("model.bpk"))?;
-            optim = optim.load(work.join("optimizer.bpk")).map_err(|e| Error::Checkpoint {
-                path: work.join("optimizer.bpk"),
-                message: e.to_string(),
-            })?;
+            optim = optim
+                .load(work.join("optimizer.bpk"))
+                .map_err(|e| Error::Checkpoint {
+                    path: work.join("optimizer.bpk"),
+                    message: e.to_string(),
+                })?;
             tracing::info!(step = saved.step, epoch = saved.epoch, dir = %work.display(), "resuming from checkpoint");
             state = saved;
             schedule.state = state.schedule.clone();
@@ -687,7 +798,10 @@ pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, ho
                 &mut rng,
             )
             .map_err(|e| match e {
-                Error::Diverged { message, .. } => Error::Diverged { step: state.step + 1, message },
+                Error::Diverged { message, .. } => Error::Diverged {
+                    step: state.step + 1,
+                    message,
+                },
                 other => other,
             })?;
             model = next;
@@ -698,12 +812,26 @@ pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, ho
                 Some((loss, norm)) => (loss, norm, false),
                 None => (f64::NAN, f64::NAN, true),
             };
-            state.steps.push(StepRow { step: state.step, epoch, loss, lr, grad_norm, skipped });
+            state.steps.push(StepRow {
+                step: state.step,
+                epoch,
+                loss,
+                lr,
+                grad_norm,
+                skipped,
+            });
             if let Some(p) = hooks.progress.as_deref_mut() {
-                p(Progress { step: state.step, total: planned, loss });
+                p(Progress {
+                    step: state.step,
+                    total: planned,
+                    loss,
+                });
             }
             let stop_here = hooks.stop_after_step == Some(state.step);
-            if stop_here || (config.checkpoint_every > 0 && state.step.is_multiple_of(config.checkpoint_every)) {
+            if stop_here
+                || (config.checkpoint_every > 0
+                    && state.step.is_multiple_of(config.checkpoint_every))
+            {
                 state.schedule = schedule.state.clone();
                 save_checkpoint(&work, &model, &optim, &state)?;
             }
@@ -715,10 +843,18 @@ pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, ho
         // End of epoch (or of the step budget): validate.
         let valid = model.valid();
         let predicted: Vec<String> =
-            decode_split(&valid, &data, &vocab, &val, config.eval_batch_size).iter().map(|g| vocab.decode_answer(&g.tokens)).collect();
+            decode_split(&valid, &data, &vocab, &val, config.eval_batch_size)
+                .iter()
+                .map(|g| vocab.decode_answer(&g.tokens))
+                .collect();
         let em = exact_match(&data, &val, &predicted);
         for (qtype, (n, acc)) in &em {
-            state.val.push(ValRow { epoch, qtype: qtype.clone(), samples: *n, exact_match: *acc });
+            state.val.push(ValRow {
+                epoch,
+                qtype: qtype.clone(),
+                samples: *n,
+                exact_match: *acc,
+            });
         }
         let overall = em.get("all").map_or(0.0, |e| e.1);
         let elapsed = started.elapsed().as_secs_f64();
@@ -726,7 +862,10 @@ pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, ho
             epoch,
             step = state.step,
             val_exact_match = format!("{overall:.4}"),
-            samples_per_s = format!("{:.1}", (state.step - first_step) as f64 * config.batch_size as f64 / elapsed.max(1e-9)),
+            samples_per_s = format!(
+                "{:.1}",
+                (state.step - first_step) as f64 * config.batch_size as f64 / elapsed.max(1e-9)
+            ),
             "epoch done"
         );
         schedule.observe(overall);
@@ -735,17 +874,22 @@ pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, ho
             state.best_epoch = Some(epoch);
             state.bad_epochs = 0;
             std::fs::create_dir_all(&work).map_err(io("creating", &work))?;
-            valid.clone().into_record().save(work.join("best.bpk")).map_err(|e| Error::Checkpoint {
-                path: work.join("best.bpk"),
-                message: e.to_string(),
-            })?;
+            valid
+                .clone()
+                .into_record()
+                .save(work.join("best.bpk"))
+                .map_err(|e| Error::Checkpoint {
+                    path: work.join("best.bpk"),
+                    message: e.to_string(),
+                })?;
         } else {
             state.bad_epochs += 1;
         }
         state.epoch += 1;
         state.batch_in_epoch = 0;
         let out_of_steps = config.max_steps > 0 && state.step >= config.max_steps;
-        let early = config.early_stopping_patience > 0 && state.bad_epochs >= config.early_stopping_patience;
+        let early = config.early_stopping_patience > 0
+            && state.bad_epochs >= config.early_stopping_patience;
         state.stopped_early = early && !out_of_steps && state.epoch < config.epochs;
         state.finished = early || out_of_steps || state.epoch >= config.epochs;
         state.schedule = schedule.state.clone();
@@ -755,14 +899,22 @@ pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, ho
     // Commit the artifact.
     let mut writer = ArtifactWriter::create(output, stage_info(config, seed)?)?;
     writer.input_artifact("samples", &samples_artifact);
-    for (name, path) in [("image", &inputs.image), ("audio", &inputs.audio), ("tabular", &inputs.tabular)] {
+    for (name, path) in [
+        ("image", &inputs.image),
+        ("audio", &inputs.audio),
+        ("tabular", &inputs.tabular),
+    ] {
         if let Some(p) = path {
             writer.input_artifact(name, &Artifact::open(p)?);
         }
     }
     writer.fit_splits(&["train"]);
     let tmp = writer.tmp_dir().to_path_buf();
-    let copy = |from: &Path, to: &Path| std::fs::copy(from, to).map(|_| ()).map_err(io("copying", from));
+    let copy = |from: &Path, to: &Path| {
+        std::fs::copy(from, to)
+            .map(|_| ())
+            .map_err(io("copying", from))
+    };
     copy(&work.join("best.bpk"), &tmp.join("model.bpk"))?;
     writer.add_file("model.bpk", Role::State)?;
     // The optimizer state stays in the work folder: burn serializes it in hash-map order, so its bytes differ
@@ -782,10 +934,22 @@ pub fn run(config: &SftConfig, seed: u64, inputs: &InputPaths, output: &Path, ho
 
     let best_epoch = state.best_epoch.unwrap_or(0);
     let majority = majority_answers(&data);
-    let baseline: Vec<String> = val.iter().map(|&i| majority.get(&data.samples[i].qtype).cloned().unwrap_or_default()).collect();
+    let baseline: Vec<String> = val
+        .iter()
+        .map(|&i| {
+            majority
+                .get(&data.samples[i].qtype)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
     let base_em = exact_match(&data, &val, &baseline);
     let mut by_qtype = BTreeMap::new();
-    for row in state.val.iter().filter(|r| r.epoch == best_epoch && r.qtype != "all") {
+    for row in state
+        .val
+        .iter()
+        .filter(|r| r.epoch == best_epoch && r.qtype != "all")
+    {
         by_qtype.insert(
             row.qtype.clone(),
             QtypeReport {

@@ -21,7 +21,10 @@ pub const ANSWER_SPECIALS: [&str; 4] = ["<pad>", "<unk>", "<bos>", "<eos>"];
 /// Splits text into lowercase words, dropping punctuation around them.
 pub fn words(text: &str) -> Vec<String> {
     text.split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
         .filter(|w| !w.is_empty())
         .collect()
 }
@@ -63,7 +66,11 @@ impl Vocab {
 
     fn lookup(table: &[String], specials: usize, word: &str) -> u32 {
         // Linear scan over a few dozen words is cheaper than keeping a map in sync with the serialized form.
-        table.iter().skip(specials).position(|w| w == word).map_or(UNK, |i| (i + specials) as u32)
+        table
+            .iter()
+            .skip(specials)
+            .position(|w| w == word)
+            .map_or(UNK, |i| (i + specials) as u32)
     }
 
     /// Question ids, truncated to `max_len` words (at least one id: `<unk>` for an empty question).
@@ -81,7 +88,11 @@ impl Vocab {
 
     /// Answer ids without `<bos>`/`<eos>`, truncated to `max_len` tokens.
     pub fn encode_answer(&self, text: &str, max_len: usize) -> Vec<u32> {
-        words(text).iter().take(max_len).map(|w| Self::lookup(&self.answer, ANSWER_SPECIALS.len(), w)).collect()
+        words(text)
+            .iter()
+            .take(max_len)
+            .map(|w| Self::lookup(&self.answer, ANSWER_SPECIALS.len(), w))
+            .collect()
     }
 
     /// The answer text of generated ids (special tokens other than `<unk>` are skipped).
@@ -105,7 +116,11 @@ mod tests {
 
     #[test]
     fn fit_orders_by_count_then_word_and_maps_unknowns() {
-        let v = Vocab::fit([("Is there a circle?", "yes"), ("is there a square", "no"), ("how many", "1 2")]);
+        let v = Vocab::fit([
+            ("Is there a circle?", "yes"),
+            ("is there a square", "no"),
+            ("how many", "1 2"),
+        ]);
         assert_eq!(&v.question[2..5], ["a", "is", "there"]);
         assert_eq!(v.encode_question("is there a dragon", 10), [3, 4, 2, UNK]);
         assert_eq!(v.encode_question("", 10), [UNK]);

@@ -11,7 +11,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn config() -> ModelConfig {
-    let mut c = ModelConfig::new().with_d_model(32).with_heads(4).with_dropout(0.0).with_max_answer_len(3);
+    let mut c = ModelConfig::new()
+        .with_d_model(32)
+        .with_heads(4)
+        .with_dropout(0.0)
+        .with_max_answer_len(3);
     c.question_vocab = 12;
     c.answer_vocab = 10;
     c.image_shape = Some([3, 8, 8]);
@@ -27,14 +31,22 @@ fn model(device: &Device) -> MultimodalModel {
 
 fn batch(rng: &mut ChaCha8Rng, image_present: Vec<bool>) -> Batch {
     let n = image_present.len();
-    let mut b = Batch::new((0..n).map(|i| (0..2 + i % 3).map(|_| rng.random_range(2..12)).collect()).collect());
+    let mut b = Batch::new(
+        (0..n)
+            .map(|i| (0..2 + i % 3).map(|_| rng.random_range(2..12)).collect())
+            .collect(),
+    );
     let mut m = |per: usize, present: Vec<bool>| ModalityBatch {
         values: (0..n * per).map(|_| rng.random_range(-1.0..1.0)).collect(),
         present,
     };
     b.image = Some(m(3 * 64, image_present));
     b.audio = Some(m(36, vec![true; n]));
-    b.tabular = Some(TabularBatch { numeric: vec![0.3; n * 2], categorical: vec![1; n], present: vec![true; n] });
+    b.tabular = Some(TabularBatch {
+        numeric: vec![0.3; n * 2],
+        categorical: vec![1; n],
+        present: vec![true; n],
+    });
     b
 }
 
@@ -55,8 +67,15 @@ fn shapes_of_encoder_decoder_and_scores() {
     let s = m.score(&b, &answers, &mut Dropout::off());
     assert_eq!(s.token_logprobs.dims(), [3, 3]);
     assert_eq!(s.entropy.dims(), [3, 3]);
-    assert_eq!(values(s.mask), [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]);
-    assert!(values(s.entropy).iter().all(|&e| e >= 0.0 && e <= (10f32).ln() + 1e-4));
+    assert_eq!(
+        values(s.mask),
+        [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    );
+    assert!(
+        values(s.entropy)
+            .iter()
+            .all(|&e| e >= 0.0 && e <= (10f32).ln() + 1e-4)
+    );
     assert!(m.num_params() > 10_000);
 }
 
@@ -82,12 +101,22 @@ fn absent_modality_values_change_nothing() {
         *v += 1.0;
     }
     let s3 = values(m.score(&b3, &answers, &mut Dropout::off()).token_logprobs);
-    assert!(s1[2..].iter().zip(&s3[2..]).any(|(a, b)| (a - b).abs() > 1e-6));
+    assert!(
+        s1[2..]
+            .iter()
+            .zip(&s3[2..])
+            .any(|(a, b)| (a - b).abs() > 1e-6)
+    );
     // Masking the same image changes the output of that sample.
     let mut b4 = b1.clone();
     b4.image.as_mut().unwrap().present[1] = false;
     let s4 = values(m.score(&b4, &answers, &mut Dropout::off()).token_logprobs);
-    assert!(s1[2..].iter().zip(&s4[2..]).any(|(a, b)| (a - b).abs() > 1e-6));
+    assert!(
+        s1[2..]
+            .iter()
+            .zip(&s4[2..])
+            .any(|(a, b)| (a - b).abs() > 1e-6)
+    );
 }
 
 #[test]
@@ -109,18 +138,36 @@ fn sequence_logprob_is_the_sum_of_manual_per_token_logprobs() {
         for &t in &targets {
             let one = b.questions[i].clone();
             let mut bi = Batch::new(vec![one]);
-            bi.image = b.image.as_ref().map(|m| ModalityBatch { values: m.values[i * 192..(i + 1) * 192].to_vec(), present: vec![m.present[i]] });
-            bi.audio = b.audio.as_ref().map(|m| ModalityBatch { values: m.values[i * 36..(i + 1) * 36].to_vec(), present: vec![true] });
-            bi.tabular = b.tabular.as_ref().map(|t| TabularBatch { numeric: t.numeric[i * 2..i * 2 + 2].to_vec(), categorical: vec![t.categorical[i]], present: vec![true] });
+            bi.image = b.image.as_ref().map(|m| ModalityBatch {
+                values: m.values[i * 192..(i + 1) * 192].to_vec(),
+                present: vec![m.present[i]],
+            });
+            bi.audio = b.audio.as_ref().map(|m| ModalityBatch {
+                values: m.values[i * 36..(i + 1) * 36].to_vec(),
+                present: vec![true],
+            });
+            bi.tabular = b.tabular.as_ref().map(|t| TabularBatch {
+                numeric: t.numeric[i * 2..i * 2 + 2].to_vec(),
+                categorical: vec![t.categorical[i]],
+                present: vec![true],
+            });
             let enc_i = m.encode(&bi, &mut Dropout::off());
             let steps = prefix.len();
-            let inputs = Tensor::<2, Int>::from_data(TensorData::new(prefix.clone(), [1, steps]), &device);
-            let logits = m.decode(&enc_i, inputs, &mut Dropout::off()).narrow(1, steps - 1, 1).reshape([1, 10]);
+            let inputs =
+                Tensor::<2, Int>::from_data(TensorData::new(prefix.clone(), [1, steps]), &device);
+            let logits = m
+                .decode(&enc_i, inputs, &mut Dropout::off())
+                .narrow(1, steps - 1, 1)
+                .reshape([1, 10]);
             let lp = values(activation::log_softmax(logits, 1));
             total += lp[t as usize];
             prefix.push(i64::from(t));
         }
-        assert!((total - seq[i]).abs() < 1e-4, "sample {i}: manual {total} vs batched {}", seq[i]);
+        assert!(
+            (total - seq[i]).abs() < 1e-4,
+            "sample {i}: manual {total} vs batched {}",
+            seq[i]
+        );
         let _ = &enc;
     }
 }
@@ -134,25 +181,48 @@ fn greedy_is_argmax_and_zero_temperature_is_greedy() {
     let greedy = m.generate(&b, Decoding::Greedy, &mut rng);
     // First token = argmax over allowed tokens of the first decoder step.
     let enc = m.encode(&b, &mut Dropout::off());
-    let inputs = Tensor::<2, Int>::from_data(TensorData::new(vec![i64::from(BOS); 4], [4, 1]), &device);
+    let inputs =
+        Tensor::<2, Int>::from_data(TensorData::new(vec![i64::from(BOS); 4], [4, 1]), &device);
     let logits = values(m.decode(&enc, inputs, &mut Dropout::off()).reshape([4, 10]));
     for (i, g) in greedy.iter().enumerate() {
         let row = &logits[i * 10..(i + 1) * 10];
-        let best = (0..10).filter(|&t| t != PAD as usize && t != BOS as usize).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        let best = (0..10)
+            .filter(|&t| t != PAD as usize && t != BOS as usize)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
         let first = g.tokens.first().copied().unwrap_or(EOS);
         assert_eq!(first as usize, best);
     }
     // The generated log-prob equals the scored log-prob of the same tokens.
     let answers: Vec<Vec<u32>> = greedy.iter().map(|g| g.tokens.clone()).collect();
-    let scored = values(m.score(&b, &answers, &mut Dropout::off()).sequence_logprobs());
+    let scored = values(
+        m.score(&b, &answers, &mut Dropout::off())
+            .sequence_logprobs(),
+    );
     for (g, s) in greedy.iter().zip(&scored) {
         if g.tokens.len() < 3 {
             assert!((g.logprob - s).abs() < 1e-4, "{} vs {s}", g.logprob);
         }
     }
-    let cold = m.generate(&b, Decoding::Sample { temperature: 1e-7, top_k: None, epsilon: 0.0 }, &mut rng);
+    let cold = m.generate(
+        &b,
+        Decoding::Sample {
+            temperature: 1e-7,
+            top_k: None,
+            epsilon: 0.0,
+        },
+        &mut rng,
+    );
     assert_eq!(cold, greedy);
-    let top1 = m.generate(&b, Decoding::Sample { temperature: 1.0, top_k: Some(1), epsilon: 0.0 }, &mut rng);
+    let top1 = m.generate(
+        &b,
+        Decoding::Sample {
+            temperature: 1.0,
+            top_k: Some(1),
+            epsilon: 0.0,
+        },
+        &mut rng,
+    );
     assert_eq!(top1, greedy);
 }
 
@@ -160,7 +230,11 @@ fn greedy_is_argmax_and_zero_temperature_is_greedy() {
 fn epsilon_one_samples_uniformly_and_temperature_spreads() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let row = [0.0, 0.0, 0.0, 9.0, 1.0, 0.5, -3.0, 2.0];
-    let eps = Decoding::Sample { temperature: 1.0, top_k: None, epsilon: 1.0 };
+    let eps = Decoding::Sample {
+        temperature: 1.0,
+        top_k: None,
+        epsilon: 1.0,
+    };
     let mut counts = [0usize; 8];
     let n = 12_000;
     for _ in 0..n {
@@ -168,13 +242,28 @@ fn epsilon_one_samples_uniformly_and_temperature_spreads() {
     }
     assert_eq!(counts[PAD as usize] + counts[BOS as usize], 0);
     let expected = n as f64 / 6.0;
-    for (t, &c) in counts.iter().enumerate().filter(|(t, _)| *t != 0 && *t != 2) {
-        assert!((c as f64 - expected).abs() < 0.1 * expected, "token {t}: {c} vs {expected}");
+    for (t, &c) in counts
+        .iter()
+        .enumerate()
+        .filter(|(t, _)| *t != 0 && *t != 2)
+    {
+        assert!(
+            (c as f64 - expected).abs() < 0.1 * expected,
+            "token {t}: {c} vs {expected}"
+        );
     }
     // Plain sampling concentrates on the best token; top_k 2 never leaves the two best.
     let mut hot = [0usize; 8];
     for _ in 0..2000 {
-        hot[pick(&row, Decoding::Sample { temperature: 1.0, top_k: Some(2), epsilon: 0.0 }, &mut rng) as usize] += 1;
+        hot[pick(
+            &row,
+            Decoding::Sample {
+                temperature: 1.0,
+                top_k: Some(2),
+                epsilon: 0.0,
+            },
+            &mut rng,
+        ) as usize] += 1;
     }
     assert_eq!(hot.iter().sum::<usize>(), hot[3] + hot[7]);
     assert!(hot[3] > 1900);
@@ -183,7 +272,8 @@ fn epsilon_one_samples_uniformly_and_temperature_spreads() {
 struct Flat(Vec<f32>);
 impl ModuleVisitor for Flat {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-        self.0.extend(p.val().into_data().try_into_vec::<f32>().unwrap());
+        self.0
+            .extend(p.val().into_data().try_into_vec::<f32>().unwrap());
     }
 }
 
@@ -196,17 +286,32 @@ fn scores_are_differentiable_and_the_reference_stays_frozen() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let b = batch(&mut rng, vec![true, true]);
     let answers = vec![vec![4], vec![5, 6]];
-    let before = values(reference.score(&b, &answers, &mut Dropout::off()).sequence_logprobs());
+    let before = values(
+        reference
+            .score(&b, &answers, &mut Dropout::off())
+            .sequence_logprobs(),
+    );
     let s = m.score(&b, &answers, &mut Dropout::off());
     let loss = -s.sequence_logprobs().sum();
     let grads = GradientsParams::from_grads(loss.backward(), &m);
     assert!(grads.len() > 20);
     let mut optim = AdamWConfig::new().init();
     m = optim.step(1e-2, m, grads);
-    let after_model = values(m.valid().score(&b, &answers, &mut Dropout::off()).sequence_logprobs());
-    let after_ref = values(reference.score(&b, &answers, &mut Dropout::off()).sequence_logprobs());
+    let after_model = values(
+        m.valid()
+            .score(&b, &answers, &mut Dropout::off())
+            .sequence_logprobs(),
+    );
+    let after_ref = values(
+        reference
+            .score(&b, &answers, &mut Dropout::off())
+            .sequence_logprobs(),
+    );
     assert_eq!(before, after_ref);
-    assert!(after_model.iter().zip(&before).all(|(a, b)| a > b), "a step on the answers raises their log-prob");
+    assert!(
+        after_model.iter().zip(&before).all(|(a, b)| a > b),
+        "a step on the answers raises their log-prob"
+    );
     let mut f = Flat(Vec::new());
     reference.visit(&mut f);
     assert_eq!(f.0.len(), reference.num_params());

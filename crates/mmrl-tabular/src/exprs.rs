@@ -5,7 +5,8 @@ use polars::prelude::*;
 
 use crate::recipe::{Encode, FlagType, OutlierAction};
 use crate::state::{
-    CategoricalState, FIRST_CATEGORY_CODE, MISSING_CODE, MISSING_SUFFIX, NumericState, UNSEEN_CODE, one_hot_values,
+    CategoricalState, FIRST_CATEGORY_CODE, MISSING_CODE, MISSING_SUFFIX, NumericState, UNSEEN_CODE,
+    one_hot_values,
 };
 
 /// The raw input as `Float64`.
@@ -15,7 +16,10 @@ pub(crate) fn numeric_raw(name: &str) -> Expr {
 
 /// Whether a raw numeric value is a declared sentinel (null stays null).
 pub(crate) fn is_sentinel(name: &str, sentinels: &[f64]) -> Option<Expr> {
-    sentinels.iter().map(|s| numeric_raw(name).eq(lit(*s))).reduce(|a, b| a.or(b))
+    sentinels
+        .iter()
+        .map(|s| numeric_raw(name).eq(lit(*s)))
+        .reduce(|a, b| a.or(b))
 }
 
 /// Whether a raw numeric value is NaN or infinite.
@@ -29,7 +33,9 @@ pub(crate) fn numeric_clean(name: &str, sentinels: &[f64]) -> Expr {
         Some(s) => s.or(is_non_finite(name)),
         None => is_non_finite(name),
     };
-    when(bad).then(lit(NULL).cast(DataType::Float64)).otherwise(numeric_raw(name))
+    when(bad)
+        .then(lit(NULL).cast(DataType::Float64))
+        .otherwise(numeric_raw(name))
 }
 
 /// Whether the clean value lies outside the fitted bounds (false for missing values and without a rule).
@@ -37,7 +43,10 @@ pub(crate) fn outlier_flag(s: &NumericState) -> Expr {
     match &s.outliers {
         Some(o) => {
             let x = numeric_clean(&s.name, &s.sentinels);
-            x.clone().lt(lit(o.lower)).or(x.gt(lit(o.upper))).fill_null(lit(false))
+            x.clone()
+                .lt(lit(o.lower))
+                .or(x.gt(lit(o.upper)))
+                .fill_null(lit(false))
         }
         None => lit(false),
     }
@@ -71,7 +80,11 @@ pub(crate) fn numeric_output(s: &NumericState) -> Expr {
         Some(o) if o.action == OutlierAction::Clip => (scale(o.lower), scale(o.upper)),
         _ => (-max, max),
     };
-    let scaled = if s.center == 0.0 && s.scale_by == 1.0 { x } else { (x - lit(s.center)) / lit(s.scale_by) };
+    let scaled = if s.center == 0.0 && s.scale_by == 1.0 {
+        x
+    } else {
+        (x - lit(s.center)) / lit(s.scale_by)
+    };
     let fill = scale(s.fill);
     let out = if (lo..=hi).contains(&fill) {
         // Filling first gives clip null-free input (its fast path); the fill is inside the bounds, so clip keeps it.
@@ -99,25 +112,38 @@ pub(crate) fn numeric_indicator(s: &NumericState, flags: FlagType) -> Expr {
 pub(crate) fn keep_mask(columns: &[&NumericState]) -> Option<Expr> {
     columns
         .iter()
-        .filter(|s| s.outliers.as_ref().is_some_and(|o| o.action == OutlierAction::Drop))
+        .filter(|s| {
+            s.outliers
+                .as_ref()
+                .is_some_and(|o| o.action == OutlierAction::Drop)
+        })
         .map(|s| outlier_flag(s).not())
         .reduce(|a, b| a.and(b))
 }
 
 /// The raw input as text.
 pub(crate) fn categorical_raw(c: &CategoricalState) -> Expr {
-    if c.cast_from_numeric { col(c.name.as_str()).cast(DataType::String) } else { col(c.name.as_str()) }
+    if c.cast_from_numeric {
+        col(c.name.as_str()).cast(DataType::String)
+    } else {
+        col(c.name.as_str())
+    }
 }
 
 /// Whether a raw categorical value is a declared sentinel.
 pub(crate) fn categorical_is_sentinel(c: &CategoricalState) -> Option<Expr> {
-    c.sentinels.iter().map(|s| categorical_raw(c).eq(lit(s.as_str()))).reduce(|a, b| a.or(b))
+    c.sentinels
+        .iter()
+        .map(|s| categorical_raw(c).eq(lit(s.as_str())))
+        .reduce(|a, b| a.or(b))
 }
 
 /// The value after sentinels became missing.
 pub(crate) fn categorical_clean(c: &CategoricalState) -> Expr {
     match categorical_is_sentinel(c) {
-        Some(bad) => when(bad).then(lit(NULL).cast(DataType::String)).otherwise(categorical_raw(c)),
+        Some(bad) => when(bad)
+            .then(lit(NULL).cast(DataType::String))
+            .otherwise(categorical_raw(c)),
         None => categorical_raw(c),
     }
 }
@@ -134,7 +160,12 @@ pub(crate) fn categorical_imputed(c: &CategoricalState) -> Expr {
 pub(crate) fn categorical_codes(c: &CategoricalState, unseen: u32) -> Expr {
     let x = categorical_imputed(c);
     let old = Series::new("old".into(), c.categories.as_slice());
-    let new = Series::new("new".into(), (0..c.categories.len() as u32).map(|i| FIRST_CATEGORY_CODE + i).collect::<Vec<_>>());
+    let new = Series::new(
+        "new".into(),
+        (0..c.categories.len() as u32)
+            .map(|i| FIRST_CATEGORY_CODE + i)
+            .collect::<Vec<_>>(),
+    );
     let mapped = x.clone().replace_strict(
         lit(old).implode(false),
         lit(new).implode(false),
@@ -177,12 +208,18 @@ pub(crate) fn categorical_outputs(c: &CategoricalState, flags: FlagType) -> Vec<
                 } else {
                     UNSEEN_CODE
                 };
-                out.push(flag(col(codes.as_str()).eq(lit(code)), flags).alias(format!("{}={value}", c.name)));
+                out.push(
+                    flag(col(codes.as_str()).eq(lit(code)), flags)
+                        .alias(format!("{}={value}", c.name)),
+                );
             }
         }
     }
     if c.missing_indicator {
-        out.push(flag(categorical_clean(c).is_null(), flags).alias(format!("{}{MISSING_SUFFIX}", c.name)));
+        out.push(
+            flag(categorical_clean(c).is_null(), flags)
+                .alias(format!("{}{MISSING_SUFFIX}", c.name)),
+        );
     }
     out
 }

@@ -18,7 +18,9 @@ use polars::prelude::*;
 use crate::error::pl;
 use crate::exprs;
 use crate::recipe::{ColumnPlan, Impute, OutlierRule, Recipe, Scale};
-use crate::state::{CategoricalState, ColumnState, FittedOutliers, NumericState, STATE_VERSION, TabularState};
+use crate::state::{
+    CategoricalState, ColumnState, FittedOutliers, NumericState, STATE_VERSION, TabularState,
+};
 use crate::{Error, Result};
 
 /// The MAD of normal data times this estimates its standard deviation.
@@ -33,34 +35,56 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
     recipe.validate()?;
     let plans = recipe.resolve()?;
     let mut train = train;
-    let schema = train.collect_schema().map_err(pl("reading the train frame's schema"))?;
+    let schema = train
+        .collect_schema()
+        .map_err(pl("reading the train frame's schema"))?;
     let columns = initial_states(&plans, &schema)?;
     check_output_names(&columns, recipe.flags)?;
 
     if columns.is_empty() {
         // No features: nothing to fit, but an empty train split is still an error.
-        let n = train.select([len().alias("n")]).collect().map_err(pl("counting train rows"))?;
+        let n = train
+            .select([len().alias("n")])
+            .collect()
+            .map_err(pl("counting train rows"))?;
         let rows = Stats(Some(n)).u64("n")?;
         if rows == 0 {
-            return Err(Error::EmptyTrain("no train rows to fit on: the train split is empty".into()));
+            return Err(Error::EmptyTrain(
+                "no train rows to fit on: the train split is empty".into(),
+            ));
         }
-        return Ok(TabularState { version: STATE_VERSION, train_rows: rows, train_rows_kept: rows, flags: recipe.flags, columns });
+        return Ok(TabularState {
+            version: STATE_VERSION,
+            train_rows: rows,
+            train_rows_kept: rows,
+            flags: recipe.flags,
+            columns,
+        });
     }
 
     // Step 1: clean once, materialized, so every later statistic reads memory instead of re-running the input.
     let clean_exprs: Vec<Expr> = columns
         .iter()
         .map(|c| match c {
-            ColumnState::Numeric(n) => exprs::numeric_clean(&n.name, &n.sentinels).alias(n.name.as_str()),
+            ColumnState::Numeric(n) => {
+                exprs::numeric_clean(&n.name, &n.sentinels).alias(n.name.as_str())
+            }
             ColumnState::Categorical(c) => exprs::categorical_clean(c).alias(c.name.as_str()),
         })
         .collect();
     let started = std::time::Instant::now();
-    let mut clean = train.select(clean_exprs).collect().map_err(pl("cleaning the train rows"))?;
+    let mut clean = train
+        .select(clean_exprs)
+        .collect()
+        .map_err(pl("cleaning the train rows"))?;
     // One chunk per numeric column: polars' quantiles take the quickselect path only on contiguous data (text
     // columns are only counted, which works on any chunking).
     rechunk_numeric(&mut clean)?;
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, rows = clean.height(), "fit: train rows cleaned");
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        rows = clean.height(),
+        "fit: train rows cleaned"
+    );
     let train_rows = clean.height();
     if train_rows == 0 {
         return Err(Error::EmptyTrain(
@@ -74,7 +98,9 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
     // Step 2: outlier bounds.
     let mut exprs_out = Vec::new();
     for (i, c) in views.iter().enumerate() {
-        let (ColumnState::Numeric(n), Some(plan)) = (c, plan_numeric(&plans[i])) else { continue };
+        let (ColumnState::Numeric(n), Some(plan)) = (c, plan_numeric(&plans[i])) else {
+            continue;
+        };
         let x = || col(n.name.as_str());
         let mut g = vec![x().count().alias(key(i, "count"))];
         match plan.outliers.rule {
@@ -89,14 +115,22 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
             }
             OutlierRule::Mad => {
                 g.push(x().drop_nulls().median().alias(key(i, "median")));
-                g.push((x() - x().median()).abs().drop_nulls().median().alias(key(i, "mad")));
+                g.push(
+                    (x() - x().median())
+                        .abs()
+                        .drop_nulls()
+                        .median()
+                        .alias(key(i, "mad")),
+                );
             }
         }
         exprs_out.push(g);
     }
     let stats = Stats::collect(&clean, exprs_out, "fitting outlier bounds")?;
     for (i, plan) in plans.iter().enumerate() {
-        let ColumnPlan::Numeric(plan) = plan else { continue };
+        let ColumnPlan::Numeric(plan) = plan else {
+            continue;
+        };
         let count = stats.u64(&key(i, "count"))?;
         let k = plan.outliers.effective_k();
         let (center_lo, center_hi, spread) = match plan.outliers.rule {
@@ -111,7 +145,11 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
             }
             OutlierRule::Mad => {
                 let median = stats.f64(&key(i, "median"))?;
-                (median, median, stats.f64(&key(i, "mad"))?.map(|m| MAD_TO_STD * m))
+                (
+                    median,
+                    median,
+                    stats.f64(&key(i, "mad"))?.map(|m| MAD_TO_STD * m),
+                )
             }
         };
         let fitted = match (count, center_lo, center_hi, spread) {
@@ -119,14 +157,22 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
             (_, Some(lo), Some(hi), Some(spread)) if spread.is_finite() && spread > 0.0 => {
                 let (lower, upper) = (lo - k * spread, hi + k * spread);
                 if lower.is_finite() && upper.is_finite() {
-                    Ok(FittedOutliers { rule: plan.outliers.rule, k, action: plan.outliers.action, lower, upper })
+                    Ok(FittedOutliers {
+                        rule: plan.outliers.rule,
+                        k,
+                        action: plan.outliers.action,
+                        lower,
+                        upper,
+                    })
                 } else {
                     Err("outlier bounds are not finite: outlier rule skipped".to_owned())
                 }
             }
             _ => Err("zero spread in train: outlier rule skipped".to_owned()),
         };
-        let (ColumnState::Numeric(state), ColumnState::Numeric(view)) = (&mut columns[i], &mut views[i]) else {
+        let (ColumnState::Numeric(state), ColumnState::Numeric(view)) =
+            (&mut columns[i], &mut views[i])
+        else {
             continue;
         };
         match fitted {
@@ -148,7 +194,11 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
         .collect();
     let kept = match exprs::keep_mask(&numeric_views) {
         Some(keep) => {
-            let mut kept = clean.lazy().filter(keep).collect().map_err(pl("applying the drop rules to train"))?;
+            let mut kept = clean
+                .lazy()
+                .filter(keep)
+                .collect()
+                .map_err(pl("applying the drop rules to train"))?;
             rechunk_numeric(&mut kept)?;
             kept
         }
@@ -171,7 +221,9 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
                 match n.impute {
                     Impute::Mean => g.push(x().mean().alias(key(i, "fill"))),
                     Impute::Median => g.push(x().drop_nulls().median().alias(key(i, "fill"))),
-                    Impute::Mode => g.push(x().drop_nulls().mode(false).min().alias(key(i, "fill"))),
+                    Impute::Mode => {
+                        g.push(x().drop_nulls().mode(false).min().alias(key(i, "fill")))
+                    }
                     Impute::Constant | Impute::Missing => {}
                 }
                 exprs_imp.push(g);
@@ -188,7 +240,10 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
             counts[i] = value_counts(&kept, &c.name)?;
         }
     }
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "fit: category counts");
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "fit: category counts"
+    );
     for i in 0..columns.len() {
         let count = match &columns[i] {
             ColumnState::Numeric(_) => stats.u64(&key(i, "count"))?,
@@ -198,7 +253,10 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
             (ColumnState::Numeric(state), ColumnState::Numeric(view)) => {
                 state.train_values = count;
                 if count == 0 {
-                    warn(state, format!("all {train_rows_kept} train values are missing"));
+                    warn(
+                        state,
+                        format!("all {train_rows_kept} train values are missing"),
+                    );
                 }
                 let fill = match state.impute {
                     Impute::Constant | Impute::Missing => Some(state.fill),
@@ -208,23 +266,40 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
                     Some(v) => state.fill = v,
                     None => {
                         state.fill = 0.0;
-                        warn(state, format!("no {:?} to impute with: imputing the constant 0", impute_name(state.impute)));
+                        warn(
+                            state,
+                            format!(
+                                "no {:?} to impute with: imputing the constant 0",
+                                impute_name(state.impute)
+                            ),
+                        );
                     }
                 }
                 view.fill = state.fill;
             }
             (ColumnState::Categorical(state), ColumnState::Categorical(view)) => {
                 if count == 0 {
-                    warn_cat(state, format!("all {train_rows_kept} train values are missing"));
+                    warn_cat(
+                        state,
+                        format!("all {train_rows_kept} train values are missing"),
+                    );
                 }
                 if state.impute == Impute::Mode {
                     // Ties go to the smallest value, like scikit-learn's most_frequent.
                     let best = counts[i].values().copied().max().unwrap_or(0);
-                    match counts[i].iter().find(|(_, n)| **n == best && best > 0).map(|(v, _)| v.clone()) {
+                    match counts[i]
+                        .iter()
+                        .find(|(_, n)| **n == best && best > 0)
+                        .map(|(v, _)| v.clone())
+                    {
                         Some(mode) => state.fill = Some(mode),
                         None => {
                             state.fill = None;
-                            warn_cat(state, "no mode to impute with: missing values keep the missing code".into());
+                            warn_cat(
+                                state,
+                                "no mode to impute with: missing values keep the missing code"
+                                    .into(),
+                            );
                         }
                     }
                 }
@@ -241,10 +316,15 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
         let x = || exprs::numeric_imputed(n);
         exprs_scale.push(match n.scale {
             Scale::None => Vec::new(),
-            Scale::Zscore => vec![x().mean().alias(key(i, "center")), x().std(0).alias(key(i, "spread"))],
+            Scale::Zscore => vec![
+                x().mean().alias(key(i, "center")),
+                x().std(0).alias(key(i, "spread")),
+            ],
             Scale::Minmax => vec![
                 x().min().cast(DataType::Float64).alias(key(i, "center")),
-                (x().max() - x().min()).cast(DataType::Float64).alias(key(i, "spread")),
+                (x().max() - x().min())
+                    .cast(DataType::Float64)
+                    .alias(key(i, "spread")),
             ],
             Scale::Robust => vec![
                 x().median().alias(key(i, "center")),
@@ -265,19 +345,26 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
                 }
                 match stats.f64(&key(i, "spread"))?.filter(|v| v.is_finite()) {
                     Some(spread) if spread > 0.0 => state.scale_by = spread,
-                    _ => warn(state, "zero spread in train after imputation: scale set to 1".into()),
+                    _ => warn(
+                        state,
+                        "zero spread in train after imputation: scale set to 1".into(),
+                    ),
                 }
             }
             ColumnState::Categorical(state) => {
                 // The imputed values are the present ones plus the fill value.
-                let mut vocabulary: BTreeSet<String> = std::mem::take(&mut counts[i]).into_keys().collect();
+                let mut vocabulary: BTreeSet<String> =
+                    std::mem::take(&mut counts[i]).into_keys().collect();
                 if let Some(fill) = &state.fill {
                     // A constant fill must encode as itself even when train had no missing value.
                     vocabulary.insert(fill.clone());
                 }
                 state.categories = vocabulary.into_iter().collect();
                 if state.categories.is_empty() {
-                    warn_cat(state, "no train categories: every present value encodes as unseen".into());
+                    warn_cat(
+                        state,
+                        "no train categories: every present value encodes as unseen".into(),
+                    );
                 }
             }
         }
@@ -290,7 +377,12 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
         columns,
     };
     check_output_names(&state.columns, state.flags)?;
-    tracing::info!(train_rows, train_rows_kept, columns = state.columns.len(), "tabular state fitted");
+    tracing::info!(
+        train_rows,
+        train_rows_kept,
+        columns = state.columns.len(),
+        "tabular state fitted"
+    );
     Ok(state)
 }
 
@@ -321,10 +413,20 @@ fn value_counts(frame: &DataFrame, name: &str) -> Result<BTreeMap<String, u64>> 
         .agg([len().alias("__n")])
         .collect()
         .map_err(pl(context()))?;
-    let values = counted.column(name).and_then(|c| c.str().cloned()).map_err(pl(context()))?;
-    let counts = counted.column("__n").and_then(|c| c.cast(&DataType::UInt64)).map_err(pl(context()))?;
+    let values = counted
+        .column(name)
+        .and_then(|c| c.str().cloned())
+        .map_err(pl(context()))?;
+    let counts = counted
+        .column("__n")
+        .and_then(|c| c.cast(&DataType::UInt64))
+        .map_err(pl(context()))?;
     let counts = counts.u64().map_err(pl(context()))?;
-    Ok(values.iter().zip(counts.iter()).filter_map(|(v, n)| Some((v?.to_owned(), n?))).collect())
+    Ok(values
+        .iter()
+        .zip(counts.iter())
+        .filter_map(|(v, n)| Some((v?.to_owned(), n?)))
+        .collect())
 }
 
 fn plan_numeric(plan: &ColumnPlan) -> Option<&crate::recipe::NumericPlan> {
@@ -366,10 +468,15 @@ fn warn_cat(state: &mut CategoricalState, message: String) {
 /// The state of a column as seen on the already-cleaned train frame: no sentinels, no cast.
 fn clean_view(c: &ColumnState) -> ColumnState {
     match c {
-        ColumnState::Numeric(n) => ColumnState::Numeric(NumericState { sentinels: Vec::new(), ..n.clone() }),
-        ColumnState::Categorical(c) => {
-            ColumnState::Categorical(CategoricalState { sentinels: Vec::new(), cast_from_numeric: false, ..c.clone() })
-        }
+        ColumnState::Numeric(n) => ColumnState::Numeric(NumericState {
+            sentinels: Vec::new(),
+            ..n.clone()
+        }),
+        ColumnState::Categorical(c) => ColumnState::Categorical(CategoricalState {
+            sentinels: Vec::new(),
+            cast_from_numeric: false,
+            ..c.clone()
+        }),
     }
 }
 
@@ -421,11 +528,19 @@ fn initial_states(plans: &[ColumnPlan], schema: &Schema) -> Result<Vec<ColumnSta
 }
 
 /// The type of `name` in `schema`, or an error listing the columns that exist.
-pub(crate) fn column_dtype<'a>(schema: &'a Schema, name: &str, field: &str) -> Result<&'a DataType> {
+pub(crate) fn column_dtype<'a>(
+    schema: &'a Schema,
+    name: &str,
+    field: &str,
+) -> Result<&'a DataType> {
     schema.get(name).ok_or_else(|| Error::UnknownColumn {
         field: field.to_owned(),
         column: name.to_owned(),
-        available: schema.iter_names().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+        available: schema
+            .iter_names()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
@@ -435,18 +550,28 @@ pub(crate) fn check_kind(name: &str, dtype: &DataType, kind: FeatureKind) -> Res
     let numeric = dtype.is_primitive_numeric() || dtype.is_bool() || dtype == &DataType::Null;
     match (kind, numeric, dtype.is_string()) {
         (FeatureKind::Numeric, true, _) => Ok(false),
-        (FeatureKind::Numeric, false, _) => Err(Error::NotNumeric { column: name.to_owned(), dtype: dtype.to_string() }),
+        (FeatureKind::Numeric, false, _) => Err(Error::NotNumeric {
+            column: name.to_owned(),
+            dtype: dtype.to_string(),
+        }),
         (FeatureKind::Categorical, _, true) => Ok(false),
         (FeatureKind::Categorical, true, _) => Ok(true),
-        (FeatureKind::Categorical, false, false) => {
-            Err(Error::UnsupportedType { column: name.to_owned(), dtype: dtype.to_string() })
-        }
+        (FeatureKind::Categorical, false, false) => Err(Error::UnsupportedType {
+            column: name.to_owned(),
+            dtype: dtype.to_string(),
+        }),
     }
 }
 
 /// Every output column name must be unique (a feature named `a__missing` next to `a`'s indicator is not).
 fn check_output_names(columns: &[ColumnState], flags: crate::recipe::FlagType) -> Result<()> {
-    let state = TabularState { version: STATE_VERSION, train_rows: 0, train_rows_kept: 0, flags, columns: columns.to_vec() };
+    let state = TabularState {
+        version: STATE_VERSION,
+        train_rows: 0,
+        train_rows_kept: 0,
+        flags,
+        columns: columns.to_vec(),
+    };
     let mut seen = BTreeSet::new();
     for (name, _) in state.output_columns() {
         if !seen.insert(name.clone()) {
@@ -460,8 +585,10 @@ fn check_output_names(columns: &[ColumnState], flags: crate::recipe::FlagType) -
 
 /// A statistics query is one projection of an in-memory frame: type coercion and shared subexpressions are the
 /// optimizations that matter, the plan-level ones only cost planning time.
-const STATS_OPTIMIZATIONS: OptFlags =
-    OptFlags::TYPE_COERCION.union(OptFlags::TYPE_CHECK).union(OptFlags::SIMPLIFY_EXPR).union(OptFlags::COMM_SUBEXPR_ELIM);
+const STATS_OPTIMIZATIONS: OptFlags = OptFlags::TYPE_COERCION
+    .union(OptFlags::TYPE_CHECK)
+    .union(OptFlags::SIMPLIFY_EXPR)
+    .union(OptFlags::COMM_SUBEXPR_ELIM);
 
 /// At most this many values of temporaries per statistics query (4M `f64`: 32 MiB).
 const QUERY_VALUES: usize = 1 << 22;
@@ -480,14 +607,22 @@ impl Stats {
         let mut columns = Vec::new();
         for chunk in groups.chunks(per_query) {
             let exprs: Vec<Expr> = chunk.iter().flatten().cloned().collect();
-            let row = frame.clone().lazy().with_optimizations(STATS_OPTIMIZATIONS).select(exprs).collect().map_err(pl(context))?;
+            let row = frame
+                .clone()
+                .lazy()
+                .with_optimizations(STATS_OPTIMIZATIONS)
+                .select(exprs)
+                .collect()
+                .map_err(pl(context))?;
             columns.extend(row.into_columns());
         }
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "fit: {context}");
         if columns.is_empty() {
             return Ok(Self(None));
         }
-        DataFrame::new(1, columns).map(|df| Self(Some(df))).map_err(pl(context))
+        DataFrame::new(1, columns)
+            .map(|df| Self(Some(df)))
+            .map_err(pl(context))
     }
 
     fn value(&self, key: &str) -> Result<Option<AnyValue<'_>>> {
@@ -502,6 +637,9 @@ impl Stats {
     }
 
     fn u64(&self, key: &str) -> Result<u64> {
-        Ok(self.value(key)?.and_then(|v| v.extract::<u64>()).unwrap_or(0))
+        Ok(self
+            .value(key)?
+            .and_then(|v| v.extract::<u64>())
+            .unwrap_or(0))
     }
 }

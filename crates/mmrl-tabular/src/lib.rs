@@ -29,9 +29,9 @@ pub mod io;
 mod quality;
 pub mod recipe;
 pub mod stage;
-mod state;
 #[cfg(test)]
 mod stage_tests;
+mod state;
 #[cfg(test)]
 mod tests;
 mod transform;
@@ -40,12 +40,13 @@ pub use error::{Error, Result};
 pub use fit::{MAD_TO_STD, fit};
 pub use quality::{QualityReport, QualityRow, Summary, quality};
 pub use recipe::{
-    CategoricalRules, ColumnOverride, Encode, FlagType, Impute, NumericRules, OutlierAction, OutlierRule, Outliers, Recipe,
-    Scale, Unknown, Value,
+    CategoricalRules, ColumnOverride, Encode, FlagType, Impute, NumericRules, OutlierAction,
+    OutlierRule, Outliers, Recipe, Scale, Unknown, Value,
 };
 pub use state::{
-    CategoricalState, ColumnState, FIRST_CATEGORY_CODE, FittedOutliers, MISSING_CODE, MISSING_SUFFIX, NumericState,
-    ONE_HOT_MISSING, ONE_HOT_UNSEEN, OutputType, STATE_VERSION, TabularState, UNSEEN_CODE,
+    CategoricalState, ColumnState, FIRST_CATEGORY_CODE, FittedOutliers, MISSING_CODE,
+    MISSING_SUFFIX, NumericState, ONE_HOT_MISSING, ONE_HOT_UNSEEN, OutputType, STATE_VERSION,
+    TabularState, UNSEEN_CODE,
 };
 pub use transform::{DROP_COLUMN, DROP_VALUE, dropped, transform};
 

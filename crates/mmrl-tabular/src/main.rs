@@ -6,7 +6,11 @@ use mmrl_artifact::cli::{StageArgs, init_logging, print_resolved};
 use mmrl_tabular::stage;
 
 #[derive(Parser)]
-#[command(name = "mmrl-tabular", version, about = "mmrl tabular stage: impute, outliers, normalize, encode (fit on train)")]
+#[command(
+    name = "mmrl-tabular",
+    version,
+    about = "mmrl tabular stage: impute, outliers, normalize, encode (fit on train)"
+)]
 struct Cli {
     #[command(subcommand)]
     stage: Stage,
@@ -29,8 +33,9 @@ fn main() -> anyhow::Result<()> {
             }
             let samples = args.input("samples").map_err(|e| anyhow!(e))?;
             let output = args.output().map_err(|e| anyhow!(e))?;
-            let summary = stage::run(&config, samples, output)
-                .with_context(|| format!("tabular {} into {}", samples.display(), output.display()))?;
+            let summary = stage::run(&config, samples, output).with_context(|| {
+                format!("tabular {} into {}", samples.display(), output.display())
+            })?;
             // The fallbacks were logged as they were taken; the table is the stage's summary for people.
             print!("{}", summary.quality);
         }

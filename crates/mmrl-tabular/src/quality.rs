@@ -9,12 +9,12 @@ use arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef};
 use mmrl_artifact::sample::FeatureKind;
 use polars::prelude::*;
 
+use crate::Result;
 use crate::error::pl;
 use crate::exprs;
 use crate::recipe::OutlierAction;
 use crate::state::{ColumnState, NumericState, TabularState};
 use crate::transform::check_input;
-use crate::Result;
 
 /// A distribution summary of a numeric column (missing values ignored).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -82,7 +82,11 @@ pub struct QualityReport {
 
 /// Computes the quality report of `frame` under `state`, per value of the column `split` when given (the whole
 /// frame as split `all` otherwise).
-pub fn quality(frame: LazyFrame, state: &TabularState, split: Option<&str>) -> Result<QualityReport> {
+pub fn quality(
+    frame: LazyFrame,
+    state: &TabularState,
+    split: Option<&str>,
+) -> Result<QualityReport> {
     let mut frame = frame;
     check_input(&mut frame, state)?;
     let numeric: Vec<&NumericState> = state
@@ -104,7 +108,10 @@ pub fn quality(frame: LazyFrame, state: &TabularState, split: Option<&str>) -> R
                 let x = || exprs::numeric_clean(&s.name, &s.sentinels);
                 let out = || exprs::numeric_output(s).cast(DataType::Float64);
                 aggs.push(count(exprs::numeric_raw(&s.name).is_null()).alias(k("nulls_before")));
-                aggs.push(count(exprs::is_sentinel(&s.name, &s.sentinels).unwrap_or(lit(false))).alias(k("sentinels")));
+                aggs.push(
+                    count(exprs::is_sentinel(&s.name, &s.sentinels).unwrap_or(lit(false)))
+                        .alias(k("sentinels")),
+                );
                 aggs.push(count(exprs::is_non_finite(&s.name)).alias(k("non_finite")));
                 aggs.push(count(exprs::outlier_flag(s)).alias(k("outliers")));
                 aggs.push(count(kept(x().is_null())).alias(k("imputed")));
@@ -116,24 +123,45 @@ pub fn quality(frame: LazyFrame, state: &TabularState, split: Option<&str>) -> R
             ColumnState::Categorical(c) => {
                 aggs.push(count(exprs::categorical_raw(c).is_null()).alias(k("nulls_before")));
                 aggs.push(
-                    count(exprs::categorical_is_sentinel(c).unwrap_or(lit(false))).alias(k("sentinels")),
+                    count(exprs::categorical_is_sentinel(c).unwrap_or(lit(false)))
+                        .alias(k("sentinels")),
                 );
                 let missing = kept(exprs::categorical_clean(c).is_null());
-                aggs.push(count(if c.fill.is_some() { missing } else { lit(false) }).alias(k("imputed")));
+                aggs.push(
+                    count(if c.fill.is_some() {
+                        missing
+                    } else {
+                        lit(false)
+                    })
+                    .alias(k("imputed")),
+                );
                 aggs.push(count(kept(exprs::categorical_is_unseen(c))).alias(k("unseen")));
-                aggs.push(count(kept(exprs::categorical_imputed(c).is_null())).alias(k("nulls_after")));
-                aggs.push(exprs::categorical_clean(c).drop_nulls().n_unique().cast(DataType::UInt64).alias(k("distinct")));
+                aggs.push(
+                    count(kept(exprs::categorical_imputed(c).is_null())).alias(k("nulls_after")),
+                );
+                aggs.push(
+                    exprs::categorical_clean(c)
+                        .drop_nulls()
+                        .n_unique()
+                        .cast(DataType::UInt64)
+                        .alias(k("distinct")),
+                );
             }
         }
     }
     const SPLIT: &str = "__split";
     let grouped = match split {
-        Some(name) => {
-            frame.group_by([col(name).cast(DataType::String).fill_null(lit("null")).alias(SPLIT)]).agg(aggs)
-        }
+        Some(name) => frame
+            .group_by([col(name)
+                .cast(DataType::String)
+                .fill_null(lit("null"))
+                .alias(SPLIT)])
+            .agg(aggs),
         None => frame.select(aggs).with_column(lit("all").alias(SPLIT)),
     };
-    let df = grouped.collect().map_err(pl("computing the quality report"))?;
+    let df = grouped
+        .collect()
+        .map_err(pl("computing the quality report"))?;
     let splits: Vec<String> = df
         .column(SPLIT)
         .and_then(|c| c.str().cloned())
@@ -151,12 +179,22 @@ pub fn quality(frame: LazyFrame, state: &TabularState, split: Option<&str>) -> R
     order.sort_by(|&a, &b| (rank(&splits[a]), &splits[a]).cmp(&(rank(&splits[b]), &splits[b])));
 
     let get_u64 = |name: &str, row: usize| -> Result<u64> {
-        let v = df.column(name).and_then(|c| c.get(row)).map_err(pl(format!("quality statistic {name}")))?;
+        let v = df
+            .column(name)
+            .and_then(|c| c.get(row))
+            .map_err(pl(format!("quality statistic {name}")))?;
         Ok(v.extract::<u64>().unwrap_or(0))
     };
     let get_f64 = |name: &str, row: usize| -> Result<Option<f64>> {
-        let v = df.column(name).and_then(|c| c.get(row)).map_err(pl(format!("quality statistic {name}")))?;
-        Ok(if v.is_null() { None } else { v.extract::<f64>() })
+        let v = df
+            .column(name)
+            .and_then(|c| c.get(row))
+            .map_err(pl(format!("quality statistic {name}")))?;
+        Ok(if v.is_null() {
+            None
+        } else {
+            v.extract::<f64>()
+        })
     };
     let summary = |prefix: &str, row: usize| -> Result<Summary> {
         Ok(Summary {
@@ -198,8 +236,16 @@ pub fn quality(frame: LazyFrame, state: &TabularState, split: Option<&str>) -> R
                     QualityRow {
                         non_finite: get_u64(&k("non_finite"), r)?,
                         outliers,
-                        clipped: if action == Some(OutlierAction::Clip) { outliers } else { 0 },
-                        dropped: if action == Some(OutlierAction::Drop) { outliers } else { 0 },
+                        clipped: if action == Some(OutlierAction::Clip) {
+                            outliers
+                        } else {
+                            0
+                        },
+                        dropped: if action == Some(OutlierAction::Drop) {
+                            outliers
+                        } else {
+                            0
+                        },
                         non_finite_after: get_u64(&k("non_finite_after"), r)?,
                         before: Some(summary(&k("before"), r)?),
                         after: Some(summary(&k("after"), r)?),
@@ -222,7 +268,12 @@ fn push_summary(aggs: &mut Vec<Expr>, x: Expr, prefix: &str) {
     aggs.push(x.clone().mean().alias(format!("{prefix}_mean")));
     aggs.push(x.clone().std(0).alias(format!("{prefix}_std")));
     aggs.push(x.clone().min().alias(format!("{prefix}_min")));
-    aggs.push(x.clone().drop_nulls().median().alias(format!("{prefix}_median")));
+    aggs.push(
+        x.clone()
+            .drop_nulls()
+            .median()
+            .alias(format!("{prefix}_median")),
+    );
     aggs.push(x.max().alias(format!("{prefix}_max")));
 }
 
@@ -240,7 +291,11 @@ impl QualityReport {
         fields.push(Field::new("distinct", ArrowType::UInt64, true));
         for side in ["before", "after"] {
             for stat in STATS {
-                fields.push(Field::new(format!("{stat}_{side}"), ArrowType::Float64, true));
+                fields.push(Field::new(
+                    format!("{stat}_{side}"),
+                    ArrowType::Float64,
+                    true,
+                ));
             }
         }
         fields.push(Field::new("warnings", ArrowType::Utf8, false));
@@ -250,20 +305,30 @@ impl QualityReport {
     /// The report as one Arrow batch (`quality.parquet`).
     pub fn to_record_batch(&self) -> Result<RecordBatch> {
         let rows = &self.rows;
-        let text = |f: &dyn Fn(&QualityRow) -> &str| -> ArrayRef { Arc::new(rows.iter().map(|r| Some(f(r))).collect::<StringArray>()) };
+        let text = |f: &dyn Fn(&QualityRow) -> &str| -> ArrayRef {
+            Arc::new(rows.iter().map(|r| Some(f(r))).collect::<StringArray>())
+        };
         let mut columns: Vec<ArrayRef> = vec![
             text(&|r| r.column.as_str()),
             text(&|r| r.kind.as_str()),
             text(&|r| r.split.as_str()),
         ];
         for name in COUNTS {
-            columns.push(Arc::new(rows.iter().map(|r| count_of(r, name)).collect::<UInt64Array>()));
+            columns.push(Arc::new(
+                rows.iter()
+                    .map(|r| count_of(r, name))
+                    .collect::<UInt64Array>(),
+            ));
         }
-        columns.push(Arc::new(rows.iter().map(|r| r.distinct).collect::<UInt64Array>()));
+        columns.push(Arc::new(
+            rows.iter().map(|r| r.distinct).collect::<UInt64Array>(),
+        ));
         for side in [|r: &QualityRow| r.before, |r: &QualityRow| r.after] {
             for stat in STATS {
                 columns.push(Arc::new(
-                    rows.iter().map(|r| side(r).and_then(|s| stat_of(&s, stat))).collect::<Float64Array>(),
+                    rows.iter()
+                        .map(|r| side(r).and_then(|s| stat_of(&s, stat)))
+                        .collect::<Float64Array>(),
                 ));
             }
         }
@@ -289,7 +354,10 @@ impl QualityReport {
                     last.nulls_after += r.nulls_after;
                     last.non_finite_after += r.non_finite_after;
                 }
-                _ => out.push(QualityRow { split: "all".into(), ..r.clone() }),
+                _ => out.push(QualityRow {
+                    split: "all".into(),
+                    ..r.clone()
+                }),
             }
         }
         out
@@ -343,11 +411,26 @@ fn stat_of(s: &Summary, stat: &str) -> Option<f64> {
 impl fmt::Display for QualityReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows = self.per_column();
-        let width = rows.iter().map(|r| r.column.len()).max().unwrap_or(6).max(6);
+        let width = rows
+            .iter()
+            .map(|r| r.column.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
         writeln!(
             f,
             "{:<width$}  {:<11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  warnings",
-            "column", "kind", "rows", "nulls", "sentinel", "outliers", "clipped", "dropped", "imputed", "unseen", "after"
+            "column",
+            "kind",
+            "rows",
+            "nulls",
+            "sentinel",
+            "outliers",
+            "clipped",
+            "dropped",
+            "imputed",
+            "unseen",
+            "after"
         )?;
         for r in rows {
             writeln!(
@@ -364,7 +447,11 @@ impl fmt::Display for QualityReport {
                 r.imputed,
                 r.unseen,
                 r.nulls_after,
-                if r.warnings.is_empty() { "-" } else { r.warnings.as_str() }
+                if r.warnings.is_empty() {
+                    "-"
+                } else {
+                    r.warnings.as_str()
+                }
             )?;
         }
         Ok(())

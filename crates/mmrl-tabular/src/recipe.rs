@@ -91,14 +91,22 @@ pub struct Outliers {
 
 impl Default for Outliers {
     fn default() -> Self {
-        Self { rule: OutlierRule::Iqr, k: None, action: OutlierAction::Clip }
+        Self {
+            rule: OutlierRule::Iqr,
+            k: None,
+            action: OutlierAction::Clip,
+        }
     }
 }
 
 impl Outliers {
     /// No outlier handling.
     pub fn none() -> Self {
-        Self { rule: OutlierRule::None, k: None, action: OutlierAction::Clip }
+        Self {
+            rule: OutlierRule::None,
+            k: None,
+            action: OutlierAction::Clip,
+        }
     }
 
     /// The multiplier in effect.
@@ -298,7 +306,10 @@ impl Recipe {
         let mut seen = std::collections::BTreeSet::new();
         for (name, _) in &self.features {
             if !seen.insert(name.as_str()) {
-                return Err(config("features", format!("column {name:?} is listed twice")));
+                return Err(config(
+                    "features",
+                    format!("column {name:?} is listed twice"),
+                ));
             }
         }
         self.resolve().map(|_| ())
@@ -311,7 +322,12 @@ impl Recipe {
                 return Err(Error::UnknownColumn {
                     field: format!("columns.{name}"),
                     column: name.clone(),
-                    available: self.features.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(", "),
+                    available: self
+                        .features
+                        .iter()
+                        .map(|(f, _)| f.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
         }
@@ -320,10 +336,11 @@ impl Recipe {
             .map(|(name, declared)| {
                 let o = self.columns.get(name).cloned().unwrap_or_default();
                 match o.kind.unwrap_or(*declared) {
-                    FeatureKind::Numeric => resolve_numeric(name, &self.numeric, &o).map(ColumnPlan::Numeric),
-                    FeatureKind::Categorical => {
-                        resolve_categorical(name, &self.categorical, &o).map(ColumnPlan::Categorical)
+                    FeatureKind::Numeric => {
+                        resolve_numeric(name, &self.numeric, &o).map(ColumnPlan::Numeric)
                     }
+                    FeatureKind::Categorical => resolve_categorical(name, &self.categorical, &o)
+                        .map(ColumnPlan::Categorical),
                 }
             })
             .collect()
@@ -362,7 +379,10 @@ pub(crate) enum ColumnPlan {
 }
 
 fn config(field: &str, message: impl Into<String>) -> Error {
-    Error::Config { field: field.to_owned(), message: message.into() }
+    Error::Config {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
 /// Checks what can be checked without knowing the data: ranges, and kind-specific values in the defaults.
@@ -380,24 +400,38 @@ pub(crate) fn validate_rules(
     check_categorical_impute("categorical.impute", categorical.impute)?;
     for (name, o) in columns {
         // Keys that only fit one kind must agree with each other (and with `kind` when given), whatever the data.
-        let numeric_key = [("outliers", o.outliers.is_some()), ("scale", o.scale.is_some())]
-            .into_iter()
-            .find_map(|(k, set)| set.then_some(k));
-        let categorical_key = [("encode", o.encode.is_some()), ("unknown", o.unknown.is_some())]
-            .into_iter()
-            .find_map(|(k, set)| set.then_some(k));
+        let numeric_key = [
+            ("outliers", o.outliers.is_some()),
+            ("scale", o.scale.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(k, set)| set.then_some(k));
+        let categorical_key = [
+            ("encode", o.encode.is_some()),
+            ("unknown", o.unknown.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(k, set)| set.then_some(k));
         match (o.kind, numeric_key, categorical_key) {
             (_, Some(n), Some(c)) => {
                 return Err(config(
                     &format!("columns.{name}"),
-                    format!("{n} applies to numeric columns and {c} to categorical ones; a column is one kind"),
+                    format!(
+                        "{n} applies to numeric columns and {c} to categorical ones; a column is one kind"
+                    ),
                 ));
             }
             (Some(FeatureKind::Categorical), Some(n), _) => {
-                return Err(config(&format!("columns.{name}.{n}"), "applies to numeric columns only; kind is categorical"));
+                return Err(config(
+                    &format!("columns.{name}.{n}"),
+                    "applies to numeric columns only; kind is categorical",
+                ));
             }
             (Some(FeatureKind::Numeric), _, Some(c)) => {
-                return Err(config(&format!("columns.{name}.{c}"), "applies to categorical columns only; kind is numeric"));
+                return Err(config(
+                    &format!("columns.{name}.{c}"),
+                    "applies to categorical columns only; kind is numeric",
+                ));
             }
             _ => {}
         }
@@ -417,14 +451,21 @@ pub(crate) fn validate_rules(
 }
 
 fn check_finite(field: &str, v: f64) -> Result<()> {
-    if v.is_finite() { Ok(()) } else { Err(config(field, format!("{v} is not a finite number"))) }
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(config(field, format!("{v} is not a finite number")))
+    }
 }
 
 fn check_outliers(field: &str, o: &Outliers) -> Result<()> {
     if let Some(k) = o.k
         && !(k.is_finite() && k > 0.0)
     {
-        return Err(config(&format!("{field}.k"), format!("{k} is not a finite number > 0")));
+        return Err(config(
+            &format!("{field}.k"),
+            format!("{k} is not a finite number > 0"),
+        ));
     }
     Ok(())
 }
@@ -443,7 +484,10 @@ fn check_categorical_impute(field: &str, impute: Impute) -> Result<()> {
     match impute {
         Impute::Mean | Impute::Median => Err(config(
             field,
-            format!("{:?} applies to numeric columns only; categorical columns take mode, constant or missing", impute.name()),
+            format!(
+                "{:?} applies to numeric columns only; categorical columns take mode, constant or missing",
+                impute.name()
+            ),
         )),
         _ => Ok(()),
     }
@@ -452,10 +496,16 @@ fn check_categorical_impute(field: &str, impute: Impute) -> Result<()> {
 fn resolve_numeric(name: &str, d: &NumericRules, o: &ColumnOverride) -> Result<NumericPlan> {
     let field = |f: &str| format!("columns.{name}.{f}");
     if o.encode.is_some() {
-        return Err(config(&field("encode"), "applies to categorical columns only; this column is numeric"));
+        return Err(config(
+            &field("encode"),
+            "applies to categorical columns only; this column is numeric",
+        ));
     }
     if o.unknown.is_some() {
-        return Err(config(&field("unknown"), "applies to categorical columns only; this column is numeric"));
+        return Err(config(
+            &field("unknown"),
+            "applies to categorical columns only; this column is numeric",
+        ));
     }
     let impute = o.impute.unwrap_or(d.impute);
     check_numeric_impute(&field("impute"), impute)?;
@@ -463,7 +513,10 @@ fn resolve_numeric(name: &str, d: &NumericRules, o: &ColumnOverride) -> Result<N
         None => d.fill_value,
         Some(Value::Number(v)) => *v,
         Some(Value::Text(t)) => {
-            return Err(config(&field("fill_value"), format!("{t:?} is text; this column is numeric, give a number")));
+            return Err(config(
+                &field("fill_value"),
+                format!("{t:?} is text; this column is numeric, give a number"),
+            ));
         }
     };
     let sentinels = match &o.sentinels {
@@ -490,13 +543,23 @@ fn resolve_numeric(name: &str, d: &NumericRules, o: &ColumnOverride) -> Result<N
     })
 }
 
-fn resolve_categorical(name: &str, d: &CategoricalRules, o: &ColumnOverride) -> Result<CategoricalPlan> {
+fn resolve_categorical(
+    name: &str,
+    d: &CategoricalRules,
+    o: &ColumnOverride,
+) -> Result<CategoricalPlan> {
     let field = |f: &str| format!("columns.{name}.{f}");
     if o.outliers.is_some() {
-        return Err(config(&field("outliers"), "applies to numeric columns only; this column is categorical"));
+        return Err(config(
+            &field("outliers"),
+            "applies to numeric columns only; this column is categorical",
+        ));
     }
     if o.scale.is_some() {
-        return Err(config(&field("scale"), "applies to numeric columns only; this column is categorical"));
+        return Err(config(
+            &field("scale"),
+            "applies to numeric columns only; this column is categorical",
+        ));
     }
     let impute = o.impute.unwrap_or(d.impute);
     check_categorical_impute(&field("impute"), impute)?;

@@ -117,14 +117,21 @@ pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<Tabu
     let df = crate::io::read_parquet(&table_path, Some(&names))?;
     let split_counts = check_splits(&df, &table_path)?;
 
-    let train = df.clone().lazy().filter(col(sample::SPLIT).eq(lit(Split::Train.as_str())));
+    let train = df
+        .clone()
+        .lazy()
+        .filter(col(sample::SPLIT).eq(lit(Split::Train.as_str())));
     let state = fit(train, &recipe).map_err(|e| match e {
         Error::EmptyTrain(m) => Error::EmptyTrain(format!("{}: {m}", table_path.display())),
         other => other,
     })?;
 
-    let cleaned = transform(df.clone().lazy(), &state)?.collect().map_err(pl("transforming the samples"))?;
-    let drops = dropped(df.clone().lazy(), &state)?.collect().map_err(pl("collecting dropped rows"))?;
+    let cleaned = transform(df.clone().lazy(), &state)?
+        .collect()
+        .map_err(pl("transforming the samples"))?;
+    let drops = dropped(df.clone().lazy(), &state)?
+        .collect()
+        .map_err(pl("collecting dropped rows"))?;
     let report = quality(df.clone().lazy(), &state, Some(sample::SPLIT))?;
 
     let total = df.height();
@@ -141,7 +148,11 @@ pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<Tabu
     let mut warnings: Vec<String> = state
         .columns
         .iter()
-        .flat_map(|c| c.warnings().iter().map(move |w| format!("{}: {w}", c.name())))
+        .flat_map(|c| {
+            c.warnings()
+                .iter()
+                .map(move |w| format!("{}: {w}", c.name()))
+        })
         .collect();
     let out_counts = count_by_split(&cleaned)?;
     let mut splits = BTreeMap::new();
@@ -151,7 +162,11 @@ pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<Tabu
             output: out_counts.get(split).copied().unwrap_or(0),
         };
         if rows.output == 0 {
-            let why = if rows.input == 0 { "has no rows" } else { "lost all its rows to the outlier drop rules" };
+            let why = if rows.input == 0 {
+                "has no rows"
+            } else {
+                "lost all its rows to the outlier drop rules"
+            };
             let message = format!("split {split} {why}: nothing to evaluate on it");
             tracing::warn!("{message}");
             warnings.push(message);
@@ -159,7 +174,9 @@ pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<Tabu
         splits.insert(split.to_owned(), rows);
     }
 
-    let table = cleaned.drop(sample::SOURCE_LINE).map_err(pl("dropping source_line"))?;
+    let table = cleaned
+        .drop(sample::SOURCE_LINE)
+        .map_err(pl("dropping source_line"))?;
     let batch = crate::io::to_record_batch(&table, &[])?;
     let summary = TabularSummary {
         splits,
@@ -190,7 +207,8 @@ pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<Tabu
         stage: STAGE.into(),
         crate_name: env!("CARGO_PKG_NAME").into(),
         crate_version: env!("CARGO_PKG_VERSION").into(),
-        config: serde_json::to_value(config).map_err(|e| Error::State(format!("serializing config: {e}")))?,
+        config: serde_json::to_value(config)
+            .map_err(|e| Error::State(format!("serializing config: {e}")))?,
         seed: None,
     };
     let mut writer = ArtifactWriter::create(output, info)?;
@@ -199,18 +217,39 @@ pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<Tabu
     writer.write_table("tabular", Role::Data, batch.schema(), &[batch])?;
     writer.write_bytes("state.json", Role::State, state.to_json()?.as_bytes())?;
     let quality_batch = summary.quality.to_record_batch()?;
-    writer.write_table("quality", Role::Report, QualityReport::schema(), &[quality_batch])?;
-    writer.write_table("rejects", Role::Rejects, sample::rejects_schema(), &[rejects.finish()?])?;
+    writer.write_table(
+        "quality",
+        Role::Report,
+        QualityReport::schema(),
+        &[quality_batch],
+    )?;
+    writer.write_table(
+        "rejects",
+        Role::Rejects,
+        sample::rejects_schema(),
+        &[rejects.finish()?],
+    )?;
     writer.write_json("report.json", Role::Report, &summary)?;
     writer.commit()?;
-    tracing::info!(rows = total, dropped = summary.dropped, columns = summary.output_columns.len(), "tabular done");
+    tracing::info!(
+        rows = total,
+        dropped = summary.dropped,
+        columns = summary.output_columns.len(),
+        "tabular done"
+    );
     Ok(summary)
 }
 
 /// Every row must have a split named train, val or test (select assigns them). Returns rows per split.
 fn check_splits(df: &DataFrame, path: &Path) -> Result<BTreeMap<String, u64>> {
-    let split = df.column(sample::SPLIT).and_then(|c| c.str().cloned()).map_err(pl("reading split"))?;
-    let ids = df.column(sample::ID).and_then(|c| c.str().cloned()).map_err(pl("reading id"))?;
+    let split = df
+        .column(sample::SPLIT)
+        .and_then(|c| c.str().cloned())
+        .map_err(pl("reading split"))?;
+    let ids = df
+        .column(sample::ID)
+        .and_then(|c| c.str().cloned())
+        .map_err(pl("reading id"))?;
     let mut counts = BTreeMap::new();
     for (s, id) in split.iter().zip(ids.iter()) {
         match s.and_then(Split::parse) {
@@ -228,7 +267,10 @@ fn check_splits(df: &DataFrame, path: &Path) -> Result<BTreeMap<String, u64>> {
 }
 
 fn count_by_split(df: &DataFrame) -> Result<BTreeMap<String, u64>> {
-    let split = df.column(sample::SPLIT).and_then(|c| c.str().cloned()).map_err(pl("reading split"))?;
+    let split = df
+        .column(sample::SPLIT)
+        .and_then(|c| c.str().cloned())
+        .map_err(pl("reading split"))?;
     let mut counts = BTreeMap::new();
     for s in split.iter().flatten() {
         *counts.entry(s.to_owned()).or_insert(0) += 1;
@@ -239,11 +281,28 @@ fn count_by_split(df: &DataFrame) -> Result<BTreeMap<String, u64>> {
 /// The rejects table of the dropped rows: reason `outlier`, the column, value and bounds in the detail.
 fn rejects(drops: &DataFrame, state: &TabularState) -> Result<Rejects> {
     let mut rejects = Rejects::new(STAGE);
-    let lines = drops.column(sample::SOURCE_LINE).and_then(|c| c.u64().cloned()).map_err(pl("reading source_line"))?;
-    let ids = drops.column(sample::ID).and_then(|c| c.str().cloned()).map_err(pl("reading id"))?;
-    let columns = drops.column(DROP_COLUMN).and_then(|c| c.str().cloned()).map_err(pl("reading drop column"))?;
-    let values = drops.column(DROP_VALUE).and_then(|c| c.f64().cloned()).map_err(pl("reading drop value"))?;
-    for (((line, id), column), value) in lines.iter().zip(ids.iter()).zip(columns.iter()).zip(values.iter()) {
+    let lines = drops
+        .column(sample::SOURCE_LINE)
+        .and_then(|c| c.u64().cloned())
+        .map_err(pl("reading source_line"))?;
+    let ids = drops
+        .column(sample::ID)
+        .and_then(|c| c.str().cloned())
+        .map_err(pl("reading id"))?;
+    let columns = drops
+        .column(DROP_COLUMN)
+        .and_then(|c| c.str().cloned())
+        .map_err(pl("reading drop column"))?;
+    let values = drops
+        .column(DROP_VALUE)
+        .and_then(|c| c.f64().cloned())
+        .map_err(pl("reading drop value"))?;
+    for (((line, id), column), value) in lines
+        .iter()
+        .zip(ids.iter())
+        .zip(columns.iter())
+        .zip(values.iter())
+    {
         let column = column.unwrap_or_default();
         let bounds = state.columns.iter().find_map(|c| match c {
             ColumnState::Numeric(n) if n.name == column => n.outliers.clone(),
@@ -262,15 +321,31 @@ fn rejects(drops: &DataFrame, state: &TabularState) -> Result<Rejects> {
 }
 
 fn first_drops(drops: &DataFrame, n: usize) -> Result<String> {
-    let ids = drops.column(sample::ID).and_then(|c| c.str().cloned()).map_err(pl("reading id"))?;
-    let columns = drops.column(DROP_COLUMN).and_then(|c| c.str().cloned()).map_err(pl("reading drop column"))?;
-    let values = drops.column(DROP_VALUE).and_then(|c| c.f64().cloned()).map_err(pl("reading drop value"))?;
+    let ids = drops
+        .column(sample::ID)
+        .and_then(|c| c.str().cloned())
+        .map_err(pl("reading id"))?;
+    let columns = drops
+        .column(DROP_COLUMN)
+        .and_then(|c| c.str().cloned())
+        .map_err(pl("reading drop column"))?;
+    let values = drops
+        .column(DROP_VALUE)
+        .and_then(|c| c.f64().cloned())
+        .map_err(pl("reading drop value"))?;
     Ok(ids
         .iter()
         .zip(columns.iter())
         .zip(values.iter())
         .take(n)
-        .map(|((id, c), v)| format!("{} {} = {}", id.unwrap_or_default(), c.unwrap_or_default(), v.unwrap_or(f64::NAN)))
+        .map(|((id, c), v)| {
+            format!(
+                "{} {} = {}",
+                id.unwrap_or_default(),
+                c.unwrap_or_default(),
+                v.unwrap_or(f64::NAN)
+            )
+        })
         .collect::<Vec<_>>()
         .join("; "))
 }

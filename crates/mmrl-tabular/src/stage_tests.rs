@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, BinaryArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{
+    ArrayRef, AsArray, BinaryArray, Float64Array, RecordBatch, StringArray, UInt32Array,
+    UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, UInt32Type};
 use mmrl_artifact::sample::{self, FeatureKind};
 use mmrl_artifact::{Artifact, ArtifactWriter, Role, StageInfo};
@@ -12,12 +15,24 @@ use crate::stage::{TabularConfig, run};
 use crate::{Error, TabularState, UNSEEN_CODE};
 
 /// One sample row: id, split, battery, temperature, device.
-type Row = (&'static str, Option<&'static str>, Option<f64>, Option<f64>, Option<&'static str>);
+type Row = (
+    &'static str,
+    Option<&'static str>,
+    Option<f64>,
+    Option<f64>,
+    Option<&'static str>,
+);
 
 fn rows() -> Vec<Row> {
     vec![
         ("s00", Some("train"), Some(50.0), Some(21.0), Some("dev_a")),
-        ("s01", Some("train"), Some(-999.0), Some(22.0), Some("dev_b")),
+        (
+            "s01",
+            Some("train"),
+            Some(-999.0),
+            Some(22.0),
+            Some("dev_b"),
+        ),
         ("s02", Some("train"), Some(60.0), None, Some("dev_a")),
         ("s03", Some("train"), Some(10000.0), Some(23.0), None),
         ("s04", Some("train"), Some(40.0), Some(500.0), Some("dev_c")),
@@ -41,7 +56,11 @@ fn features() -> Vec<(String, FeatureKind)> {
 
 /// Writes a select-like artifact (sample schema + `repeat`) at `dir`.
 fn write_select(dir: &Path, rows: &[Row]) -> PathBuf {
-    let mut fields: Vec<Field> = sample::sample_schema(&features()).fields().iter().map(|f| (**f).clone()).collect();
+    let mut fields: Vec<Field> = sample::sample_schema(&features())
+        .fields()
+        .iter()
+        .map(|f| (**f).clone())
+        .collect();
     fields.push(Field::new("repeat", DataType::UInt32, false));
     let schema = Arc::new(Schema::new(fields));
     let n = rows.len();
@@ -53,11 +72,22 @@ fn write_select(dir: &Path, rows: &[Row]) -> PathBuf {
         text(vec![None; n]),
         text(vec![Some("what is it?"); n]),
         text(vec![Some("yes"); n]),
-        Arc::new(BinaryArray::from(vec![Some(&b"\x89PNG not decoded here"[..]); n])),
+        Arc::new(BinaryArray::from(vec![
+            Some(
+                &b"\x89PNG not decoded here"[..]
+            );
+            n
+        ])),
         Arc::new(BinaryArray::from(vec![None::<&[u8]>; n])),
-        Arc::new(UInt64Array::from((0..n as u64).map(|i| i + 2).collect::<Vec<_>>())),
-        Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
-        Arc::new(Float64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
+        Arc::new(UInt64Array::from(
+            (0..n as u64).map(|i| i + 2).collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+        )),
         text(rows.iter().map(|r| r.4).collect()),
         Arc::new(UInt32Array::from(vec![1u32; n])),
     ];
@@ -72,7 +102,9 @@ fn write_select(dir: &Path, rows: &[Row]) -> PathBuf {
     };
     let mut writer = ArtifactWriter::create(&path, info).unwrap();
     writer.fit_splits(&[]);
-    writer.write_table("samples", Role::Data, schema, &[batch]).unwrap();
+    writer
+        .write_table("samples", Role::Data, schema, &[batch])
+        .unwrap();
     writer.commit().unwrap();
     path
 }
@@ -112,8 +144,11 @@ fn stage_writes_model_ready_features_state_quality_and_rejects() {
     assert_eq!(m.fit_splits, ["train"]);
     assert_eq!(m.inputs[0].name, "samples");
     let (schema, batches) = artifact.read_table("tabular").unwrap();
-    let layout: Vec<(String, DataType, bool)> =
-        schema.fields().iter().map(|f| (f.name().clone(), f.data_type().clone(), f.is_nullable())).collect();
+    let layout: Vec<(String, DataType, bool)> = schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone(), f.is_nullable()))
+        .collect();
     let expect = |n: &str, t: DataType| (n.to_owned(), t, false);
     assert_eq!(
         layout,
@@ -136,16 +171,28 @@ fn stage_writes_model_ready_features_state_quality_and_rejects() {
     let device = col("device");
     let device = device.as_primitive::<UInt32Type>();
     // Train vocabulary dev_a, dev_b, dev_c = codes 2, 3, 4; dev_f (val) is unseen; a null is the missing code.
-    assert_eq!(device.values().to_vec(), [2, 3, 2, 0, 4, 3, 2, 4, UNSEEN_CODE, 0, 2, 3]);
+    assert_eq!(
+        device.values().to_vec(),
+        [2, 3, 2, 0, 4, 3, 2, 4, UNSEEN_CODE, 0, 2, 3]
+    );
     let missing = col("battery__missing");
-    assert_eq!(missing.as_primitive::<Float32Type>().values().to_vec()[..3], [0.0, 1.0, 0.0]);
+    assert_eq!(
+        missing.as_primitive::<Float32Type>().values().to_vec()[..3],
+        [0.0, 1.0, 0.0]
+    );
 
     // Battery: train values after sentinel removal [50, 60, 10000, 40, 55, 45]; Q1 = 46.25, Q3 = 58.75, IQR 12.5,
     // k 3: the clip bound is 96.25. Median of the clipped values [40, 45, 50, 55, 60, 96.25] = 52.5.
-    let state = TabularState::from_json(&std::fs::read_to_string(out.join("state.json")).unwrap()).unwrap();
-    let crate::ColumnState::Numeric(b) = &state.columns[0] else { panic!() };
+    let state =
+        TabularState::from_json(&std::fs::read_to_string(out.join("state.json")).unwrap()).unwrap();
+    let crate::ColumnState::Numeric(b) = &state.columns[0] else {
+        panic!()
+    };
     let bounds = b.outliers.clone().unwrap();
-    assert!((bounds.upper - 96.25).abs() < 1e-9 && (bounds.lower - 8.75).abs() < 1e-9, "{bounds:?}");
+    assert!(
+        (bounds.upper - 96.25).abs() < 1e-9 && (bounds.lower - 8.75).abs() < 1e-9,
+        "{bounds:?}"
+    );
     assert!((b.fill - 52.5).abs() < 1e-9, "{b:?}");
 
     let (qschema, qbatches) = artifact.read_table("quality").unwrap();
@@ -153,9 +200,15 @@ fn stage_writes_model_ready_features_state_quality_and_rejects() {
     assert_eq!(qschema.field(0).name(), "column");
     let (_, rejects) = artifact.read_table("rejects").unwrap();
     assert_eq!(rejects.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["splits"]["val"]["output"], 2);
-    let battery_val = summary.quality.rows.iter().find(|r| r.column == "battery" && r.split == "test").unwrap();
+    let battery_val = summary
+        .quality
+        .rows
+        .iter()
+        .find(|r| r.column == "battery" && r.split == "test")
+        .unwrap();
     assert_eq!((battery_val.outliers, battery_val.clipped), (1, 1));
 }
 
@@ -163,9 +216,21 @@ fn stage_writes_model_ready_features_state_quality_and_rejects() {
 fn stage_drop_rule_writes_rejects_and_respects_max_drop_fraction() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_select(dir.path(), &rows());
-    let params = format!("{DEFAULT_PARAMS}\n[columns.temperature]\noutliers = {{ rule = \"iqr\", k = 3.0, action = \"drop\" }}\n");
+    let params = format!(
+        "{DEFAULT_PARAMS}\n[columns.temperature]\noutliers = {{ rule = \"iqr\", k = 3.0, action = \"drop\" }}\n"
+    );
     let err = run(&config(&params), &input, &dir.path().join("t1")).unwrap_err();
-    assert!(matches!(err, Error::TooManyDropped { dropped: 2, total: 12, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::TooManyDropped {
+                dropped: 2,
+                total: 12,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(!dir.path().join("t1").exists());
 
     let params = params.replace("max_drop_fraction = 0.05", "max_drop_fraction = 0.5");
@@ -180,8 +245,18 @@ fn stage_drop_rule_writes_rejects_and_respects_max_drop_fraction() {
     let details = rejects.column(4).as_string::<i32>();
     assert_eq!((ids.value(0), ids.value(1)), ("s04", "s11"));
     assert_eq!(reasons.value(0), "outlier");
-    assert!(details.value(0).contains("\"temperature\" = 500"), "{}", details.value(0));
-    assert_eq!(rejects.column(0).as_primitive::<arrow::datatypes::UInt64Type>().value(0), 6);
+    assert!(
+        details.value(0).contains("\"temperature\" = 500"),
+        "{}",
+        details.value(0)
+    );
+    assert_eq!(
+        rejects
+            .column(0)
+            .as_primitive::<arrow::datatypes::UInt64Type>()
+            .value(0),
+        6
+    );
     let (_, data) = artifact.read_table("tabular").unwrap();
     assert_eq!(data.iter().map(|b| b.num_rows()).sum::<usize>(), 10);
 }
@@ -203,7 +278,13 @@ fn stage_state_ignores_val_and_test_and_outputs_are_deterministic() {
     run(&cfg, &b, &dir.path().join("ob")).unwrap();
     let state = |p: &str| std::fs::read(dir.path().join(p).join("state.json")).unwrap();
     assert_eq!(state("oa"), state("ob"));
-    let hash = |p: &str| Artifact::open(dir.path().join(p)).unwrap().manifest().content_hash.clone();
+    let hash = |p: &str| {
+        Artifact::open(dir.path().join(p))
+            .unwrap()
+            .manifest()
+            .content_hash
+            .clone()
+    };
     assert_eq!(hash("oa"), hash("oa2"));
     assert_ne!(hash("oa"), hash("ob"));
 }
@@ -214,11 +295,28 @@ fn stage_bad_input_gets_clear_errors() {
     let input = write_select(dir.path(), &rows());
     let out = dir.path().join("out");
 
-    let err = run(&config("[columns.batery]\nimpute = \"mean\"\n"), &input, &out).unwrap_err().to_string();
-    assert!(err.contains("columns.batery") && err.contains("battery, temperature, device"), "{err}");
+    let err = run(
+        &config("[columns.batery]\nimpute = \"mean\"\n"),
+        &input,
+        &out,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("columns.batery") && err.contains("battery, temperature, device"),
+        "{err}"
+    );
 
-    let err = run(&config("[columns.device]\nkind = \"numeric\"\n"), &input, &out).unwrap_err();
-    assert!(matches!(err, Error::NotNumeric { .. }) && err.to_string().contains("\"device\""), "{err}");
+    let err = run(
+        &config("[columns.device]\nkind = \"numeric\"\n"),
+        &input,
+        &out,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::NotNumeric { .. }) && err.to_string().contains("\"device\""),
+        "{err}"
+    );
 
     let mut no_train = rows();
     for row in &mut no_train {
@@ -228,25 +326,52 @@ fn stage_bad_input_gets_clear_errors() {
     }
     let empty = write_select(&dir.path().join("empty"), &no_train);
     let err = run(&config(DEFAULT_PARAMS), &empty, &out).unwrap_err();
-    assert!(matches!(err, Error::EmptyTrain(_)) && err.to_string().contains("samples.parquet"), "{err}");
+    assert!(
+        matches!(err, Error::EmptyTrain(_)) && err.to_string().contains("samples.parquet"),
+        "{err}"
+    );
 
     let mut unsplit = rows();
     unsplit[3].1 = None;
     let unsplit = write_select(&dir.path().join("unsplit"), &unsplit);
-    let err = run(&config(DEFAULT_PARAMS), &unsplit, &out).unwrap_err().to_string();
-    assert!(err.contains("\"s03\"") && err.contains("run select first"), "{err}");
+    let err = run(&config(DEFAULT_PARAMS), &unsplit, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"s03\"") && err.contains("run select first"),
+        "{err}"
+    );
     assert!(!out.exists());
 
     // Unknown keys and out-of-range values are refused before any work.
-    assert!(toml::from_str::<TabularConfig>("[numeric]\nimpute = \"median\"\nbogus = 1\n").is_err());
+    assert!(
+        toml::from_str::<TabularConfig>("[numeric]\nimpute = \"median\"\nbogus = 1\n").is_err()
+    );
     assert!(toml::from_str::<TabularConfig>("[columns.x]\nscale = \"log\"\n").is_err());
     let bad: TabularConfig = toml::from_str("max_drop_fraction = 1.5").unwrap();
-    assert!(bad.validate().unwrap_err().to_string().contains("max_drop_fraction"));
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_drop_fraction")
+    );
     // Keys of both kinds on one column, or against its declared kind, fail before the data is read.
-    let bad: TabularConfig = toml::from_str("[columns.x]\nscale = \"robust\"\nencode = \"one_hot\"\n").unwrap();
-    assert!(bad.validate().unwrap_err().to_string().contains("columns.x: scale applies to numeric"));
-    let bad: TabularConfig = toml::from_str("[columns.x]\nkind = \"categorical\"\nscale = \"robust\"\n").unwrap();
-    assert!(bad.validate().unwrap_err().to_string().contains("columns.x.scale"));
+    let bad: TabularConfig =
+        toml::from_str("[columns.x]\nscale = \"robust\"\nencode = \"one_hot\"\n").unwrap();
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("columns.x: scale applies to numeric")
+    );
+    let bad: TabularConfig =
+        toml::from_str("[columns.x]\nkind = \"categorical\"\nscale = \"robust\"\n").unwrap();
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("columns.x.scale")
+    );
 }
 
 #[test]
@@ -260,8 +385,21 @@ fn stage_warns_about_a_split_left_empty() {
     }
     let input = write_select(dir.path(), &no_test);
     let summary = run(&config(DEFAULT_PARAMS), &input, &dir.path().join("out")).unwrap();
-    assert_eq!(summary.splits["test"], crate::stage::SplitRows { input: 0, output: 0 });
-    assert!(summary.warnings.iter().any(|w| w.contains("split test has no rows")), "{:?}", summary.warnings);
+    assert_eq!(
+        summary.splits["test"],
+        crate::stage::SplitRows {
+            input: 0,
+            output: 0
+        }
+    );
+    assert!(
+        summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("split test has no rows")),
+        "{:?}",
+        summary.warnings
+    );
 
     // A split that only the drop rules empty gets its own message.
     let params = format!("{DEFAULT_PARAMS}\n[columns.temperature]\noutliers = {{ rule = \"iqr\", k = 3.0, action = \"drop\" }}\n")
@@ -271,7 +409,10 @@ fn stage_warns_about_a_split_left_empty() {
     let input = write_select(&dir.path().join("b"), &one_test);
     let summary = run(&config(&params), &input, &dir.path().join("out2")).unwrap();
     assert!(
-        summary.warnings.iter().any(|w| w.contains("split test lost all its rows to the outlier drop rules")),
+        summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("split test lost all its rows to the outlier drop rules")),
         "{:?}",
         summary.warnings
     );

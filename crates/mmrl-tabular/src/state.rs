@@ -203,7 +203,9 @@ impl TabularState {
         self.columns
             .iter()
             .filter_map(|c| match c {
-                ColumnState::Categorical(c) if c.encode == Encode::Ordinal => Some((c.name.clone(), c.cardinality())),
+                ColumnState::Categorical(c) if c.encode == Encode::Ordinal => {
+                    Some((c.name.clone(), c.cardinality()))
+                }
                 _ => None,
             })
             .collect()
@@ -216,9 +218,13 @@ impl TabularState {
 
     /// Parses `state.json`, refusing another format version.
     pub fn from_json(text: &str) -> Result<Self> {
-        let state: Self = serde_json::from_str(text).map_err(|e| Error::State(format!("parsing: {e}")))?;
+        let state: Self =
+            serde_json::from_str(text).map_err(|e| Error::State(format!("parsing: {e}")))?;
         if state.version != STATE_VERSION {
-            return Err(Error::State(format!("version {} is not the supported {STATE_VERSION}", state.version)));
+            return Err(Error::State(format!(
+                "version {} is not the supported {STATE_VERSION}",
+                state.version
+            )));
         }
         Ok(state)
     }

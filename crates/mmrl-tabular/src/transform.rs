@@ -27,7 +27,9 @@ pub fn transform(frame: LazyFrame, state: &TabularState) -> Result<LazyFrame> {
     for column in &state.columns {
         match column {
             ColumnState::Numeric(n) => select.extend(exprs::numeric_outputs(n, state.flags)),
-            ColumnState::Categorical(c) => select.extend(exprs::categorical_outputs(c, state.flags)),
+            ColumnState::Categorical(c) => {
+                select.extend(exprs::categorical_outputs(c, state.flags))
+            }
         }
     }
     let frame = match exprs::keep_mask(&numeric(state)) {
@@ -42,7 +44,11 @@ pub fn transform(frame: LazyFrame, state: &TabularState) -> Result<LazyFrame> {
             ColumnState::Numeric(_) => None,
         })
         .collect();
-    let frame = if codes.is_empty() { frame } else { frame.with_columns(codes) };
+    let frame = if codes.is_empty() {
+        frame
+    } else {
+        frame.with_columns(codes)
+    };
     Ok(frame.select(select))
 }
 
@@ -54,7 +60,11 @@ pub fn dropped(frame: LazyFrame, state: &TabularState) -> Result<LazyFrame> {
     let mut select: Vec<Expr> = passthrough.iter().map(|n| col(n.as_str())).collect();
     let drop_rules: Vec<&NumericState> = numeric(state)
         .into_iter()
-        .filter(|s| s.outliers.as_ref().is_some_and(|o| o.action == crate::recipe::OutlierAction::Drop))
+        .filter(|s| {
+            s.outliers
+                .as_ref()
+                .is_some_and(|o| o.action == crate::recipe::OutlierAction::Drop)
+        })
         .collect();
     let Some(keep) = exprs::keep_mask(&drop_rules) else {
         select.push(lit(NULL).cast(DataType::String).alias(DROP_COLUMN));
@@ -66,8 +76,12 @@ pub fn dropped(frame: LazyFrame, state: &TabularState) -> Result<LazyFrame> {
     // Built from the last rule to the first, so the first breaking rule wins.
     for s in drop_rules.iter().rev() {
         let flag = exprs::outlier_flag(s);
-        name_expr = when(flag.clone()).then(lit(s.name.as_str())).otherwise(name_expr);
-        value_expr = when(flag).then(exprs::numeric_clean(&s.name, &s.sentinels)).otherwise(value_expr);
+        name_expr = when(flag.clone())
+            .then(lit(s.name.as_str()))
+            .otherwise(name_expr);
+        value_expr = when(flag)
+            .then(exprs::numeric_clean(&s.name, &s.sentinels))
+            .otherwise(value_expr);
     }
     select.push(name_expr.alias(DROP_COLUMN));
     select.push(value_expr.alias(DROP_VALUE));
@@ -87,7 +101,9 @@ fn numeric(state: &TabularState) -> Vec<&NumericState> {
 
 /// Checks the frame against the state; returns the passthrough column names.
 pub(crate) fn check_input(frame: &mut LazyFrame, state: &TabularState) -> Result<Vec<PlSmallStr>> {
-    let schema = frame.collect_schema().map_err(pl("reading the frame's schema"))?;
+    let schema = frame
+        .collect_schema()
+        .map_err(pl("reading the frame's schema"))?;
     for column in &state.columns {
         let dtype = column_dtype(&schema, column.name(), "state.columns")?;
         match column {
@@ -95,25 +111,45 @@ pub(crate) fn check_input(frame: &mut LazyFrame, state: &TabularState) -> Result
                 check_kind(&n.name, dtype, mmrl_artifact::sample::FeatureKind::Numeric)?;
             }
             ColumnState::Categorical(c) => {
-                let cast = check_kind(&c.name, dtype, mmrl_artifact::sample::FeatureKind::Categorical)?;
+                let cast = check_kind(
+                    &c.name,
+                    dtype,
+                    mmrl_artifact::sample::FeatureKind::Categorical,
+                )?;
                 if cast != c.cast_from_numeric {
                     return Err(Error::Data(format!(
                         "column {:?} was fit as {} but is {dtype} here",
                         c.name,
-                        if c.cast_from_numeric { "numbers compared as text" } else { "text" }
+                        if c.cast_from_numeric {
+                            "numbers compared as text"
+                        } else {
+                            "text"
+                        }
                     )));
                 }
             }
         }
     }
-    if let Some(reserved) = schema.iter_names().find(|n| n.starts_with(exprs::CODE_PREFIX)) {
-        return Err(Error::Data(format!("input column {reserved:?} uses the reserved prefix {:?}", exprs::CODE_PREFIX)));
+    if let Some(reserved) = schema
+        .iter_names()
+        .find(|n| n.starts_with(exprs::CODE_PREFIX))
+    {
+        return Err(Error::Data(format!(
+            "input column {reserved:?} uses the reserved prefix {:?}",
+            exprs::CODE_PREFIX
+        )));
     }
     let features: Vec<&str> = state.columns.iter().map(ColumnState::name).collect();
-    let passthrough: Vec<PlSmallStr> =
-        schema.iter_names().filter(|n| !features.contains(&n.as_str())).cloned().collect();
+    let passthrough: Vec<PlSmallStr> = schema
+        .iter_names()
+        .filter(|n| !features.contains(&n.as_str()))
+        .cloned()
+        .collect();
     let outputs = state.output_columns();
-    if let Some(clash) = passthrough.iter().find(|p| outputs.iter().any(|(o, _)| o == p.as_str())) {
+    if let Some(clash) = passthrough
+        .iter()
+        .find(|p| outputs.iter().any(|(o, _)| o == p.as_str()))
+    {
         return Err(Error::Data(format!(
             "input column {clash:?} has the name of an output column; rename it or drop it before transform"
         )));

@@ -20,7 +20,10 @@ use mmrl_audio::snr::si_sdr;
 use mmrl_audio::wav::{DecodeLimits, decode, encode_i16};
 
 #[derive(Parser)]
-#[command(name = "denoise-bench", about = "SI-SDR improvement and clips/s of every denoiser on the FSDD mixtures")]
+#[command(
+    name = "denoise-bench",
+    about = "SI-SDR improvement and clips/s of every denoiser on the FSDD mixtures"
+)]
 struct Args {
     /// The mixtures folder (clean/, noisy/, mixtures.csv) written by make_mixtures.py.
     #[arg(long, default_value = "/tmp/mix")]
@@ -64,7 +67,8 @@ fn shared_hint() -> String {
 
 fn read_wav(path: &Path) -> anyhow::Result<(Vec<f32>, u32)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let d = decode(&bytes, &DecodeLimits::default()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let d = decode(&bytes, &DecodeLimits::default())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((d.samples, d.sample_rate))
 }
 
@@ -73,13 +77,18 @@ fn load_mixtures(mix: &Path) -> anyhow::Result<(Vec<Clip>, u32)> {
     if !csv_path.is_file() {
         bail!("{} not found; {}", csv_path.display(), shared_hint());
     }
-    let text = std::fs::read_to_string(&csv_path).with_context(|| format!("reading {}", csv_path.display()))?;
+    let text = std::fs::read_to_string(&csv_path)
+        .with_context(|| format!("reading {}", csv_path.display()))?;
     let mut clips = Vec::new();
     let mut rate = 0;
     for (i, line) in text.lines().enumerate().skip(1) {
         let cells: Vec<&str> = line.trim().split(',').collect();
         let [file, noise, snr] = cells[..] else {
-            bail!("{} line {}: expected file,noise,snr_db", csv_path.display(), i + 1);
+            bail!(
+                "{} line {}: expected file,noise,snr_db",
+                csv_path.display(),
+                i + 1
+            );
         };
         let (clean, sr) = read_wav(&mix.join("clean").join(file))?;
         let (noisy, sr2) = read_wav(&mix.join("noisy").join(file))?;
@@ -87,7 +96,12 @@ fn load_mixtures(mix: &Path) -> anyhow::Result<(Vec<Clip>, u32)> {
             bail!("{file}: sample rates differ ({sr}, {sr2}, {rate})");
         }
         rate = sr;
-        clips.push(Clip { name: file.to_owned(), group: format!("{noise}@{snr}dB"), clean, noisy });
+        clips.push(Clip {
+            name: file.to_owned(),
+            group: format!("{noise}@{snr}dB"),
+            clean,
+            noisy,
+        });
     }
     if clips.is_empty() {
         bail!("{}: no mixtures", csv_path.display());
@@ -104,11 +118,22 @@ fn fit_nmf(fsdd: &Path, config: &DenoiseConfig, rate: u32) -> anyhow::Result<Nmf
         .filter(|p| {
             let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
             p.extension().is_some_and(|e| e == "wav")
-                && stem.rsplit('_').next().and_then(|i| i.parse::<u32>().ok()).is_some_and(|i| i >= 5)
+                && stem
+                    .rsplit('_')
+                    .next()
+                    .and_then(|i| i.parse::<u32>().ok())
+                    .is_some_and(|i| i >= 5)
         })
         .collect();
     files.sort();
-    let mut probe = Denoiser::new(&DenoiseConfig { method: Method::None, ..config.clone() }, rate, Arc::default())?;
+    let mut probe = Denoiser::new(
+        &DenoiseConfig {
+            method: Method::None,
+            ..config.clone()
+        },
+        rate,
+        Arc::default(),
+    )?;
     let mut speech = Vec::new();
     let mut power = Vec::new();
     let mut n_bins = 0;
@@ -128,7 +153,10 @@ fn fit_nmf(fsdd: &Path, config: &DenoiseConfig, rate: u32) -> anyhow::Result<Nmf
             }
         }
     }
-    let params = mmrl_audio::nmf::NmfParams { noise_atoms: 0, ..config.nmf };
+    let params = mmrl_audio::nmf::NmfParams {
+        noise_atoms: 0,
+        ..config.nmf
+    };
     Ok(NmfModel::fit(&speech, &[], n_bins, &params, 0)?)
 }
 
@@ -141,7 +169,10 @@ fn mean_by_group(names: &[(&str, f64)]) -> (BTreeMap<String, f64>, f64) {
         e.1 += 1;
         total += v;
     }
-    let means = groups.into_iter().map(|(g, (s, n))| (g, s / n as f64)).collect();
+    let means = groups
+        .into_iter()
+        .map(|(g, (s, n))| (g, s / n as f64))
+        .collect();
     (means, total / names.len().max(1) as f64)
 }
 
@@ -150,13 +181,17 @@ fn main() -> anyhow::Result<()> {
     let (clips, rate) = load_mixtures(&args.mix)?;
     let base: DenoiseConfig = match &args.params {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
         }
         None => DenoiseConfig::default(),
     };
     let methods: Vec<Method> = if args.methods.is_empty() {
-        Method::ALL.into_iter().filter(|m| *m != Method::None).collect()
+        Method::ALL
+            .into_iter()
+            .filter(|m| *m != Method::None)
+            .collect()
     } else {
         args.methods
             .iter()
@@ -179,13 +214,22 @@ fn main() -> anyhow::Result<()> {
             imps.push((c.group.as_str(), si_sdr(&c.clean, &x) - b));
         }
         let (groups, mean) = mean_by_group(&imps);
-        println!("scored {}: mean SI-SDR improvement {mean:+.3} dB {groups:?}", dir.display());
+        println!(
+            "scored {}: mean SI-SDR improvement {mean:+.3} dB {groups:?}",
+            dir.display()
+        );
     }
     for method in methods {
-        let config = DenoiseConfig { method, ..base.clone() };
+        let config = DenoiseConfig {
+            method,
+            ..base.clone()
+        };
         let fitted = if method == Method::Nmf {
             match fit_nmf(&args.fsdd, &config, rate) {
-                Ok(model) => Fitted { noise: None, nmf: Some(model) },
+                Ok(model) => Fitted {
+                    noise: None,
+                    nmf: Some(model),
+                },
                 Err(e) => {
                     println!("method=nmf skipped: {e:#}");
                     continue;
@@ -209,7 +253,8 @@ fn main() -> anyhow::Result<()> {
         let mut imps = Vec::new();
         for ((c, out), b) in clips.iter().zip(&outputs).zip(&baseline) {
             let bytes = encode_i16(out, rate)?;
-            std::fs::write(dir.join(&c.name), bytes).with_context(|| format!("writing {}", c.name))?;
+            std::fs::write(dir.join(&c.name), bytes)
+                .with_context(|| format!("writing {}", c.name))?;
             // Score what a reader of the file gets: the 16-bit round trip.
             let (written, _) = read_wav(&dir.join(&c.name))?;
             imps.push((c.group.as_str(), si_sdr(&c.clean, &written) - b));
@@ -222,7 +267,14 @@ fn main() -> anyhow::Result<()> {
             seconds / best,
             dir.display()
         );
-        println!("  per group: {}", groups.iter().map(|(g, v)| format!("{g} {v:+.2}")).collect::<Vec<_>>().join(", "));
+        println!(
+            "  per group: {}",
+            groups
+                .iter()
+                .map(|(g, v)| format!("{g} {v:+.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     Ok(())
 }

@@ -22,7 +22,10 @@ use mmrl_image::{Filter, Fit, ImageConfig, Normalization, Preprocessor, Scratch}
 use rayon::prelude::*;
 
 #[derive(Parser)]
-#[command(name = "image-bench", about = "images/s of decode + resize + normalize on 1 thread and on all cores")]
+#[command(
+    name = "image-bench",
+    about = "images/s of decode + resize + normalize on 1 thread and on all cores"
+)]
 struct Args {
     /// Folder of .png/.jpg/.jpeg images (e.g. from ../shared/bench/image/make_images.py).
     #[arg(long, value_name = "DIR")]
@@ -66,7 +69,10 @@ fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+            let ext = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
             matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
         })
         .collect();
@@ -78,7 +84,13 @@ fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// One pass over `files` on the current rayon pool; returns the seconds taken and the images refused.
-fn pass(pre: &Preprocessor, norm: &Normalization, files: &[PathBuf], out: &mut [f32], per: usize) -> (f64, usize) {
+fn pass(
+    pre: &Preprocessor,
+    norm: &Normalization,
+    files: &[PathBuf],
+    out: &mut [f32],
+    per: usize,
+) -> (f64, usize) {
     if DECODE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
         return decode_pass(files);
     }
@@ -91,7 +103,10 @@ fn pass(pre: &Preprocessor, norm: &Normalization, files: &[PathBuf], out: &mut [
             |(scratch, bytes), (tensor, file)| {
                 // The file buffer is reused too: read_to_end fills its spare capacity without zeroing it first.
                 bytes.clear();
-                if std::fs::File::open(file).and_then(|mut f| f.read_to_end(bytes)).is_err() {
+                if std::fs::File::open(file)
+                    .and_then(|mut f| f.read_to_end(bytes))
+                    .is_err()
+                {
                     return 1;
                 }
                 match pre.canvas(scratch, bytes) {
@@ -114,7 +129,9 @@ fn decode_pass(files: &[PathBuf]) -> (f64, usize) {
     let refused = files
         .par_iter()
         .map(|file| {
-            let Ok(bytes) = std::fs::read(file) else { return 1 };
+            let Ok(bytes) = std::fs::read(file) else {
+                return 1;
+            };
             let decoded = mmrl_image::decode::probe(&bytes).and_then(|p| p.decode(u64::MAX, None));
             usize::from(decoded.is_err())
         })
@@ -146,10 +163,15 @@ fn main() -> anyhow::Result<()> {
     };
     let pre = Preprocessor::new(&config)?;
     // The reference's fixed ImageNet statistics.
-    let norm = Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    let norm = Normalization {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
     let per = 3 * (args.size * args.size) as usize;
     let mut out = vec![0f32; files.len() * per];
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!(
         "images={} size={} fit={:?} jpeg_dct_scaling={} cores={cores} repeat={} profile={}",
         files.len(),
@@ -157,17 +179,24 @@ fn main() -> anyhow::Result<()> {
         fit,
         config.jpeg_dct_scaling,
         args.repeat,
-        if cfg!(debug_assertions) { "dev" } else { "release" }
+        if cfg!(debug_assertions) {
+            "dev"
+        } else {
+            "release"
+        }
     );
     let mut thread_counts = vec![1];
     if cores > 1 {
         thread_counts.push(cores);
     }
     for threads in thread_counts {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
         let (_, refused) = pool.install(|| pass(&pre, &norm, &files, &mut out, per));
-        let times: Vec<f64> =
-            (0..args.repeat.max(1)).map(|_| pool.install(|| pass(&pre, &norm, &files, &mut out, per).0)).collect();
+        let times: Vec<f64> = (0..args.repeat.max(1))
+            .map(|_| pool.install(|| pass(&pre, &norm, &files, &mut out, per).0))
+            .collect();
         let t = median(times);
         println!(
             "threads={threads} images={} refused={refused} seconds={t:.3} images_per_s={:.1}",
@@ -187,10 +216,15 @@ fn main() -> anyhow::Result<()> {
             groups.entry(kind).or_default().push(file.clone());
         }
         for (kind, group) in groups {
-            let times: Vec<f64> =
-                (0..args.repeat.max(1)).map(|_| pool.install(|| pass(&pre, &norm, &group, &mut out, per).0)).collect();
+            let times: Vec<f64> = (0..args.repeat.max(1))
+                .map(|_| pool.install(|| pass(&pre, &norm, &group, &mut out, per).0))
+                .collect();
             let t = median(times);
-            println!("threads=1 type={kind} images={} ms_per_image={:.3}", group.len(), 1e3 * t / group.len() as f64);
+            println!(
+                "threads=1 type={kind} images={} ms_per_image={:.3}",
+                group.len(),
+                1e3 * t / group.len() as f64
+            );
         }
     }
     Ok(())

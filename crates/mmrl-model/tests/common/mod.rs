@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryArray, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray, UInt16Array,
-    UInt32Array, UInt64Array,
+    ArrayRef, BinaryArray, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch,
+    StringArray, UInt16Array, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use mmrl_artifact::sample::{sample_schema, tensor_field};
@@ -17,7 +17,13 @@ use mmrl_model::data::InputPaths;
 pub const SIDE: usize = 8;
 
 fn info(stage: &str) -> StageInfo {
-    StageInfo { stage: stage.into(), crate_name: "test".into(), crate_version: "0".into(), config: serde_json::json!({}), seed: None }
+    StageInfo {
+        stage: stage.into(),
+        crate_name: "test".into(),
+        crate_version: "0".into(),
+        config: serde_json::json!({}),
+        seed: None,
+    }
 }
 
 /// One synthetic sample: (id, split, qtype, question, answer, image colour 0/1 or None, numeric value, category).
@@ -43,11 +49,28 @@ pub fn rows(n: usize) -> Vec<Row> {
             let value = ((i * 7919) % 100) as f32 / 50.0 - 1.0;
             let category = ((i / 3) % 3) as u32;
             let (qtype, question, answer) = match i % 3 {
-                0 => ("colour", "what color is it".to_owned(), if colour == 0 { "red" } else { "blue" }.to_owned()),
-                1 => ("level", "is it high".to_owned(), if value > 0.0 { "yes" } else { "no" }.to_owned()),
+                0 => (
+                    "colour",
+                    "what color is it".to_owned(),
+                    if colour == 0 { "red" } else { "blue" }.to_owned(),
+                ),
+                1 => (
+                    "level",
+                    "is it high".to_owned(),
+                    if value > 0.0 { "yes" } else { "no" }.to_owned(),
+                ),
                 _ => ("group", "which group".to_owned(), format!("g {category}")),
             };
-            Row { id: format!("s{i:04}"), split, qtype, question, answer, colour: Some(colour), value, category }
+            Row {
+                id: format!("s{i:04}"),
+                split,
+                qtype,
+                question,
+                answer,
+                colour: Some(colour),
+                value,
+                category,
+            }
         })
         .collect()
 }
@@ -59,12 +82,18 @@ pub fn write_samples(dir: &Path, rows: &[Row]) -> PathBuf {
     let schema = Arc::new(Schema::new(fields));
     let n = rows.len();
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.clone()))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.id.clone()),
+        )),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.split))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "t"))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.qtype))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.question.clone()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.answer.clone()))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.question.clone()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.answer.clone()),
+        )),
         Arc::new(BinaryArray::from_opt_vec(vec![None; n])),
         Arc::new(BinaryArray::from_opt_vec(vec![None; n])),
         Arc::new(UInt64Array::from_iter_values((0..n as u64).map(|i| i + 2))),
@@ -73,7 +102,8 @@ pub fn write_samples(dir: &Path, rows: &[Row]) -> PathBuf {
     let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
     let path = dir.join("select");
     let mut w = ArtifactWriter::create(&path, info("select")).unwrap();
-    w.write_table("samples", Role::Data, schema, &[batch]).unwrap();
+    w.write_table("samples", Role::Data, schema, &[batch])
+        .unwrap();
     w.commit().unwrap();
     path
 }
@@ -84,8 +114,13 @@ pub fn image_values(row: &Row, view: u16) -> Vec<f32> {
     if let Some(c) = row.colour {
         let ch = if c == 0 { 0 } else { 2 };
         for (k, x) in v.iter_mut().enumerate() {
-            let noise = (((k * 31 + row.id.len() * 7 + view as usize * 13) % 17) as f32 / 17.0 - 0.5) * 0.2;
-            *x = if k / (SIDE * SIDE) == ch { 1.0 + noise } else { noise };
+            let noise =
+                (((k * 31 + row.id.len() * 7 + view as usize * 13) % 17) as f32 / 17.0 - 0.5) * 0.2;
+            *x = if k / (SIDE * SIDE) == ch {
+                1.0 + noise
+            } else {
+                noise
+            };
         }
     }
     v
@@ -100,9 +135,14 @@ pub fn write_images(dir: &Path, rows: &[Row], train_views: u16) -> PathBuf {
         Field::new("image_present", DataType::Boolean, false),
         field.clone(),
     ]));
-    let (mut ids, mut splits, mut views, mut present, mut values, mut valid) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut ids, mut splits, mut views, mut present, mut values, mut valid) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for r in rows {
-        let n_views = if r.split == "train" { 1 + train_views } else { 1 };
+        let n_views = if r.split == "train" {
+            1 + train_views
+        } else {
+            1
+        };
         for view in 0..n_views {
             ids.push(r.id.clone());
             splits.push(r.split);
@@ -112,8 +152,15 @@ pub fn write_images(dir: &Path, rows: &[Row], train_views: u16) -> PathBuf {
             valid.push(r.colour.is_some());
         }
     }
-    let DataType::FixedSizeList(item, len) = field.data_type() else { unreachable!() };
-    let list = FixedSizeListArray::new(item.clone(), *len, Arc::new(Float32Array::from(values)), Some(valid.into()));
+    let DataType::FixedSizeList(item, len) = field.data_type() else {
+        unreachable!()
+    };
+    let list = FixedSizeListArray::new(
+        item.clone(),
+        *len,
+        Arc::new(Float32Array::from(values)),
+        Some(valid.into()),
+    );
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(ids)),
         Arc::new(StringArray::from_iter_values(splits)),
@@ -124,14 +171,17 @@ pub fn write_images(dir: &Path, rows: &[Row], train_views: u16) -> PathBuf {
     let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
     let path = dir.join("image");
     let mut w = ArtifactWriter::create(&path, info("image")).unwrap();
-    w.write_table("images", Role::Data, schema, &[batch]).unwrap();
+    w.write_table("images", Role::Data, schema, &[batch])
+        .unwrap();
     w.commit().unwrap();
     path
 }
 
 pub fn write_tabular(dir: &Path, rows: &[Row]) -> PathBuf {
-    let cat = Field::new("group", DataType::UInt32, true)
-        .with_metadata(HashMap::from([("mmrl.cardinality".to_owned(), "3".to_owned())]));
+    let cat = Field::new("group", DataType::UInt32, true).with_metadata(HashMap::from([(
+        "mmrl.cardinality".to_owned(),
+        "3".to_owned(),
+    )]));
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("split", DataType::Utf8, false),
@@ -139,15 +189,20 @@ pub fn write_tabular(dir: &Path, rows: &[Row]) -> PathBuf {
         cat,
     ]));
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.clone()))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.id.clone()),
+        )),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.split))),
         Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.value))),
-        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.category))),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.category),
+        )),
     ];
     let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
     let path = dir.join("tabular");
     let mut w = ArtifactWriter::create(&path, info("tabular")).unwrap();
-    w.write_table("tabular", Role::Data, schema, &[batch]).unwrap();
+    w.write_table("tabular", Role::Data, schema, &[batch])
+        .unwrap();
     w.commit().unwrap();
     path
 }

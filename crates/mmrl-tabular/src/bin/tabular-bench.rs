@@ -14,10 +14,16 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use mmrl_artifact::sample::FeatureKind;
 use mmrl_tabular::polars::prelude::*;
-use mmrl_tabular::{Encode, FlagType, Impute, OutlierAction, OutlierRule, Outliers, Recipe, Scale, Unknown, fit, transform};
+use mmrl_tabular::{
+    Encode, FlagType, Impute, OutlierAction, OutlierRule, Outliers, Recipe, Scale, Unknown, fit,
+    transform,
+};
 
 #[derive(Parser)]
-#[command(name = "tabular-bench", about = "rows/s of the tabular recipe of ../shared/bench/tabular/run_sklearn.py")]
+#[command(
+    name = "tabular-bench",
+    about = "rows/s of the tabular recipe of ../shared/bench/tabular/run_sklearn.py"
+)]
 struct Args {
     /// A table written by ../shared/bench/tabular/make_table.py.
     #[arg(long, value_name = "FILE.parquet")]
@@ -73,7 +79,11 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let baseline = vm_kib("VmRSS:");
-    let flags = if args.flags == "boolean" { FlagType::Boolean } else { FlagType::Float32 };
+    let flags = if args.flags == "boolean" {
+        FlagType::Boolean
+    } else {
+        FlagType::Float32
+    };
     let mut runs = Vec::new();
     // Memory is measured on the first run; later runs only add timings (the allocator's reuse of freed memory
     // would otherwise blur the peak).
@@ -123,7 +133,8 @@ fn main() -> anyhow::Result<()> {
     );
     if let Some(path) = &args.output {
         let batch = mmrl_tabular::io::to_record_batch(&out, &[])?;
-        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
         writer.write(&batch)?;
         writer.close()?;
@@ -157,16 +168,35 @@ fn run_once(args: &Args, flags: FlagType) -> anyhow::Result<Run> {
     let batch_rows = (args.batch_rows > 0).then_some(args.batch_rows);
     let mut batches = mmrl_tabular::io::read_parquet_batches(&args.input, None, batch_rows)?;
     let t_read = t0.elapsed().as_secs_f64();
-    let names: Vec<String> = batches[0].get_column_names().iter().map(|n| n.to_string()).collect();
-    let mut features: Vec<(String, FeatureKind)> =
-        names.iter().filter(|n| n.starts_with("num_")).map(|n| (n.clone(), FeatureKind::Numeric)).collect();
-    features.extend(names.iter().filter(|n| n.starts_with("cat_")).map(|n| (n.clone(), FeatureKind::Categorical)));
+    let names: Vec<String> = batches[0]
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let mut features: Vec<(String, FeatureKind)> = names
+        .iter()
+        .filter(|n| n.starts_with("num_"))
+        .map(|n| (n.clone(), FeatureKind::Numeric))
+        .collect();
+    features.extend(
+        names
+            .iter()
+            .filter(|n| n.starts_with("cat_"))
+            .map(|n| (n.clone(), FeatureKind::Categorical)),
+    );
     if features.is_empty() || !names.iter().any(|n| n == "split") {
-        bail!("{}: expected num_* and cat_* columns and a split column (make_table.py's layout)", args.input.display());
+        bail!(
+            "{}: expected num_* and cat_* columns and a split column (make_table.py's layout)",
+            args.input.display()
+        );
     }
     let mut recipe = Recipe::new(features);
     recipe.numeric.sentinels = vec![-999.0];
-    recipe.numeric.outliers = Outliers { rule: OutlierRule::Iqr, k: Some(3.0), action: OutlierAction::Clip };
+    recipe.numeric.outliers = Outliers {
+        rule: OutlierRule::Iqr,
+        k: Some(3.0),
+        action: OutlierAction::Clip,
+    };
     recipe.numeric.impute = Impute::Median;
     recipe.numeric.missing_indicators = true;
     recipe.numeric.scale = Scale::Robust;
@@ -180,8 +210,10 @@ fn run_once(args: &Args, flags: FlagType) -> anyhow::Result<Run> {
     let input_bytes: usize = batches.iter().map(DataFrame::estimated_size).sum();
     let arrow_bytes: usize = batches.iter().map(arrow_size).sum();
     let t1 = Instant::now();
-    let train: Vec<LazyFrame> =
-        batches.iter().map(|b| b.clone().lazy().filter(col("split").eq(lit("train")))).collect();
+    let train: Vec<LazyFrame> = batches
+        .iter()
+        .map(|b| b.clone().lazy().filter(col("split").eq(lit("train"))))
+        .collect();
     let state = fit(concat(train, UnionArgs::default())?, &recipe)?;
     let t_fit = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
@@ -200,7 +232,12 @@ fn run_once(args: &Args, flags: FlagType) -> anyhow::Result<Run> {
     let t_transform = t2.elapsed().as_secs_f64();
     let total = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds().zip(cpu0).map_or(f64::NAN, |(b, a)| b - a);
-    Ok(Run { out, timings: [total, t_read, t_fit, t_transform, cpu], arrow_bytes, input_bytes })
+    Ok(Run {
+        out,
+        timings: [total, t_read, t_fit, t_transform, cpu],
+        arrow_bytes,
+        input_bytes,
+    })
 }
 
 /// The size of a frame in Arrow's layout (what pyarrow's `nbytes` reports for the same table): values, 32-bit
