@@ -459,7 +459,10 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
     let audio_hash = media_hash(sample::AUDIO)?;
     if config.dedup.exact {
         let mut first: HashMap<blake3::Hash, usize> = HashMap::new();
-        let content = content_hashes(batch)?;
+        let content = content_hashes(
+            batch,
+            &[(sample::IMAGE, &image_hash), (sample::AUDIO, &audio_hash)],
+        )?;
         for row in 0..n {
             if !alive[row] {
                 continue;
@@ -720,58 +723,56 @@ fn evaluate(filter: &Filter, batch: &RecordBatch, index: usize, path: &Path) -> 
     Ok(keep.collect())
 }
 
-/// A hash of everything in a row except its id, split and source line.
-fn content_hashes(batch: &RecordBatch) -> Result<Vec<blake3::Hash>> {
+/// A hash of everything in a row except its id, split and source line. Columns listed in `media` contribute
+/// their precomputed content hashes instead of their bytes, so media are read and hashed once.
+fn content_hashes(
+    batch: &RecordBatch,
+    media: &[(&str, &[Option<blake3::Hash>])],
+) -> Result<Vec<blake3::Hash>> {
     let mut hashers: Vec<blake3::Hasher> = (0..batch.num_rows())
         .map(|_| blake3::Hasher::new())
         .collect();
     let schema = batch.schema();
     for (field, col) in schema.fields().iter().zip(batch.columns()) {
-        if [sample::ID, sample::SPLIT, sample::SOURCE_LINE].contains(&field.name().as_str()) {
+        let name = field.name().as_str();
+        if [sample::ID, sample::SPLIT, sample::SOURCE_LINE].contains(&name) {
             continue;
         }
+        let precomputed = media.iter().find(|(m, _)| *m == name).map(|(_, h)| *h);
+        let any = col.as_any();
         for (row, h) in hashers.iter_mut().enumerate() {
-            h.update(field.name().as_bytes());
+            h.update(name.as_bytes());
             if col.is_null(row) {
                 h.update(&[0]);
                 continue;
             }
             h.update(&[1]);
-            let bytes: Vec<u8> = match col.data_type() {
-                DataType::Utf8 => col
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .map(|a| a.value(row).as_bytes().to_vec()),
-                DataType::Binary => col
-                    .as_any()
-                    .downcast_ref::<BinaryArray>()
-                    .map(|a| a.value(row).to_vec()),
-                DataType::Float64 => col
-                    .as_any()
-                    .downcast_ref::<Float64Array>()
-                    .map(|a| a.value(row).to_bits().to_le_bytes().to_vec()),
-                DataType::UInt64 => col
-                    .as_any()
-                    .downcast_ref::<UInt64Array>()
-                    .map(|a| a.value(row).to_le_bytes().to_vec()),
-                DataType::UInt32 => col
-                    .as_any()
-                    .downcast_ref::<UInt32Array>()
-                    .map(|a| a.value(row).to_le_bytes().to_vec()),
-                DataType::Boolean => col
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .map(|a| vec![u8::from(a.value(row))]),
-                other => {
-                    return Err(Error::Other(format!(
-                        "column {:?}: cannot hash type {other:?}",
-                        field.name()
-                    )));
-                }
+            let mut feed = |bytes: &[u8]| {
+                h.update(&(bytes.len() as u64).to_le_bytes());
+                h.update(bytes);
+            };
+            if let Some(hashes) = precomputed {
+                feed(hashes[row].as_ref().map_or(&[][..], |x| x.as_bytes()));
+                continue;
             }
-            .unwrap_or_default();
-            h.update(&(bytes.len() as u64).to_le_bytes());
-            h.update(&bytes);
+            if let Some(a) = any.downcast_ref::<StringArray>() {
+                feed(a.value(row).as_bytes());
+            } else if let Some(a) = any.downcast_ref::<BinaryArray>() {
+                feed(a.value(row));
+            } else if let Some(a) = any.downcast_ref::<Float64Array>() {
+                feed(&a.value(row).to_bits().to_le_bytes());
+            } else if let Some(a) = any.downcast_ref::<UInt64Array>() {
+                feed(&a.value(row).to_le_bytes());
+            } else if let Some(a) = any.downcast_ref::<UInt32Array>() {
+                feed(&a.value(row).to_le_bytes());
+            } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
+                feed(&[u8::from(a.value(row))]);
+            } else {
+                return Err(Error::Other(format!(
+                    "column {name:?}: cannot hash type {:?}",
+                    col.data_type()
+                )));
+            }
         }
     }
     Ok(hashers.iter().map(blake3::Hasher::finalize).collect())

@@ -788,13 +788,7 @@ impl MultimodalModel {
                 + embed.pos.val().unsqueeze_dim(0)
                 + self.type_row(Segment::Image);
             segments.push(tokens);
-            masks.push((
-                gh * gw,
-                img.present
-                    .iter()
-                    .flat_map(|&pr| std::iter::repeat_n(!pr, gh * gw))
-                    .collect(),
-            ));
+            masks.push((gh * gw, absent_mask(&img.present, gh * gw)));
         }
 
         if let (Some(embed), Some(aud), Some([mels, frames])) =
@@ -813,13 +807,7 @@ impl MultimodalModel {
                 + embed.pos.val().unsqueeze_dim(0)
                 + self.type_row(Segment::Audio);
             segments.push(tokens);
-            masks.push((
-                n,
-                aud.present
-                    .iter()
-                    .flat_map(|&pr| std::iter::repeat_n(!pr, n))
-                    .collect(),
-            ));
+            masks.push((n, absent_mask(&aud.present, n)));
         }
 
         if let Some(tab) = &batch.tabular {
@@ -833,13 +821,7 @@ impl MultimodalModel {
                     + embed.bias.val().unsqueeze_dim(0)
                     + self.type_row(Segment::Tabular);
                 segments.push(tokens);
-                masks.push((
-                    f,
-                    tab.present
-                        .iter()
-                        .flat_map(|&pr| std::iter::repeat_n(!pr, f))
-                        .collect(),
-                ));
+                masks.push((f, absent_mask(&tab.present, f)));
             }
             if let Some(table) = &self.categorical {
                 let cards = &cfg.categorical_cardinalities;
@@ -861,13 +843,7 @@ impl MultimodalModel {
                 let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [b, nc]), &device);
                 let tokens = ops::embedding(table.val(), idx) + self.type_row(Segment::Tabular);
                 segments.push(tokens);
-                masks.push((
-                    nc,
-                    tab.present
-                        .iter()
-                        .flat_map(|&pr| std::iter::repeat_n(!pr, nc))
-                        .collect(),
-                ));
+                masks.push((nc, absent_mask(&tab.present, nc)));
             }
         }
 
@@ -1104,4 +1080,12 @@ pub fn pick(row: &[f32], decoding: Decoding, rng: &mut ChaCha8Rng) -> u32 {
             ranked[ranked.len() - 1].0 as u32
         }
     }
+}
+
+/// The key-padding mask of a segment of `tokens` tokens per sample: true where the sample lacks the modality.
+fn absent_mask(present: &[bool], tokens: usize) -> Vec<bool> {
+    present
+        .iter()
+        .flat_map(|&pr| std::iter::repeat_n(!pr, tokens))
+        .collect()
 }

@@ -285,18 +285,7 @@ fn rejects(drops: &DataFrame, state: &TabularState) -> Result<Rejects> {
         .column(sample::SOURCE_LINE)
         .and_then(|c| c.u64().cloned())
         .map_err(pl("reading source_line"))?;
-    let ids = drops
-        .column(sample::ID)
-        .and_then(|c| c.str().cloned())
-        .map_err(pl("reading id"))?;
-    let columns = drops
-        .column(DROP_COLUMN)
-        .and_then(|c| c.str().cloned())
-        .map_err(pl("reading drop column"))?;
-    let values = drops
-        .column(DROP_VALUE)
-        .and_then(|c| c.f64().cloned())
-        .map_err(pl("reading drop value"))?;
+    let (ids, columns, values) = drop_columns(drops)?;
     for (((line, id), column), value) in lines
         .iter()
         .zip(ids.iter())
@@ -320,7 +309,8 @@ fn rejects(drops: &DataFrame, state: &TabularState) -> Result<Rejects> {
     Ok(rejects)
 }
 
-fn first_drops(drops: &DataFrame, n: usize) -> Result<String> {
+/// The id, column and value of each dropped row.
+fn drop_columns(drops: &DataFrame) -> Result<(StringChunked, StringChunked, Float64Chunked)> {
     let ids = drops
         .column(sample::ID)
         .and_then(|c| c.str().cloned())
@@ -333,6 +323,11 @@ fn first_drops(drops: &DataFrame, n: usize) -> Result<String> {
         .column(DROP_VALUE)
         .and_then(|c| c.f64().cloned())
         .map_err(pl("reading drop value"))?;
+    Ok((ids, columns, values))
+}
+
+fn first_drops(drops: &DataFrame, n: usize) -> Result<String> {
+    let (ids, columns, values) = drop_columns(drops)?;
     Ok(ids
         .iter()
         .zip(columns.iter())
