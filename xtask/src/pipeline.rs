@@ -59,6 +59,10 @@ pub struct StageSpec {
     pub params: toml::Table,
     /// Overrides the pipeline seed.
     pub seed: Option<u64>,
+    /// A stage this one tunes (an hpo stage): the runner hands it the tuned stage's `run` and `params` as
+    /// `params.trial = { run, params }`, and the tuned stage's inputs (those not produced by this stage) when
+    /// this stage declares none of its own.
+    pub tune: Option<String>,
 }
 
 /// Where a stage input comes from.
@@ -93,21 +97,72 @@ impl Pipeline {
     /// Reads a pipeline file (following `extends`) and validates it.
     pub fn load(path: &Path) -> Result<Self> {
         let table = load_table(path, 0)?;
-        let pipeline: Pipeline = table.try_into().map_err(|e: toml::de::Error| {
+        let mut pipeline: Pipeline = table.try_into().map_err(|e: toml::de::Error| {
             anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end())
         })?;
         pipeline
-            .validate()
+            .resolve_tunes()
+            .and_then(|()| pipeline.validate())
             .with_context(|| format!("{}", path.display()))?;
         Ok(pipeline)
     }
 
     /// Parses and validates pipeline text (no `extends`).
     pub fn parse(text: &str) -> Result<Self> {
-        let pipeline: Pipeline =
+        let mut pipeline: Pipeline =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        pipeline.resolve_tunes()?;
         pipeline.validate()?;
         Ok(pipeline)
+    }
+
+    /// Fills in what `tune = "STAGE"` implies: `params.trial = { run, params }` of the tuned stage, and its
+    /// inputs when the tuning stage declares none. Inputs of the tuned stage that read the tuning stage itself
+    /// (the overlay it feeds back) are left out, so the two stages do not form a cycle.
+    fn resolve_tunes(&mut self) -> Result<()> {
+        let tuners: Vec<(String, String)> = self
+            .stages
+            .iter()
+            .filter_map(|(name, spec)| spec.tune.clone().map(|t| (name.clone(), t)))
+            .collect();
+        for (name, tuned) in tuners {
+            if tuned == name {
+                bail!("[stages.{name}] tune = {tuned:?}: a stage cannot tune itself");
+            }
+            let Some(target) = self.stages.get(&tuned).cloned() else {
+                bail!(
+                    "[stages.{name}] tune = {tuned:?}: unknown stage; stages are {}",
+                    self.stages.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            };
+            if target.tune.is_some() {
+                bail!("[stages.{name}] tune = {tuned:?}: that stage is itself a tuner");
+            }
+            let inputs: BTreeMap<String, String> = target
+                .inputs
+                .iter()
+                .filter(|(_, r)| !matches!(self.source(r), Source::Stage { stage, .. } if stage == name))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let spec = self
+                .stages
+                .get_mut(&name)
+                .ok_or_else(|| anyhow::anyhow!("stage {name}"))?;
+            if spec.params.contains_key("trial") {
+                bail!(
+                    "[stages.{name}.params] sets `trial`, which `tune = {tuned:?}` fills in; remove one of them"
+                );
+            }
+            let mut trial = toml::Table::new();
+            trial.insert("run".into(), toml::Value::String(target.run.clone()));
+            trial.insert("params".into(), toml::Value::Table(target.params.clone()));
+            spec.params
+                .insert("trial".into(), toml::Value::Table(trial));
+            if spec.inputs.is_empty() {
+                spec.inputs = inputs;
+            }
+        }
+        Ok(())
     }
 
     /// Checks names, `run` strings, input references and that the stages form a DAG.
@@ -372,6 +427,47 @@ mod tests {
         );
         check_err("[pipeline]\nname = \"t\"\n[stages]\n", &["no [stages.*]"]);
         check_err("[pipeline\n", &["TOML parse error"]);
+    }
+
+    #[test]
+    fn tune_hands_the_tuner_the_tuned_stage_and_its_inputs() {
+        let text = r#"
+            [pipeline]
+            name = "t"
+            [stages.a]
+            run = "bin-a gen"
+            [stages.hpo]
+            run = "bin-h hpo"
+            tune = "b"
+            [stages.hpo.params]
+            n_trials = 3
+            [stages.b]
+            run = "bin-b train"
+            inputs = { x = "a", overlay = "hpo" }
+            [stages.b.params]
+            lr = 0.1
+        "#;
+        let p = Pipeline::parse(text).unwrap();
+        let hpo = &p.stages["hpo"];
+        // The overlay input reads the tuner itself, so it is not handed on (no cycle).
+        assert_eq!(
+            hpo.inputs,
+            BTreeMap::from([("x".to_owned(), "a".to_owned())])
+        );
+        let trial = hpo.params["trial"].as_table().unwrap();
+        assert_eq!(trial["run"].as_str(), Some("bin-b train"));
+        assert_eq!(trial["params"]["lr"].as_float(), Some(0.1));
+        assert_eq!(hpo.params["n_trials"].as_integer(), Some(3));
+        assert_eq!(p.order().unwrap(), ["a", "hpo", "b"]);
+
+        check_err(
+            &text.replace("tune = \"b\"", "tune = \"zz\""),
+            &["stages.hpo", "tune = \"zz\"", "unknown stage"],
+        );
+        check_err(
+            &text.replace("n_trials = 3", "n_trials = 3\ntrial = 1"),
+            &["stages.hpo.params", "trial"],
+        );
     }
 
     #[test]

@@ -81,13 +81,82 @@ where
     C: DeserializeOwned + Default + Serialize,
     E: std::fmt::Display,
 {
-    let config: C = args.params()?;
+    let config: C = if args.check {
+        args.params()?
+    } else {
+        with_overlay(args)?
+    };
     validate(&config).map_err(|e| e.to_string())?;
     if args.check {
         print_resolved(&config)?;
         return Ok(None);
     }
     Ok(Some(config))
+}
+
+/// Name of the input whose best parameters are laid over a stage's params (an hpo artifact).
+pub const OVERLAY_INPUT: &str = "overlay";
+
+/// File of an overlay artifact: a flat JSON object of dotted parameter paths to values.
+pub const OVERLAY_FILE: &str = "best_params.json";
+
+/// The params with the overlay of `--input overlay=DIR` (an hpo artifact's [`OVERLAY_FILE`]) applied: each
+/// dotted path (`schedule.kind`) is set, creating tables on the way. `--check` validates the params alone,
+/// because the overlay does not exist before the hpo stage has run.
+fn with_overlay<C: DeserializeOwned + Default>(args: &StageArgs) -> Result<C, String> {
+    let Some((_, dir)) = args.inputs.iter().find(|(n, _)| n == OVERLAY_INPUT) else {
+        return args.params();
+    };
+    let mut table = match &args.params {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            toml::from_str::<toml::Table>(&text)
+                .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?
+        }
+        None => toml::Table::new(),
+    };
+    let file = crate::Artifact::open(dir)
+        .and_then(|a| a.file(OVERLAY_FILE))
+        .map_err(|e| format!("--input {OVERLAY_INPUT}: {e}"))?;
+    let text =
+        std::fs::read_to_string(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let overlay: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{}: expected a JSON object of dotted paths to values: {e}",
+                file.display()
+            )
+        })?;
+    for (path, value) in overlay {
+        let value = toml::Value::try_from(&value)
+            .map_err(|e| format!("{}: {path}: {e}", file.display()))?;
+        let mut keys = path.split('.').peekable();
+        let mut at = &mut table;
+        while let Some(key) = keys.next() {
+            if keys.peek().is_none() {
+                tracing::info!(param = %path, value = %value, "overlay from hpo");
+                at.insert(key.to_owned(), value.clone());
+                break;
+            }
+            let next = at
+                .entry(key.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            at = next.as_table_mut().ok_or_else(|| {
+                format!(
+                    "{}: {path}: {key} is not a table in the params",
+                    file.display()
+                )
+            })?;
+        }
+    }
+    toml::Table::try_into(table).map_err(|e| {
+        format!(
+            "params with the overlay of {}: {}",
+            file.display(),
+            e.to_string().trim_end()
+        )
+    })
 }
 
 /// Prints a resolved configuration for `--check`.
@@ -125,4 +194,103 @@ pub fn progress_bar(len: u64, message: &str) -> ProgressBar {
     }
     bar.set_message(message.to_owned());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ArtifactWriter, Role, StageInfo};
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Params {
+        lr: f64,
+        epochs: u32,
+        schedule: Schedule,
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Schedule {
+        kind: String,
+        warmup: u32,
+    }
+
+    fn overlay_artifact(dir: &Path, overlay: serde_json::Value) -> PathBuf {
+        let out = dir.join("hpo");
+        let info = StageInfo {
+            stage: "hpo".into(),
+            crate_name: "t".into(),
+            crate_version: "0".into(),
+            config: serde_json::json!({}),
+            seed: None,
+        };
+        let mut w = ArtifactWriter::create(&out, info).unwrap();
+        w.write_json(OVERLAY_FILE, Role::Data, &overlay).unwrap();
+        w.commit().unwrap();
+        out
+    }
+
+    fn args(params: &Path, overlay: Option<&Path>, check: bool) -> StageArgs {
+        StageArgs {
+            params: Some(params.to_path_buf()),
+            inputs: overlay
+                .map(|p| (OVERLAY_INPUT.to_owned(), p.to_path_buf()))
+                .into_iter()
+                .collect(),
+            output: None,
+            seed: 0,
+            check,
+        }
+    }
+
+    #[test]
+    fn overlay_sets_dotted_paths_over_the_params() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = dir.path().join("p.toml");
+        std::fs::write(&params, "lr = 0.1\nepochs = 3\n").unwrap();
+        let hpo = overlay_artifact(
+            dir.path(),
+            serde_json::json!({ "lr": 0.002, "schedule.kind": "cosine" }),
+        );
+        let c: Params = config(&args(&params, Some(&hpo), false), |_: &Params| {
+            Ok::<_, String>(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c,
+            Params {
+                lr: 0.002,
+                epochs: 3,
+                schedule: Schedule {
+                    kind: "cosine".into(),
+                    warmup: 0
+                }
+            }
+        );
+        // Without the overlay input the params are read as written.
+        let plain: Params = config(
+            &args(&params, None, false),
+            |_: &Params| Ok::<_, String>(()),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(plain.lr, 0.1);
+    }
+
+    #[test]
+    fn overlay_with_an_unknown_parameter_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = dir.path().join("p.toml");
+        std::fs::write(&params, "lr = 0.1\n").unwrap();
+        let hpo = overlay_artifact(dir.path(), serde_json::json!({ "schedule.kindd": "x" }));
+        let err =
+            config::<Params, String>(&args(&params, Some(&hpo), false), |_| Ok(())).unwrap_err();
+        assert!(err.contains("kindd") && err.contains(OVERLAY_FILE), "{err}");
+        let missing = dir.path().join("nothing");
+        let err = config::<Params, String>(&args(&params, Some(&missing), false), |_| Ok(()))
+            .unwrap_err();
+        assert!(err.contains("--input overlay"), "{err}");
+    }
 }

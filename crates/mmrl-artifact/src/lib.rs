@@ -35,6 +35,7 @@ pub mod hash;
 mod manifest;
 mod read;
 pub mod sample;
+pub mod trial;
 mod write;
 
 pub use error::{ArtifactError, Result};

@@ -65,25 +65,89 @@ pub struct Trained {
     pub vocab: Vocab,
 }
 
-/// Loads `model.bpk`, `config.json` and `vocab.json` of an sft artifact onto `device`.
+/// Loads `model.bpk`, `config.json` and `vocab.json` of a model artifact (sft, rl) onto `device`.
 pub fn load_trained(dir: &Path, device: DeviceKind) -> Result<Trained> {
     let artifact = Artifact::open(dir)?;
-    let read = |file: &str| -> Result<Vec<u8>> {
-        let path = artifact.file(file)?;
+    load_trained_at(&artifact, "", device)
+}
+
+/// Loads the model whose `model.bpk`, `config.json` and `vocab.json` lie under `prefix` (`""` for the
+/// artifact root, or `"NAME/"` for a folder of the artifact).
+fn load_trained_at(artifact: &Artifact, prefix: &str, device: DeviceKind) -> Result<Trained> {
+    let dir = artifact.dir().join(prefix);
+    let file = |name: &str| -> Result<PathBuf> {
+        if prefix.is_empty() {
+            Ok(artifact.file(name)?)
+        } else {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(Error::Checkpoint {
+                    path: dir.clone(),
+                    message: format!("{name} is missing"),
+                })
+            }
+        }
+    };
+    let read = |name: &str| -> Result<Vec<u8>> {
+        let path = file(name)?;
         std::fs::read(&path).map_err(crate::error::io("reading", &path))
     };
     let config: ModelConfig = serde_json::from_slice(&read("config.json")?)?;
     let vocab: Vocab = serde_json::from_slice(&read("vocab.json")?)?;
     if vocab.question.len() != config.question_vocab || vocab.answer.len() != config.answer_vocab {
         return Err(Error::Checkpoint {
-            path: dir.to_path_buf(),
-            message: "vocab.json does not match config.json; the artifact was edited, re-run sft"
-                .into(),
+            path: dir.clone(),
+            message:
+                "vocab.json does not match config.json; the artifact was edited, re-run the stage"
+                    .into(),
         });
     }
     let model = config.init(&device.device()?, 0)?;
-    let model = load_model(model, &artifact.file("model.bpk")?)?;
+    let model = load_model(model, &file("model.bpk")?)?;
     Ok(Trained { model, vocab })
+}
+
+/// File of an artifact that holds several models (e.g. compress): a JSON list of [`ModelEntry`].
+pub const MODELS_FILE: &str = "models.json";
+
+/// One model of a multi-model artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Its name, unique in the artifact.
+    pub name: String,
+    /// Folder of the artifact holding its `model.bpk`, `config.json` and `vocab.json`.
+    pub dir: String,
+}
+
+/// Every model of a model artifact, named: a plain artifact (sft, rl) gives one model named after its stage;
+/// an artifact with [`MODELS_FILE`] gives one per entry, named `STAGE/NAME`.
+pub fn load_models(dir: &Path, device: DeviceKind) -> Result<Vec<(String, Trained)>> {
+    let artifact = Artifact::open(dir)?;
+    let stage = artifact.manifest().stage.clone();
+    let Ok(list) = artifact.file(MODELS_FILE) else {
+        return Ok(vec![(stage, load_trained_at(&artifact, "", device)?)]);
+    };
+    let bytes = std::fs::read(&list).map_err(crate::error::io("reading", &list))?;
+    let entries: Vec<ModelEntry> = serde_json::from_slice(&bytes)?;
+    entries
+        .iter()
+        .map(|e| {
+            if e.dir.is_empty() || e.dir.contains("..") || Path::new(&e.dir).is_absolute() {
+                return Err(Error::Checkpoint {
+                    path: list.clone(),
+                    message: format!(
+                        "model {:?} has folder {:?}, expected a folder inside the artifact",
+                        e.name, e.dir
+                    ),
+                });
+            }
+            let trained = load_trained_at(&artifact, &format!("{}/", e.dir), device)?;
+            Ok((format!("{stage}/{}", e.name), trained))
+        })
+        .collect()
 }
 
 /// Runs predict: answers every sample of `config.split` and commits `predictions.parquet` at `output`.

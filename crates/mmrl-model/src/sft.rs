@@ -869,6 +869,8 @@ pub fn run(
             "epoch done"
         );
         schedule.observe(overall);
+        // Under hpo, the trial's pruner reads this (a no-op otherwise).
+        mmrl_artifact::trial::report_intermediate(u64::from(epoch), overall);
         if state.best_exact_match.is_none_or(|b| overall > b) {
             state.best_exact_match = Some(overall);
             state.best_epoch = Some(epoch);
