@@ -110,4 +110,48 @@ for step in range(2 + steps):
     loss = F.cross_entropy(logits.reshape(-1, AV), tgt.reshape(-1))
     loss.backward(); torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0); opt.step()
 dt = time.perf_counter() - t0
-print(json.dumps({"impl": f"torch-{torch.__version__}", "d": d, "batch": batch, "train_samples_per_s": round(steps * batch / dt, 1)}))
+train = steps * batch / dt
+
+# Inference as `mmrl-model bench` measures it: batch 256, eval mode, the encoder once, then greedy decoding
+# rerunning the decoder on the growing prefix (no KV cache) until every row emitted <eos> or 5 steps.
+IB, MAXLEN, BOS, EOS = 256, 4, 2, 3
+m.eval()
+qi = torch.randint(2, QV, (IB, LQ)); imgi = torch.rand(IB, 3, 32, 32) * 2 - 1; audi = torch.rand(IB, MELS, FR) * 2 - 1
+numi = torch.full((IB, NUM), 0.5); cati = torch.ones(IB, 1, dtype=torch.long); biasi = torch.zeros(IB, 1, 1, n_tok)
+
+
+def generate():
+    with torch.no_grad():
+        g = 32 // P
+        patches = imgi.reshape(IB, 3, g, P, g, P).permute(0, 2, 4, 1, 3, 5).reshape(IB, g * g, 3 * P * P)
+        frames = audi.transpose(1, 2).reshape(IB, FR // PF, PF * MELS)
+        x = torch.cat([
+            m.fusion.expand(IB, 1, d) + m.types[0], m.qe[qi] + m.qp[:LQ] + m.types[1],
+            m.img(patches) + m.ipos + m.types[2], m.aud(frames) + m.apos + m.types[3],
+            numi.unsqueeze(2) * m.nw + m.nb + m.types[4], m.cat[cati] + m.types[4]], 1)
+        for l in m.enc:
+            x = l(x, biasi)
+        mem = m.en(x)
+        prefix = torch.full((IB, 1), BOS); done = torch.zeros(IB, dtype=torch.bool)
+        for step in range(MAXLEN + 1):
+            n = prefix.shape[1]
+            causal_n = torch.triu(torch.full((n, n), -1e9), 1).reshape(1, 1, n, n)
+            y = m.ae[prefix] + m.ap[:n]
+            for l in m.dec:
+                y = l(y, mem, biasi, causal_n)
+            logits = m.head(m.dn(y))[:, -1]
+            tok = torch.log_softmax(logits, -1).argmax(-1)
+            tok = torch.where(done, torch.zeros_like(tok), tok)
+            done = done | (tok == EOS)
+            prefix = torch.cat([prefix, tok[:, None]], 1)
+            if bool(done.all()):
+                break
+
+
+generate()
+t0 = time.perf_counter()
+for _ in range(3):
+    generate()
+infer = 3 * IB / (time.perf_counter() - t0)
+print(json.dumps({"impl": f"torch-{torch.__version__}", "d": d, "batch": batch,
+                  "train_samples_per_s": round(train, 1), "infer_samples_per_s": round(infer, 1)}))
