@@ -1,0 +1,963 @@
+//! The eval stage: checks the lineage of every input, decodes the test split with every model (and our
+//! model with each modality masked), fits the baselines on train, scores everything with the metrics of
+//! [`crate::metrics`], and commits `metrics.json`, `predictions.parquet`, `report.md` and `report.html`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use mmrl_artifact::sample::Split;
+use mmrl_artifact::{Artifact, ArtifactWriter, Role, StageInfo};
+use mmrl_model::data::{Dataset, InputPaths};
+use mmrl_model::predict::{Trained, load_models};
+use mmrl_model::sft::DeviceKind;
+use mmrl_model::vocab::normalize_answer;
+use mmrl_model::{Decoding, MultimodalModel};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::baselines::{Baselines, ClassicalSettings};
+use crate::bootstrap::{Interval, PairedTest, bootstrap_ci, derive_seed, paired_bootstrap};
+use crate::config::EvalConfig;
+use crate::error::{Error, Result, config_err, input_err};
+use crate::metrics::{
+    Abstention, Calibration, ClassReport, ExactMatch, Mae, RiskCoverage, Scored, abstention,
+    calibration, confusion_matrix, evaluate, mae, risk_coverage, standard_metrics,
+};
+
+/// Stage name in manifests.
+pub const STAGE: &str = "eval";
+
+/// Input names that hold additional model checkpoints (besides `model`, also any name starting `model_`).
+pub const CHECKPOINT_INPUTS: [&str; 3] = ["sft", "rl", "compress"];
+
+/// The stage inputs, sorted out by name.
+#[derive(Debug, Clone, Default)]
+pub struct EvalInputs {
+    /// Samples (select) and the optional modality artifacts.
+    pub data: InputPaths,
+    /// The headline model artifact ("ours").
+    pub model: PathBuf,
+    /// Additional model artifacts, by input name (`sft`, `rl`, `compress`, `model_*`).
+    pub models: Vec<(String, PathBuf)>,
+    /// Prediction artifacts (table `predictions`: id, answer, optional logprob), by input name
+    /// (`predictions_*`), scored as they are.
+    pub predictions: Vec<(String, PathBuf)>,
+    /// The hpo artifact (table `trials`), for the history plot.
+    pub hpo: Option<PathBuf>,
+}
+
+impl EvalInputs {
+    /// Sorts `--input NAME=PATH` pairs into roles; unknown names and a missing `samples` or `model` are
+    /// errors.
+    pub fn from_named(inputs: &[(String, PathBuf)]) -> Result<Self> {
+        let mut out = EvalInputs::default();
+        let mut samples = None;
+        let mut model = None;
+        for (name, path) in inputs {
+            let p = path.clone();
+            match name.as_str() {
+                "samples" => samples = Some(p),
+                "image" => out.data.image = Some(p),
+                "audio" => out.data.audio = Some(p),
+                "tabular" => out.data.tabular = Some(p),
+                "model" => model = Some(p),
+                "hpo" => out.hpo = Some(p),
+                n if CHECKPOINT_INPUTS.contains(&n) || n.starts_with("model_") => {
+                    out.models.push((n.to_owned(), p))
+                }
+                n if n.starts_with("predictions") => out.predictions.push((n.to_owned(), p)),
+                other => {
+                    return Err(config_err(
+                        "--input",
+                        format!(
+                            "unknown input {other:?}; expected samples, image, audio, tabular, model, hpo, sft, rl, compress, model_*, predictions_*"
+                        ),
+                    ));
+                }
+            }
+        }
+        out.data.samples =
+            samples.ok_or_else(|| config_err("--input", "missing samples=SELECT_ARTIFACT"))?;
+        out.model = model.ok_or_else(|| config_err("--input", "missing model=MODEL_ARTIFACT"))?;
+        Ok(out)
+    }
+}
+
+/// Refuses an input whose lineage fit on the test split, and a model artifact without lineage.
+pub fn check_lineage(name: &str, artifact: &Artifact, is_model: bool) -> Result<()> {
+    let m = artifact.manifest();
+    let lineage = m.lineage_fit_splits();
+    if lineage.iter().any(|s| s == "test") {
+        let culprits: Vec<String> = std::iter::once((m.stage.clone(), m.fit_splits.clone()))
+            .chain(
+                m.inputs
+                    .iter()
+                    .map(|i| (i.name.clone(), i.lineage_fit_splits.clone())),
+            )
+            .filter(|(_, s)| s.iter().any(|x| x == "test"))
+            .map(|(n, _)| n)
+            .collect();
+        return Err(Error::Lineage {
+            path: artifact.dir().to_path_buf(),
+            message: format!(
+                "input {name:?} (stage {:?}) was fit on the test split (lineage fit splits {lineage:?}, via {}); \
+                 eval refuses to score it: re-run that stage fitting on train (and val) only",
+                m.stage,
+                culprits.join(", ")
+            ),
+        });
+    }
+    if is_model && lineage.is_empty() {
+        return Err(Error::Lineage {
+            path: artifact.dir().to_path_buf(),
+            message: format!(
+                "model input {name:?} (stage {:?}) records no lineage: its manifest and its inputs list no fit splits, \
+                 so eval cannot tell whether it ever saw test rows; re-run the stage that trained it",
+                m.stage
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// One test sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestRow {
+    /// Index in the dataset.
+    pub index: usize,
+    /// Sample id.
+    pub id: String,
+    /// Question type.
+    pub qtype: String,
+    /// Task ("" when none).
+    pub task: String,
+    /// Reference answer.
+    pub reference: String,
+}
+
+/// One prediction as read or decoded: id, answer, sequence log-probability.
+pub type Prediction = (String, String, Option<f64>);
+
+/// An answer aligned to a test row: the text and its log-probability.
+pub type Aligned = (String, Option<f64>);
+
+/// Orders `predictions` like `test`; an id outside the test split, an id given twice, or a test sample
+/// without a prediction is an error naming the ids.
+pub fn align(model: &str, test: &[TestRow], predictions: &[Prediction]) -> Result<Vec<Aligned>> {
+    let index: HashMap<&str, usize> = test
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.as_str(), i))
+        .collect();
+    let mut out: Vec<Option<Aligned>> = vec![None; test.len()];
+    let (mut unknown, mut duplicate) = (Vec::new(), Vec::new());
+    for (id, answer, lp) in predictions {
+        match index.get(id.as_str()) {
+            None => unknown.push(id.clone()),
+            Some(&i) if out[i].is_some() => duplicate.push(id.clone()),
+            Some(&i) => out[i] = Some((answer.clone(), *lp)),
+        }
+    }
+    let list = |v: &[String]| {
+        let shown: Vec<&str> = v.iter().take(5).map(String::as_str).collect();
+        format!(
+            "{}{}",
+            shown.join(", "),
+            if v.len() > 5 { ", ..." } else { "" }
+        )
+    };
+    if !unknown.is_empty() {
+        return Err(Error::Predictions {
+            model: model.to_owned(),
+            message: format!(
+                "{} prediction(s) for ids that are not test samples: {}",
+                unknown.len(),
+                list(&unknown)
+            ),
+        });
+    }
+    if !duplicate.is_empty() {
+        return Err(Error::Predictions {
+            model: model.to_owned(),
+            message: format!(
+                "{} id(s) predicted more than once: {}",
+                duplicate.len(),
+                list(&duplicate)
+            ),
+        });
+    }
+    let missing: Vec<String> = out
+        .iter()
+        .zip(test)
+        .filter(|(o, _)| o.is_none())
+        .map(|(_, r)| r.id.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Predictions {
+            model: model.to_owned(),
+            message: format!(
+                "{} of {} test samples have no prediction: {}",
+                missing.len(),
+                test.len(),
+                list(&missing)
+            ),
+        });
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Which modalities a decode keeps; the others are masked (marked absent) for every sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// Keep the image.
+    pub image: bool,
+    /// Keep the audio.
+    pub audio: bool,
+    /// Keep the tabular features.
+    pub tabular: bool,
+}
+
+impl Keep {
+    /// Every modality.
+    pub const ALL: Keep = Keep {
+        image: true,
+        audio: true,
+        tabular: true,
+    };
+}
+
+/// Greedy answers of `model` on `indices`, with `keep` masking modalities.
+pub fn decode(
+    trained: &Trained,
+    data: &Dataset,
+    indices: &[usize],
+    batch_size: usize,
+    keep: Keep,
+) -> Vec<Prediction> {
+    let model: &MultimodalModel = &trained.model;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut out = Vec::with_capacity(indices.len());
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let items: Vec<(usize, usize)> = chunk.iter().map(|&i| (i, 0)).collect();
+        let (mut batch, _) = data.batch(&items, &trained.vocab, model.config(), None);
+        if !keep.image
+            && let Some(m) = batch.image.as_mut()
+        {
+            m.present.iter_mut().for_each(|p| *p = false);
+        }
+        if !keep.audio
+            && let Some(m) = batch.audio.as_mut()
+        {
+            m.present.iter_mut().for_each(|p| *p = false);
+        }
+        if !keep.tabular
+            && let Some(t) = batch.tabular.as_mut()
+        {
+            t.present.iter_mut().for_each(|p| *p = false);
+        }
+        let generated = model.generate(&batch, Decoding::Greedy, &mut rng);
+        for (&i, g) in chunk.iter().zip(generated) {
+            out.push((
+                data.samples[i].id.clone(),
+                trained.vocab.decode_answer(&g.tokens),
+                Some(f64::from(g.logprob)),
+            ));
+        }
+    }
+    out
+}
+
+/// What a scored system is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The headline model.
+    Ours,
+    /// Another trained checkpoint of the run (sft, rl, compressed).
+    Checkpoint,
+    /// Our model with modalities masked.
+    Ablation,
+    /// Majority or classical baseline.
+    Baseline,
+    /// Predictions read from an artifact.
+    External,
+}
+
+/// A system's answers on the test split.
+#[derive(Debug, Clone)]
+pub struct System {
+    /// Name (key under `baselines` in metrics.json).
+    pub name: String,
+    /// What it is.
+    pub kind: Kind,
+    /// Answers aligned to the test rows.
+    pub answers: Vec<Aligned>,
+}
+
+/// The confusion matrix over all labels.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Confusion {
+    /// Labels (sorted union of references and answers).
+    pub labels: Vec<String>,
+    /// `matrix[reference][answer]`.
+    pub matrix: Vec<Vec<u64>>,
+}
+
+/// The detailed figures of the headline model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detail {
+    /// Per-class precision/recall/F1 and averages.
+    pub classes: ClassReport,
+    /// Confusion matrix.
+    pub confusion: Confusion,
+    /// Calibration and the reliability diagram.
+    pub calibration: Option<Calibration>,
+    /// Risk-coverage by confidence threshold.
+    pub risk_coverage: Option<RiskCoverage>,
+}
+
+/// Every figure of one system on the test split.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SystemReport {
+    /// What it is.
+    pub kind: Kind,
+    /// Test samples scored.
+    pub samples: usize,
+    /// Exact match overall.
+    pub exact_match: f64,
+    /// Its bootstrap interval.
+    pub exact_match_ci: Option<Interval>,
+    /// Exact match per question type.
+    pub by_question: BTreeMap<String, f64>,
+    /// Test samples per question type.
+    pub by_question_samples: BTreeMap<String, usize>,
+    /// Its bootstrap interval per question type.
+    pub by_question_ci: BTreeMap<String, Interval>,
+    /// Exact match per task.
+    pub by_task: BTreeMap<String, f64>,
+    /// Every standard metric overall (`null` where undefined).
+    pub metrics: BTreeMap<String, Option<f64>>,
+    /// Bootstrap intervals of the overall metrics.
+    pub metrics_ci: BTreeMap<String, Interval>,
+    /// Every standard metric per question type.
+    pub by_question_metrics: BTreeMap<String, BTreeMap<String, Option<f64>>>,
+    /// Every standard metric per task.
+    pub by_task_metrics: BTreeMap<String, BTreeMap<String, Option<f64>>>,
+    /// MAE on numeric answers with its coverage.
+    pub mae: Option<Mae>,
+    /// Abstention figures.
+    pub abstention: Abstention,
+    /// Exact match on the cross-modal question types together.
+    pub cross_modal_exact_match: Option<f64>,
+    /// Its bootstrap interval.
+    pub cross_modal_ci: Option<Interval>,
+    /// Per-class, confusion, calibration and risk-coverage detail (headline model only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Detail>,
+}
+
+/// Paired bootstrap tests of ours against one system.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// Exact match, all test samples.
+    pub overall: Option<PairedTest>,
+    /// Exact match, cross-modal question types only.
+    pub cross_modal: Option<PairedTest>,
+}
+
+/// The cross-modal verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CrossModal {
+    /// The question types that need two modalities (present in the test split).
+    pub qtypes: Vec<String>,
+    /// Whether ours has a strictly higher exact match than every baseline and single-modality ablation, on
+    /// the cross-modal types together and on each of them.
+    pub ours_beats_all: bool,
+    /// `system: qtype` pairs where ours does not win.
+    pub not_beaten: Vec<String>,
+}
+
+/// `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsFile {
+    /// Name of the headline model.
+    pub headline: String,
+    /// The split scored.
+    pub split: String,
+    /// The headline model's figures.
+    pub test: SystemReport,
+    /// Every other system (checkpoints, ablations, baselines, external predictions).
+    pub baselines: BTreeMap<String, SystemReport>,
+    /// Ours against each system.
+    pub comparisons: BTreeMap<String, Comparison>,
+    /// The cross-modal verdict.
+    pub cross_modal: CrossModal,
+    /// Where each optional report section came from, or why it is absent.
+    pub sources: BTreeMap<String, String>,
+    /// The resolved config.
+    pub config: EvalConfig,
+    /// The seed of the bootstrap.
+    pub seed: u64,
+}
+
+fn scored(answers: &[Aligned], test: &[TestRow]) -> Vec<Scored> {
+    answers
+        .iter()
+        .zip(test)
+        .map(|((a, lp), r)| Scored::new(a, &r.reference, lp.map(f64::exp)))
+        .collect()
+}
+
+fn subset(rows: &[Scored], test: &[TestRow], keep: impl Fn(&TestRow) -> bool) -> Vec<Scored> {
+    rows.iter()
+        .zip(test)
+        .filter(|(_, t)| keep(t))
+        .map(|(s, _)| s.clone())
+        .collect()
+}
+
+/// Scores one system.
+pub fn report_system(
+    system: &System,
+    test: &[TestRow],
+    config: &EvalConfig,
+    seed: u64,
+    detail: bool,
+) -> SystemReport {
+    let rows = scored(&system.answers, test);
+    let metrics = standard_metrics(config.ece_bins, &config.abstain_answer);
+    let boot = |rows: &[Scored], metric: &dyn crate::metrics::Metric, key: &str| {
+        bootstrap_ci(
+            rows,
+            metric,
+            config.bootstrap_samples,
+            config.confidence_level,
+            derive_seed(seed, &format!("{}/{key}", system.name)),
+        )
+    };
+    let mut metrics_ci = BTreeMap::new();
+    for m in &metrics {
+        if let Some(ci) = boot(&rows, m.as_ref(), m.name()) {
+            metrics_ci.insert(m.name().to_owned(), ci);
+        }
+    }
+    let qtypes: Vec<String> = test
+        .iter()
+        .map(|t| t.qtype.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let tasks: Vec<String> = test
+        .iter()
+        .map(|t| t.task.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut by_question = BTreeMap::new();
+    let mut by_question_ci = BTreeMap::new();
+    let mut by_question_samples = BTreeMap::new();
+    let mut by_question_metrics = BTreeMap::new();
+    for q in &qtypes {
+        let sub = subset(&rows, test, |t| &t.qtype == q);
+        by_question.insert(q.clone(), crate::metrics::exact_match(&sub));
+        by_question_samples.insert(q.clone(), sub.len());
+        if let Some(ci) = boot(&sub, &ExactMatch, &format!("qtype/{q}")) {
+            by_question_ci.insert(q.clone(), ci);
+        }
+        by_question_metrics.insert(q.clone(), evaluate(&sub, &metrics));
+    }
+    let mut by_task = BTreeMap::new();
+    let mut by_task_metrics = BTreeMap::new();
+    for k in &tasks {
+        let sub = subset(&rows, test, |t| &t.task == k);
+        by_task.insert(k.clone(), crate::metrics::exact_match(&sub));
+        by_task_metrics.insert(k.clone(), evaluate(&sub, &metrics));
+    }
+    let cross = subset(&rows, test, |t| config.cross_modal.contains(&t.qtype));
+    let detail = detail.then(|| {
+        let classes = ClassReport::new(&rows);
+        let labels = classes.labels.clone();
+        Detail {
+            confusion: Confusion {
+                matrix: confusion_matrix(&rows, &labels),
+                labels,
+            },
+            classes,
+            calibration: calibration(&rows, config.ece_bins),
+            risk_coverage: risk_coverage(&rows),
+        }
+    });
+    SystemReport {
+        kind: system.kind,
+        samples: rows.len(),
+        exact_match: crate::metrics::exact_match(&rows),
+        exact_match_ci: metrics_ci.get("exact_match").copied(),
+        by_question,
+        by_question_samples,
+        by_question_ci,
+        by_task,
+        metrics: evaluate(&rows, &metrics),
+        metrics_ci,
+        by_question_metrics,
+        by_task_metrics,
+        mae: mae(&rows),
+        abstention: abstention(&rows, &normalize_answer(&config.abstain_answer)),
+        cross_modal_exact_match: (!cross.is_empty()).then(|| crate::metrics::exact_match(&cross)),
+        cross_modal_ci: boot(&cross, &ExactMatch, "cross_modal"),
+        detail,
+    }
+}
+
+/// Paired tests of `ours` against `other` (exact match, overall and cross-modal).
+pub fn compare(
+    ours: &System,
+    other: &System,
+    test: &[TestRow],
+    config: &EvalConfig,
+    seed: u64,
+) -> Comparison {
+    let a = scored(&ours.answers, test);
+    let b = scored(&other.answers, test);
+    let cross = |rows: &[Scored]| subset(rows, test, |t| config.cross_modal.contains(&t.qtype));
+    let test_of = |rows: &[Scored], b: &[Scored], key: &str| {
+        paired_bootstrap(
+            rows,
+            b,
+            &ExactMatch,
+            config.bootstrap_samples,
+            config.confidence_level,
+            derive_seed(seed, &format!("paired/{}/{key}", other.name)),
+        )
+    };
+    Comparison {
+        overall: test_of(&a, &b, "overall"),
+        cross_modal: test_of(&cross(&a), &cross(&b), "cross_modal"),
+    }
+}
+
+/// The cross-modal verdict over every baseline and single-modality ablation.
+pub fn cross_modal_verdict(
+    ours: &SystemReport,
+    others: &BTreeMap<String, SystemReport>,
+    config: &EvalConfig,
+) -> CrossModal {
+    let qtypes: Vec<String> = config
+        .cross_modal
+        .iter()
+        .filter(|q| ours.by_question.contains_key(*q))
+        .cloned()
+        .collect();
+    let mut not_beaten = Vec::new();
+    for (name, r) in others {
+        let single_modality = r.kind == Kind::Ablation && name != "ablation_question_only";
+        if !(r.kind == Kind::Baseline || single_modality || name == "ablation_question_only") {
+            continue;
+        }
+        if let (Some(o), Some(b)) = (ours.cross_modal_exact_match, r.cross_modal_exact_match)
+            && o <= b
+        {
+            not_beaten.push(format!("{name}: all cross-modal"));
+        }
+        for q in &qtypes {
+            if let (Some(o), Some(b)) = (ours.by_question.get(q), r.by_question.get(q))
+                && o <= b
+            {
+                not_beaten.push(format!("{name}: {q}"));
+            }
+        }
+    }
+    CrossModal {
+        ours_beats_all: !qtypes.is_empty() && not_beaten.is_empty(),
+        qtypes,
+        not_beaten,
+    }
+}
+
+fn read_test_rows(data: &Dataset, samples: &Path) -> Result<Vec<TestRow>> {
+    let artifact = Artifact::open(samples)?;
+    let (_, batches) = artifact.read_table("samples")?;
+    let mut tasks: HashMap<String, String> = HashMap::new();
+    for b in &batches {
+        let (Some(ids), Some(task)) = (b.column_by_name("id"), b.column_by_name("task")) else {
+            continue;
+        };
+        let (Some(ids), Some(task)) = (ids.as_string_opt::<i32>(), task.as_string_opt::<i32>())
+        else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            if ids.is_valid(i) && task.is_valid(i) {
+                tasks.insert(ids.value(i).to_owned(), task.value(i).to_owned());
+            }
+        }
+    }
+    let rows: Vec<TestRow> = data
+        .split(Split::Test)
+        .into_iter()
+        .map(|i| {
+            let s = &data.samples[i];
+            TestRow {
+                index: i,
+                id: s.id.clone(),
+                qtype: s.qtype.clone(),
+                task: tasks.get(&s.id).cloned().unwrap_or_default(),
+                reference: s.answer.clone(),
+            }
+        })
+        .collect();
+    if rows.is_empty() {
+        return Err(input_err(
+            samples,
+            "the test split is empty: eval needs test samples (set split fractions in select so test gets rows)",
+        ));
+    }
+    Ok(rows)
+}
+
+fn read_predictions(name: &str, dir: &Path) -> Result<Vec<Prediction>> {
+    let artifact = Artifact::open(dir)?;
+    let (_, batches) = artifact.read_table("predictions")?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let col = |c: &str| {
+            b.column_by_name(c)
+                .ok_or_else(|| input_err(dir, format!("table \"predictions\" has no column {c:?}")))
+        };
+        let ids = col("id")?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| input_err(dir, "column \"id\" is not Utf8"))?;
+        let answers = col("answer")?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| input_err(dir, "column \"answer\" is not Utf8"))?;
+        let lps = b
+            .column_by_name("logprob")
+            .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Float64Type>());
+        for i in 0..b.num_rows() {
+            if !ids.is_valid(i) {
+                return Err(Error::Predictions {
+                    model: name.to_owned(),
+                    message: format!("{}: row {i} has a null id", dir.display()),
+                });
+            }
+            out.push((
+                ids.value(i).to_owned(),
+                if answers.is_valid(i) {
+                    answers.value(i).to_owned()
+                } else {
+                    String::new()
+                },
+                lps.and_then(|a| a.is_valid(i).then(|| a.value(i))),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// What [`run`] returns for the binary's closing lines.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The metrics written.
+    pub metrics: MetricsFile,
+    /// Where `report.html` lands (inside the committed artifact).
+    pub report_html: PathBuf,
+}
+
+/// Runs eval and commits the artifact at `output`.
+pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -> Result<Summary> {
+    config.validate()?;
+    // Hold-out discipline first: nothing is decoded before every input's lineage is checked.
+    let mut opened: Vec<(String, Artifact, bool)> = Vec::new();
+    let data_inputs: [(&str, Option<&PathBuf>); 4] = [
+        ("samples", Some(&inputs.data.samples)),
+        ("image", inputs.data.image.as_ref()),
+        ("audio", inputs.data.audio.as_ref()),
+        ("tabular", inputs.data.tabular.as_ref()),
+    ];
+    for (name, path) in data_inputs {
+        if let Some(p) = path {
+            opened.push((name.to_owned(), Artifact::open(p)?, false));
+        }
+    }
+    opened.push(("model".to_owned(), Artifact::open(&inputs.model)?, true));
+    for (name, p) in &inputs.models {
+        opened.push((name.clone(), Artifact::open(p)?, true));
+    }
+    for (name, p) in &inputs.predictions {
+        opened.push((name.clone(), Artifact::open(p)?, true));
+    }
+    if let Some(p) = &inputs.hpo {
+        opened.push(("hpo".to_owned(), Artifact::open(p)?, false));
+    }
+    for (name, artifact, is_model) in &opened {
+        check_lineage(name, artifact, *is_model)?;
+    }
+
+    let data = Dataset::load(&inputs.data)?;
+    let test = read_test_rows(&data, &inputs.data.samples)?;
+    let indices: Vec<usize> = test.iter().map(|t| t.index).collect();
+    tracing::info!(test = test.len(), "test split loaded");
+
+    // Models: ours first, then every other checkpoint (skipping one that is the same artifact as ours).
+    let mut systems: Vec<System> = Vec::new();
+    let ours_models = load_models(&inputs.model, DeviceKind::Cpu)?;
+    let headline_hash = opened
+        .iter()
+        .find(|(n, _, _)| n == "model")
+        .map(|(_, a, _)| a.manifest().content_hash.clone())
+        .unwrap_or_default();
+    let mut ours_trained: Option<Trained> = None;
+    let mut headline = String::new();
+    for (k, (name, trained)) in ours_models.into_iter().enumerate() {
+        data.check_compatible(trained.model.config(), &inputs.data.samples)?;
+        let preds = decode(&trained, &data, &indices, config.batch_size, Keep::ALL);
+        let answers = align(&name, &test, &preds)?;
+        tracing::info!(model = %name, "decoded test split");
+        if k == 0 {
+            headline = name.clone();
+            systems.push(System {
+                name,
+                kind: Kind::Ours,
+                answers,
+            });
+            ours_trained = Some(trained);
+        } else {
+            systems.push(System {
+                name,
+                kind: Kind::Checkpoint,
+                answers,
+            });
+        }
+    }
+    let mut sources: BTreeMap<String, String> = BTreeMap::new();
+    for (input, path) in &inputs.models {
+        let artifact = Artifact::open(path)?;
+        if artifact.manifest().content_hash == headline_hash {
+            sources.insert(
+                format!("checkpoint {input}"),
+                "same artifact as the headline model; scored once".into(),
+            );
+            continue;
+        }
+        let models = load_models(path, DeviceKind::Cpu)?;
+        let single = models.len() == 1;
+        for (name, trained) in models {
+            let name = if single { input.clone() } else { name };
+            let name = if systems.iter().any(|s| s.name == name) {
+                format!("{input}:{name}")
+            } else {
+                name
+            };
+            data.check_compatible(trained.model.config(), &inputs.data.samples)?;
+            let preds = decode(&trained, &data, &indices, config.batch_size, Keep::ALL);
+            let answers = align(&name, &test, &preds)?;
+            tracing::info!(model = %name, "decoded test split");
+            systems.push(System {
+                name,
+                kind: Kind::Checkpoint,
+                answers,
+            });
+        }
+    }
+    for (name, path) in &inputs.predictions {
+        let preds = read_predictions(name, path)?;
+        let answers = align(name, &test, &preds)?;
+        systems.push(System {
+            name: name.clone(),
+            kind: Kind::External,
+            answers,
+        });
+    }
+
+    // Ablations of ours: keep one modality (or none) at a time.
+    if config.ablations
+        && let Some(trained) = &ours_trained
+    {
+        let cfg = trained.model.config();
+        let has = [
+            ("image", cfg.image_shape.is_some() && data.image.is_some()),
+            ("audio", cfg.audio_shape.is_some() && data.audio.is_some()),
+            (
+                "tabular",
+                cfg.numeric_features + cfg.categorical_cardinalities.len() > 0
+                    && data.tabular.is_some(),
+            ),
+        ];
+        let mut variants: Vec<(&str, Keep)> = Vec::new();
+        for (m, present) in has {
+            if present {
+                variants.push((
+                    m,
+                    Keep {
+                        image: m == "image",
+                        audio: m == "audio",
+                        tabular: m == "tabular",
+                    },
+                ));
+            }
+        }
+        variants.push((
+            "question",
+            Keep {
+                image: false,
+                audio: false,
+                tabular: false,
+            },
+        ));
+        for (m, keep) in variants {
+            let name = format!("ablation_{m}_only");
+            let preds = decode(trained, &data, &indices, config.batch_size, keep);
+            let answers = align(&name, &test, &preds)?;
+            tracing::info!(ablation = %name, "decoded test split");
+            systems.push(System {
+                name,
+                kind: Kind::Ablation,
+                answers,
+            });
+        }
+    }
+
+    // Baselines, fit on train only.
+    let classical = config.classical_baselines.then_some(ClassicalSettings {
+        pool: config.pool,
+        logistic_alpha: config.logistic_alpha,
+        logistic_max_iterations: config.logistic_max_iterations,
+        tree_max_depth: config.tree_max_depth,
+    });
+    let baselines = Baselines::fit(&data, classical)?;
+    for (name, answers) in baselines.predict(&data, &indices) {
+        systems.push(System {
+            name,
+            kind: Kind::Baseline,
+            answers: answers
+                .into_iter()
+                .map(|(a, c)| (a, c.map(f64::ln)))
+                .collect(),
+        });
+    }
+
+    // Scores.
+    let ours = systems
+        .iter()
+        .find(|s| s.kind == Kind::Ours)
+        .cloned()
+        .ok_or_else(|| input_err(&inputs.model, "the model artifact holds no model"))?;
+    let test_report = report_system(&ours, &test, config, seed, true);
+    let mut others = BTreeMap::new();
+    let mut comparisons = BTreeMap::new();
+    for s in systems.iter().filter(|s| s.kind != Kind::Ours) {
+        others.insert(s.name.clone(), report_system(s, &test, config, seed, false));
+        comparisons.insert(s.name.clone(), compare(&ours, s, &test, config, seed));
+    }
+    let cross_modal = cross_modal_verdict(&test_report, &others, config);
+
+    // Report sections from the training history.
+    let mut model_artifacts: Vec<(String, Artifact)> = Vec::new();
+    for (name, artifact, is_model) in &opened {
+        if *is_model && !name.starts_with("predictions") {
+            model_artifacts.push((name.clone(), artifact.clone()));
+        }
+    }
+    let hpo = opened
+        .iter()
+        .find(|(n, _, _)| n == "hpo")
+        .map(|(_, a, _)| a.clone());
+    let history = crate::report::History::collect(&model_artifacts, hpo.as_ref(), &mut sources);
+
+    let metrics = MetricsFile {
+        headline,
+        split: "test".into(),
+        test: test_report,
+        baselines: others,
+        comparisons,
+        cross_modal,
+        sources,
+        config: config.clone(),
+        seed,
+    };
+    let (md, html) = crate::report::render(&metrics, &history, config)?;
+
+    // predictions.parquet: one row per (system, test sample).
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("model", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("id", DataType::Utf8, false),
+        Field::new("task", DataType::Utf8, false),
+        Field::new("qtype", DataType::Utf8, false),
+        Field::new("answer", DataType::Utf8, false),
+        Field::new("reference", DataType::Utf8, false),
+        Field::new("logprob", DataType::Float64, true),
+        Field::new("correct", DataType::Boolean, false),
+    ]));
+    let mut batches = Vec::new();
+    for s in &systems {
+        let kind = serde_json::to_value(s.kind)?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        batches.push(RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    test.iter().map(|_| s.name.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    test.iter().map(|_| kind.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    test.iter().map(|t| t.id.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    test.iter().map(|t| t.task.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    test.iter().map(|t| t.qtype.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    s.answers.iter().map(|(a, _)| a.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    test.iter().map(|t| t.reference.as_str()),
+                )),
+                Arc::new(Float64Array::from(
+                    s.answers.iter().map(|(_, lp)| *lp).collect::<Vec<_>>(),
+                )),
+                Arc::new(BooleanArray::from(
+                    s.answers
+                        .iter()
+                        .zip(&test)
+                        .map(|((a, _), t)| normalize_answer(a) == normalize_answer(&t.reference))
+                        .collect::<Vec<_>>(),
+                )),
+            ],
+        )?);
+    }
+
+    let info = StageInfo {
+        stage: STAGE.into(),
+        crate_name: env!("CARGO_PKG_NAME").into(),
+        crate_version: env!("CARGO_PKG_VERSION").into(),
+        config: serde_json::to_value(config)?,
+        seed: Some(seed),
+    };
+    let mut writer = ArtifactWriter::create(output, info)?;
+    for (name, artifact, _) in &opened {
+        writer.input_artifact(name, artifact);
+    }
+    // The baselines are fit on train rows; the test split is only scored.
+    writer.fit_splits(&["train"]);
+    writer.write_json("metrics.json", Role::Report, &metrics)?;
+    writer.write_table("predictions", Role::Report, schema, &batches)?;
+    writer.write_bytes("report.md", Role::Report, md.as_bytes())?;
+    writer.write_bytes("report.html", Role::Report, html.as_bytes())?;
+    writer.commit()?;
+    let used: HashSet<&str> = systems.iter().map(|s| s.name.as_str()).collect();
+    tracing::info!(systems = used.len(), output = %output.display(), "eval committed");
+    Ok(Summary {
+        metrics,
+        report_html: output.join("report.html"),
+    })
+}

@@ -1,0 +1,535 @@
+//! The eval stage end to end on tiny artifacts built in code: outputs, determinism, hold-out lineage
+//! refusals, prediction alignment errors, an empty test split, and train-only baselines.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use mmrl_artifact::Artifact;
+use mmrl_eval::baselines::{Baselines, ClassicalSettings};
+use mmrl_eval::stage::{TestRow, align};
+use mmrl_eval::{Error, EvalConfig, EvalInputs};
+use mmrl_model::data::{Dataset, InputPaths};
+
+struct Fixture {
+    inputs: InputPaths,
+    model: PathBuf,
+}
+
+/// Every directory the tests write lives here; it is cleared when the first test starts, so runs do not pile
+/// up (statics are never dropped, so a `TempDir` could not clean it).
+fn root() -> &'static Path {
+    static R: OnceLock<PathBuf> = OnceLock::new();
+    R.get_or_init(|| {
+        let r = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mmrl-eval-stage-tests");
+        let _ = std::fs::remove_dir_all(&r);
+        std::fs::create_dir_all(&r).unwrap();
+        r
+    })
+}
+
+/// One tiny trained model shared by the tests (training is the slow part).
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir_in(root()).unwrap().keep();
+        let rows = common::rows(200);
+        let inputs = common::inputs(&dir, &rows);
+        let model = common::train(&dir, &inputs);
+        Fixture { inputs, model }
+    })
+}
+
+fn quick() -> EvalConfig {
+    EvalConfig {
+        bootstrap_samples: 200,
+        cross_modal: vec!["both".into()],
+        ..Default::default()
+    }
+}
+
+fn eval_inputs(f: &Fixture, extra: &[(&str, &Path)]) -> EvalInputs {
+    let mut named = vec![
+        ("samples".to_owned(), f.inputs.samples.clone()),
+        ("image".to_owned(), f.inputs.image.clone().unwrap()),
+        ("tabular".to_owned(), f.inputs.tabular.clone().unwrap()),
+        ("model".to_owned(), f.model.clone()),
+    ];
+    named.extend(
+        extra
+            .iter()
+            .map(|(n, p)| ((*n).to_owned(), p.to_path_buf())),
+    );
+    EvalInputs::from_named(&named).unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = tempfile::tempdir_in(root()).unwrap().keep();
+    d.join(name)
+}
+
+#[test]
+fn eval_scores_every_system_and_writes_a_deterministic_report() {
+    let f = fixture();
+    let other = common::relabel_model(&f.model, &scratch("other"), &["train"]);
+    let inputs = eval_inputs(f, &[("sft", &f.model), ("model_b", &other)]);
+    let out = scratch("eval");
+    let summary = mmrl_eval::run(&quick(), &inputs, &out, 7).unwrap();
+    let artifact = Artifact::open(&out).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(artifact.file("metrics.json").unwrap()).unwrap())
+            .unwrap();
+    let em = metrics["test"]["exact_match"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&em));
+    let by_q = metrics["test"]["by_question"].as_object().unwrap();
+    assert_eq!(
+        by_q.keys().cloned().collect::<Vec<_>>(),
+        ["both", "colour", "group", "level"]
+    );
+    let baselines = metrics["baselines"].as_object().unwrap();
+    for name in [
+        "majority",
+        "majority_qtype",
+        "logistic",
+        "tree",
+        "ablation_image_only",
+        "ablation_tabular_only",
+        "ablation_question_only",
+        "model_b",
+    ] {
+        let b = &baselines[name];
+        assert!(b["exact_match"].as_f64().is_some(), "{name}");
+        assert_eq!(b["by_question"].as_object().unwrap().len(), 4, "{name}");
+        assert!(
+            metrics["comparisons"][name]["overall"]["p_value"]
+                .as_f64()
+                .is_some(),
+            "{name}"
+        );
+    }
+    // No audio input: no audio ablation. The sft input is the headline artifact: scored once.
+    assert!(baselines.get("ablation_audio_only").is_none());
+    assert!(baselines.get("sft").is_none());
+    // The same weights under another artifact give the same answers.
+    assert_eq!(baselines["model_b"]["exact_match"].as_f64().unwrap(), em);
+    let test_rows = common::rows(200)
+        .iter()
+        .filter(|r| r.split == "test")
+        .count();
+    let systems = 1 + baselines.len();
+    assert_eq!(
+        artifact
+            .manifest()
+            .output("predictions.parquet")
+            .unwrap()
+            .rows,
+        Some((systems * test_rows) as u64)
+    );
+    assert_eq!(
+        metrics["test"]["samples"].as_u64().unwrap() as usize,
+        test_rows
+    );
+    let html = std::fs::read_to_string(&summary.report_html).unwrap();
+    assert!(html.matches("<svg").count() >= 4, "plots are inline");
+    assert!(!html.contains("src=\"http"), "self-contained");
+    assert!(
+        html.contains("id=\"sft-loss\""),
+        "the sft loss curve is drawn"
+    );
+    let md = std::fs::read_to_string(artifact.file("report.md").unwrap()).unwrap();
+    assert!(md.contains("| majority_qtype |"));
+    assert!(
+        metrics["sources"]["rl_curves"]
+            .as_str()
+            .unwrap()
+            .starts_with("absent")
+    );
+    assert_eq!(artifact.manifest().fit_splits, ["train"]);
+
+    // Same seed and inputs: the same artifact content.
+    let again = scratch("eval2");
+    mmrl_eval::run(&quick(), &inputs, &again, 7).unwrap();
+    assert_eq!(
+        Artifact::open(&again).unwrap().manifest().content_hash,
+        artifact.manifest().content_hash
+    );
+}
+
+#[test]
+fn a_model_fit_on_test_or_without_lineage_is_refused() {
+    let f = fixture();
+    let leaky = common::relabel_model(&f.model, &scratch("leaky"), &["train", "test"]);
+    let inputs = eval_inputs(f, &[]);
+    let mut bad = inputs.clone();
+    bad.model = leaky.clone();
+    let err = mmrl_eval::run(&quick(), &bad, &scratch("out"), 1).unwrap_err();
+    assert!(matches!(err, Error::Lineage { .. }), "{err}");
+    assert!(err.to_string().contains("test split"), "{err}");
+
+    let mut extra = inputs.clone();
+    extra.models.push(("rl".into(), leaky));
+    let err = mmrl_eval::run(&quick(), &extra, &scratch("out"), 1).unwrap_err();
+    assert!(err.to_string().contains("\"rl\""), "{err}");
+
+    let anonymous = common::relabel_model(&f.model, &scratch("anon"), &[]);
+    let mut none = inputs.clone();
+    none.model = anonymous;
+    let err = mmrl_eval::run(&quick(), &none, &scratch("out"), 1).unwrap_err();
+    assert!(err.to_string().contains("no lineage"), "{err}");
+
+    let preds = common::write_predictions(&scratch("preds"), &[("s0008", "red", -0.1)], &["test"]);
+    let mut p = inputs.clone();
+    p.predictions.push(("predictions_x".into(), preds));
+    let err = mmrl_eval::run(&quick(), &p, &scratch("out"), 1).unwrap_err();
+    assert!(matches!(err, Error::Lineage { .. }), "{err}");
+}
+
+#[test]
+fn predictions_must_cover_exactly_the_test_ids() {
+    let test: Vec<TestRow> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| TestRow {
+            index: i,
+            id: (*id).into(),
+            qtype: "q".into(),
+            task: String::new(),
+            reference: "yes".into(),
+        })
+        .collect();
+    let p = |id: &str| (id.to_owned(), "yes".to_owned(), Some(-0.5));
+    let ok = align("m", &test, &[p("c"), p("a"), p("b")]).unwrap();
+    assert_eq!(ok.len(), 3);
+    let check = |preds: Vec<(String, String, Option<f64>)>, needle: &str| {
+        let err = align("m", &test, &preds).unwrap_err();
+        assert!(matches!(err, Error::Predictions { .. }), "{err}");
+        assert!(err.to_string().contains(needle), "{err} lacks {needle:?}");
+    };
+    check(vec![p("a"), p("b"), p("c"), p("zz")], "zz");
+    check(vec![p("a"), p("b")], "c");
+    check(vec![p("a"), p("b"), p("c"), p("a")], "more than once");
+
+    // Through the stage: a predictions artifact for a sample outside the test split.
+    let f = fixture();
+    let preds = common::write_predictions(&scratch("preds"), &[("s0001", "red", -0.1)], &["train"]);
+    let mut inputs = eval_inputs(f, &[]);
+    inputs.predictions.push(("predictions_val".into(), preds));
+    let err = mmrl_eval::run(&quick(), &inputs, &scratch("out"), 1).unwrap_err();
+    assert!(err.to_string().contains("s0001"), "{err}");
+}
+
+#[test]
+fn an_empty_test_split_is_an_error() {
+    let f = fixture();
+    let dir = scratch("notest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows: Vec<common::Row> = common::rows(200)
+        .into_iter()
+        .map(|mut r| {
+            if r.split == "test" {
+                r.split = "val";
+            }
+            r
+        })
+        .collect();
+    let samples = common::write_samples(&dir, &rows);
+    let mut inputs = eval_inputs(f, &[]);
+    inputs.data.samples = samples;
+    inputs.data.image = Some(common::write_images(&dir, &rows, 1));
+    inputs.data.tabular = Some(common::write_tabular(&dir, &rows));
+    let err = mmrl_eval::run(&quick(), &inputs, &scratch("out"), 1).unwrap_err();
+    assert!(err.to_string().contains("test split is empty"), "{err}");
+}
+
+#[test]
+fn unknown_inputs_and_bad_params_are_named() {
+    let err = EvalInputs::from_named(&[("weird".into(), PathBuf::from("x"))]).unwrap_err();
+    assert!(err.to_string().contains("weird"));
+    let err = EvalInputs::from_named(&[("samples".into(), PathBuf::from("x"))]).unwrap_err();
+    assert!(err.to_string().contains("model"));
+    for (cfg, field) in [
+        (
+            EvalConfig {
+                confidence_level: 1.0,
+                ..Default::default()
+            },
+            "confidence_level",
+        ),
+        (
+            EvalConfig {
+                ece_bins: 0,
+                ..Default::default()
+            },
+            "ece_bins",
+        ),
+        (
+            EvalConfig {
+                abstain_answer: " ".into(),
+                ..Default::default()
+            },
+            "abstain_answer",
+        ),
+        (
+            EvalConfig {
+                bootstrap_samples: 0,
+                ..Default::default()
+            },
+            "bootstrap_samples",
+        ),
+    ] {
+        let err = cfg.validate().unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+    }
+}
+
+#[test]
+fn baselines_are_fit_on_train_rows_only() {
+    let f = fixture();
+    let settings = Some(ClassicalSettings {
+        pool: 2,
+        logistic_alpha: 1.0,
+        logistic_max_iterations: 50,
+        tree_max_depth: 6,
+    });
+    let a = Dataset::load(&f.inputs).unwrap();
+    // Same samples, but every test (and val) row gets another answer and other features.
+    let dir = scratch("shifted");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows: Vec<common::Row> = common::rows(200)
+        .into_iter()
+        .map(|mut r| {
+            if r.split != "train" {
+                r.answer = "zzz".into();
+                r.value = 9.0;
+                r.colour = Some(1 - r.colour.unwrap());
+                r.category = 2;
+            }
+            r
+        })
+        .collect();
+    let b = Dataset::load(&common::inputs(&dir, &rows)).unwrap();
+    let fa = Baselines::fit(&a, settings).unwrap();
+    let fb = Baselines::fit(&b, settings).unwrap();
+    assert_eq!(fa.majority_qtype, fb.majority_qtype);
+    assert_eq!(fa.features, fb.features);
+    assert_eq!(fa.classes, fb.classes);
+    assert!(!fa.classes.contains(&"zzz".to_owned()));
+    let all: Vec<usize> = (0..a.samples.len()).collect();
+    assert_eq!(fa.predict(&a, &all), fb.predict(&a, &all));
+    // And the classical models learned something on train.
+    let train = a.split(mmrl_artifact::sample::Split::Train);
+    let preds = fa.predict(&a, &train);
+    let (_, tree) = preds.iter().find(|(n, _)| n == "tree").unwrap();
+    let hits = tree
+        .iter()
+        .zip(&train)
+        .filter(|(p, i)| p.0 == a.samples[**i].answer)
+        .count();
+    assert!(
+        hits as f64 / train.len() as f64 > 0.6,
+        "{hits}/{}",
+        train.len()
+    );
+}
+
+#[test]
+fn the_tree_learns_an_interaction_and_refits_identically() {
+    use mmrl_eval::baselines::Cart;
+    // Class = x0 XOR x1: the first split gains nothing, the second separates (as sklearn, zero-gain splits
+    // are taken).
+    let mut rows = Vec::new();
+    let mut y = Vec::new();
+    for i in 0..40 {
+        let (a, b) = ((i % 2) as f64, ((i / 2) % 2) as f64);
+        rows.extend([a, b]);
+        y.push(usize::from((a > 0.5) != (b > 0.5)));
+    }
+    let x = ndarray::Array2::from_shape_vec((40, 2), rows).unwrap();
+    let t = Cart::fit(&x, &y, 2, 2);
+    for (i, &c) in y.iter().enumerate() {
+        assert_eq!(t.predict(x.row(i).as_slice().unwrap()), (c, 1.0));
+    }
+    assert_eq!(t, Cart::fit(&x, &y, 2, 2));
+    // Depth 0: a single leaf with the majority class (ties: smallest class).
+    let stump = Cart::fit(&x, &y, 2, 0);
+    assert_eq!(stump.len(), 1);
+    assert_eq!(stump.predict(&[0.0, 0.0]), (0, 0.5));
+}
+
+#[test]
+fn rl_curves_and_hpo_history_are_drawn_when_present() {
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, RecordBatch, StringArray, UInt64Array};
+    let f = fixture();
+    let steps = RecordBatch::try_from_iter([
+        ("step", Arc::new(UInt64Array::from(vec![1, 2, 3])) as _),
+        (
+            "reward",
+            Arc::new(Float64Array::from(vec![0.1, 0.4, 0.6])) as _,
+        ),
+        (
+            "kl",
+            Arc::new(Float64Array::from(vec![0.0, 0.01, 0.02])) as _,
+        ),
+        (
+            "entropy",
+            Arc::new(Float64Array::from(vec![1.2, 1.0, 0.9])) as _,
+        ),
+    ])
+    .unwrap();
+    let rl = common::model_artifact(
+        &f.model,
+        &scratch("rl"),
+        "rl",
+        &["train"],
+        &[("metrics_steps", steps)],
+    );
+    let trials = RecordBatch::try_from_iter([
+        ("number", Arc::new(UInt64Array::from(vec![0, 1, 2, 3])) as _),
+        (
+            "state",
+            Arc::new(StringArray::from(vec![
+                "complete", "pruned", "complete", "complete",
+            ])) as _,
+        ),
+        (
+            "value",
+            Arc::new(Float64Array::from(vec![
+                Some(0.5),
+                None,
+                Some(0.7),
+                Some(0.6),
+            ])) as _,
+        ),
+    ])
+    .unwrap();
+    let hpo = scratch("hpo");
+    let mut w = mmrl_artifact::ArtifactWriter::create(&hpo, common::info("hpo")).unwrap();
+    w.fit_splits(&["train"]);
+    w.write_table(
+        "trials",
+        mmrl_artifact::Role::Data,
+        trials.schema(),
+        &[trials],
+    )
+    .unwrap();
+    w.commit().unwrap();
+    let inputs = eval_inputs(f, &[("rl", &rl), ("hpo", &hpo)]);
+    let out = scratch("eval");
+    let summary = mmrl_eval::run(&quick(), &inputs, &out, 3).unwrap();
+    let html = std::fs::read_to_string(&summary.report_html).unwrap();
+    for id in [
+        "rl-reward",
+        "rl-kl",
+        "rl-entropy",
+        "hpo",
+        "sft-loss",
+        "confusion",
+        "reliability",
+    ] {
+        assert!(
+            html.contains(&format!("id=\"{id}\"")),
+            "figure {id} missing"
+        );
+    }
+    assert!(
+        !html.contains("id=\"rl-val\""),
+        "no rl val table, no rl val plot"
+    );
+    let m = &summary.metrics;
+    assert_eq!(m.baselines["rl"].kind, mmrl_eval::stage::Kind::Checkpoint);
+    assert!(
+        m.sources["hpo_history"].contains("3 completed trials"),
+        "{}",
+        m.sources["hpo_history"]
+    );
+    assert!(
+        m.sources["rl_curves"].contains("reward"),
+        "{}",
+        m.sources["rl_curves"]
+    );
+}
+
+#[test]
+fn every_model_of_a_multi_model_artifact_is_scored() {
+    use mmrl_artifact::{ArtifactWriter, Role};
+    let f = fixture();
+    let dest = scratch("compress");
+    let mut w = ArtifactWriter::create(&dest, common::info("compress")).unwrap();
+    w.fit_splits(&["train"]);
+    for name in ["fp32", "int8"] {
+        let dir = w.tmp_dir().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["model.bpk", "config.json", "vocab.json"] {
+            std::fs::copy(f.model.join(file), dir.join(file)).unwrap();
+        }
+        w.add_dir(name, Role::State, None).unwrap();
+    }
+    let list =
+        serde_json::json!([{"name": "fp32", "dir": "fp32"}, {"name": "int8", "dir": "int8"}]);
+    w.write_json(mmrl_model::predict::MODELS_FILE, Role::State, &list)
+        .unwrap();
+    w.commit().unwrap();
+    let inputs = eval_inputs(f, &[("compress", &dest)]);
+    let summary = mmrl_eval::run(&quick(), &inputs, &scratch("eval"), 3).unwrap();
+    let m = &summary.metrics;
+    for name in ["compress/fp32", "compress/int8"] {
+        assert_eq!(
+            m.baselines[name].kind,
+            mmrl_eval::stage::Kind::Checkpoint,
+            "{name}"
+        );
+        assert_eq!(
+            m.baselines[name].exact_match, m.test.exact_match,
+            "same weights"
+        );
+    }
+}
+
+#[test]
+fn the_binary_checks_params_and_runs_the_stage() {
+    let bin = env!("CARGO_BIN_EXE_mmrl-eval");
+    let out = std::process::Command::new(bin)
+        .args(["eval", "--check"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let resolved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(resolved["ece_bins"], 15);
+    let params = scratch("params.toml");
+    std::fs::create_dir_all(params.parent().unwrap()).unwrap();
+    std::fs::write(&params, "ece_bins = 0\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["eval", "--check", "--params"])
+        .arg(&params)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ece_bins"));
+    std::fs::write(&params, "bootstrap_samples = 50\n").unwrap();
+    let f = fixture();
+    let dest = scratch("eval");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["eval", "--seed", "1", "--params"]).arg(&params);
+    for (name, path) in [
+        ("samples", &f.inputs.samples),
+        ("image", f.inputs.image.as_ref().unwrap()),
+        ("tabular", f.inputs.tabular.as_ref().unwrap()),
+        ("model", &f.model),
+    ] {
+        cmd.arg("--input").arg(format!("{name}={}", path.display()));
+    }
+    let out = cmd.arg("--output").arg(&dest).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("report.html"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("majority_qtype"));
+    assert!(dest.join("report.html").is_file());
+}
