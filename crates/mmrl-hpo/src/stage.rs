@@ -1,0 +1,780 @@
+//! The `hpo` stage: tune another stage by running it as trial processes.
+//!
+//! Each trial writes the tuned stage's params (base + `overrides` + suggested values at their dotted paths)
+//! to a TOML file and runs `<dir of this exe>/<first word of run> <rest of run> --params FILE --input ...
+//! --output <study>/trials/<n> --seed <seed>` with `MMRL_TRIAL_REPORT=<study>/trials/<n>.intermediate.jsonl`.
+//! The trial appends `{"step":N,"value":X}` lines there; the pruner reads them and may kill the process.
+//! The objective is read from `<trial output>/report.json` at a dotted path. Every trial gets the stage's
+//! seed, so trials differ only in their parameters.
+//!
+//! The study lives beside the output, `<parent>/.<name>.hpo-study/`, and survives kills; `study.json` holds
+//! a hash of the resolved config, seed and inputs, and a study made under another hash is discarded.
+//! Before any trial, the tuned stage is run with `--check` on the trial params, so a path it does not have
+//! or a value it refuses fails the stage at once.
+//!
+//! Determinism: with `workers = 1` the same seed and inputs give the same trials (samplers draw per-trial
+//! seeded randomness from the finished trials). With more workers the history a suggestion sees depends on
+//! which trials finished first, so runs may differ. Known limit: if the hpo process itself is killed, the
+//! trial processes it started are not killed with it (no parent-death signal without `unsafe`); they run to
+//! their end into their own directory and the study re-runs their trials under new numbers.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mmrl_artifact::{Artifact, ArtifactWriter, Role, StageInfo};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result, io};
+use crate::pruner::{Direction, PrunerConfig};
+use crate::sampler::SamplerKind;
+use crate::space::{ParamDef, Params, Space};
+use crate::storage::{TrialRecord, TrialState};
+use crate::study::{Launcher, Poll, RunningTrial, Study, StudySettings, best_trial};
+use crate::{plots, table};
+
+pub use mmrl_artifact::trial::TRIAL_REPORT_ENV;
+
+/// The tuned stage (injected by the runner from `tune = "sft"`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrialSpec {
+    /// The stage command, e.g. `mmrl-model sft`.
+    pub run: String,
+    /// The tuned stage's full base params.
+    pub params: Map<String, Value>,
+}
+
+/// What to optimize.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Objective {
+    /// Dotted path into the trial artifact's `report.json`.
+    pub metric: String,
+    /// maximize or minimize.
+    pub direction: Direction,
+}
+
+/// `[stages.hpo.params]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HpoConfig {
+    /// The tuned stage.
+    pub trial: TrialSpec,
+    /// Dotted path into the trial params -> parameter definition.
+    pub space: BTreeMap<String, ParamDef>,
+    /// The objective.
+    pub objective: Objective,
+    /// grid, random, sobol, tpe, gp, cmaes or ga.
+    pub sampler: SamplerKind,
+    /// Trials to finish (a grid stops at its size).
+    pub n_trials: u64,
+    /// Trials running at once (processes).
+    pub workers: usize,
+    /// Kill and fail a trial after this many seconds (0: no limit).
+    pub trial_timeout_s: f64,
+    /// Early stopping of poor trials.
+    pub pruner: PrunerConfig,
+    /// Dotted path -> value applied to every trial (e.g. fewer epochs); not part of the best overlay.
+    pub overrides: Map<String, Value>,
+}
+
+impl Default for HpoConfig {
+    fn default() -> Self {
+        HpoConfig {
+            trial: TrialSpec::default(),
+            space: BTreeMap::new(),
+            objective: Objective::default(),
+            sampler: SamplerKind::Tpe,
+            n_trials: 20,
+            workers: 1,
+            trial_timeout_s: 0.0,
+            pruner: PrunerConfig::default(),
+            overrides: Map::new(),
+        }
+    }
+}
+
+/// Looks up a dotted path in a JSON object.
+pub fn get_path<'a>(root: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut cur = root.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_object()?.get(p)?;
+    }
+    Some(cur)
+}
+
+/// Sets a dotted path in a JSON object, creating tables on the way.
+pub fn set_path(root: &mut Map<String, Value>, path: &str, value: Value) -> Result<()> {
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut cur = root;
+    for (i, p) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            cur.insert((*p).to_owned(), value);
+            return Ok(());
+        }
+        let next = cur
+            .entry((*p).to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        cur = next.as_object_mut().ok_or_else(|| {
+            Error::Config(format!(
+                "{path:?}: {:?} is not a table",
+                parts[..=i].join(".")
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+impl HpoConfig {
+    /// Checks the config; messages name the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.trial.run.split_whitespace().next().is_none() {
+            return Err(Error::Config(
+                "trial.run is empty: the runner sets it from `tune = \"STAGE\"` (e.g. \"mmrl-model sft\")".into(),
+            ));
+        }
+        Space::new(&self.space)?;
+        for name in self.space.keys() {
+            if get_path(&self.trial.params, name).is_none() {
+                return Err(Error::Config(format!(
+                    "space parameter {name:?} is not a parameter of the tuned stage ({}): set it in that stage's params first",
+                    self.trial.run
+                )));
+            }
+            if self.overrides.contains_key(name) {
+                return Err(Error::Config(format!(
+                    "{name:?} is both in space and in overrides"
+                )));
+            }
+        }
+        if self.objective.metric.trim().is_empty() {
+            return Err(Error::Config(
+                "objective.metric is empty: name a value of the trial's report.json (e.g. \"val_exact_match\")".into(),
+            ));
+        }
+        if self.n_trials == 0 {
+            return Err(Error::Config("n_trials must be at least 1".into()));
+        }
+        if self.workers == 0 {
+            return Err(Error::Config("workers must be at least 1".into()));
+        }
+        if self.trial_timeout_s.is_nan() || self.trial_timeout_s < 0.0 {
+            return Err(Error::Config(
+                "trial_timeout_s must be 0 (no limit) or positive".into(),
+            ));
+        }
+        self.pruner.validate()?;
+        Ok(())
+    }
+
+    /// The trial params for `suggested` values: base, then overrides, then the suggestion.
+    pub fn trial_params(&self, suggested: &Params) -> Result<Map<String, Value>> {
+        let mut p = self.trial.params.clone();
+        for (k, v) in &self.overrides {
+            set_path(&mut p, k, v.clone())?;
+        }
+        for (k, v) in suggested {
+            set_path(&mut p, k, v.clone())?;
+        }
+        Ok(p)
+    }
+}
+
+/// The study directory for an output: `<parent>/.<name>.hpo-study`.
+pub fn study_dir(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "hpo".into());
+    output
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!(".{name}.hpo-study"))
+}
+
+/// Converts JSON to TOML text (nulls are errors: TOML has none).
+pub fn to_toml(v: &Map<String, Value>) -> Result<String> {
+    toml::to_string(v).map_err(|e| Error::Config(format!("trial params as TOML: {e}")))
+}
+
+/// How trial processes are started.
+#[derive(Debug, Clone)]
+pub struct ProcessLauncher {
+    /// The program (`<exe dir>/<first word of run>`).
+    pub program: PathBuf,
+    /// The rest of `run` (the subcommand).
+    pub args: Vec<String>,
+    /// Inputs forwarded to every trial.
+    pub inputs: Vec<(String, PathBuf)>,
+    /// The study directory.
+    pub study: PathBuf,
+    /// The seed every trial gets.
+    pub seed: u64,
+    /// Timeout (0: none).
+    pub timeout_s: f64,
+    /// Config (params and objective).
+    pub config: HpoConfig,
+}
+
+impl ProcessLauncher {
+    /// A launcher for `config` running binaries next to the current executable.
+    pub fn new(
+        config: &HpoConfig,
+        inputs: &[(String, PathBuf)],
+        study: &Path,
+        seed: u64,
+    ) -> Result<Self> {
+        let exe =
+            std::env::current_exe().map_err(io("locating", Path::new("the current executable")))?;
+        let dir = exe.parent().unwrap_or(Path::new("."));
+        let mut words = config.trial.run.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        Ok(ProcessLauncher {
+            program: dir.join(first),
+            args: words.map(str::to_owned).collect(),
+            inputs: inputs.to_vec(),
+            study: study.to_path_buf(),
+            seed,
+            timeout_s: config.trial_timeout_s,
+            config: config.clone(),
+        })
+    }
+
+    fn command(&self, params_file: &Path, output: Option<&Path>, check: bool) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args).arg("--params").arg(params_file);
+        for (name, path) in &self.inputs {
+            cmd.arg("--input").arg(format!("{name}={}", path.display()));
+        }
+        if let Some(o) = output {
+            cmd.arg("--output").arg(o);
+        }
+        cmd.arg("--seed").arg(self.seed.to_string());
+        if check {
+            cmd.arg("--check");
+        }
+        cmd
+    }
+
+    /// Runs the tuned stage with `--check` on the params of a suggestion, so a path it does not know or a
+    /// value it refuses fails before any trial runs.
+    pub fn check(&self, suggested: &Params) -> Result<()> {
+        let dir = self.study.join("trials");
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let file = dir.join("check.params.toml");
+        let text = to_toml(&self.config.trial_params(suggested)?)?;
+        std::fs::write(&file, text).map_err(io("writing", &file))?;
+        let out = self
+            .command(&file, None, true)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io("running", &self.program))?;
+        if !out.status.success() {
+            return Err(Error::Config(format!(
+                "the tuned stage `{}` refuses the trial params ({}): {}",
+                self.config.trial.run,
+                file.display(),
+                tail(&String::from_utf8_lossy(&out.stderr), 10)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The error of a failed trial from its stderr: from the last `Error:` line (anyhow's report) when there is
+/// one, else the last lines; at most 20 lines either way.
+fn error_text(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    match lines
+        .iter()
+        .rposition(|l| l.starts_with("Error:") || l.contains("panicked at"))
+    {
+        Some(i) => lines[i..lines.len().min(i + 20)].join("\n"),
+        None => tail(stderr, 20),
+    }
+}
+
+/// A trial process.
+struct ProcessTrial {
+    child: Option<Child>,
+    started: Instant,
+    timeout: Option<Duration>,
+    report_file: PathBuf,
+    offset: u64,
+    output: PathBuf,
+    stderr_file: PathBuf,
+    metric: String,
+}
+
+impl ProcessTrial {
+    fn read_reports(&mut self) -> Vec<(u64, f64)> {
+        let mut out = Vec::new();
+        let Ok(mut f) = std::fs::File::open(&self.report_file) else {
+            return out;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return out;
+        }
+        let mut text = String::new();
+        if f.read_to_string(&mut text).is_err() {
+            return out;
+        }
+        // Only whole lines; a line being written is read next time.
+        let Some(end) = text.rfind('\n') else {
+            return out;
+        };
+        for line in text[..end].lines() {
+            #[derive(Deserialize)]
+            struct Line {
+                step: u64,
+                value: Option<f64>,
+            }
+            match serde_json::from_str::<Line>(line) {
+                Ok(Line {
+                    step,
+                    value: Some(v),
+                }) => out.push((step, v)),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(file = %self.report_file.display(), error = %e, "ignoring an unreadable intermediate value")
+                }
+            }
+        }
+        self.offset += end as u64 + 1;
+        out
+    }
+
+    fn objective(&self) -> std::result::Result<f64, String> {
+        let path = self.output.join("report.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format!("{}: not a JSON object", path.display()))?;
+        let found = get_path(obj, &self.metric).ok_or_else(|| {
+            format!(
+                "objective metric {:?} is not in {} (top-level keys: {})",
+                self.metric,
+                path.display(),
+                obj.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        found.as_f64().ok_or_else(|| {
+            format!(
+                "objective metric {:?} in {} is not a number: {found}",
+                self.metric,
+                path.display()
+            )
+        })
+    }
+}
+
+impl RunningTrial for ProcessTrial {
+    fn poll(&mut self) -> Poll {
+        let reports = self.read_reports();
+        let Some(child) = self.child.as_mut() else {
+            return Poll::Done(reports, Err("the trial process is gone".into()));
+        };
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                let mut reports = reports;
+                reports.extend(self.read_reports());
+                if status.success() {
+                    Poll::Done(reports, self.objective())
+                } else {
+                    let stderr = std::fs::read_to_string(&self.stderr_file).unwrap_or_default();
+                    Poll::Done(
+                        reports,
+                        Err(format!(
+                            "trial exited with {status}: {}",
+                            error_text(&stderr)
+                        )),
+                    )
+                }
+            }
+            Ok(None) => {
+                if let Some(t) = self.timeout
+                    && self.started.elapsed() > t
+                {
+                    self.kill();
+                    return Poll::Done(
+                        reports,
+                        Err(format!("timed out after {:.0} s", t.as_secs_f64())),
+                    );
+                }
+                Poll::Running(reports)
+            }
+            Err(e) => {
+                self.kill();
+                Poll::Done(reports, Err(format!("waiting for the trial process: {e}")))
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ProcessTrial {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Launcher for ProcessLauncher {
+    fn launch(&mut self, number: u64, params: &Params) -> Result<Box<dyn RunningTrial>> {
+        let dir = self.study.join("trials");
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let params_file = dir.join(format!("{number}.params.toml"));
+        let text = to_toml(&self.config.trial_params(params)?)?;
+        std::fs::write(&params_file, text).map_err(io("writing", &params_file))?;
+        let report_file = dir.join(format!("{number}.intermediate.jsonl"));
+        let _ = std::fs::remove_file(&report_file);
+        let output = dir.join(number.to_string());
+        if output.exists() {
+            std::fs::remove_dir_all(&output).map_err(io("removing", &output))?;
+        }
+        let stdout_file = dir.join(format!("{number}.stdout.log"));
+        let stderr_file = dir.join(format!("{number}.stderr.log"));
+        let stdout = std::fs::File::create(&stdout_file).map_err(io("creating", &stdout_file))?;
+        let stderr = std::fs::File::create(&stderr_file).map_err(io("creating", &stderr_file))?;
+        let child = self
+            .command(&params_file, Some(&output), false)
+            .env(TRIAL_REPORT_ENV, &report_file)
+            // anyhow errors without a backtrace, so the error text is the error (panics keep theirs).
+            .env("RUST_LIB_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(io("starting", &self.program))?;
+        Ok(Box::new(ProcessTrial {
+            child: Some(child),
+            started: Instant::now(),
+            timeout: (self.timeout_s > 0.0).then(|| Duration::from_secs_f64(self.timeout_s)),
+            report_file,
+            offset: 0,
+            output,
+            stderr_file,
+            metric: self.config.objective.metric.clone(),
+        }))
+    }
+}
+
+/// Summary written as `report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HpoReport {
+    /// Objective metric.
+    pub metric: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Best objective value.
+    pub best_value: f64,
+    /// Best trial number.
+    pub best_trial: u64,
+    /// Its suggested parameters (dotted path -> value).
+    pub best_params: Params,
+    /// Trials by state.
+    pub counts: BTreeMap<String, u64>,
+    /// Sampler name.
+    pub sampler: String,
+    /// Pruner settings.
+    pub pruner: PrunerConfig,
+    /// Parameter importances (first-order eta^2 by binning, normalized).
+    pub importances: BTreeMap<String, f64>,
+    /// How importances were computed.
+    pub importance_method: String,
+    /// The study directory (journal, trial outputs and logs).
+    pub study_dir: String,
+}
+
+fn config_key(config: &HpoConfig, seed: u64, inputs: &[(String, PathBuf)]) -> String {
+    let text = serde_json::to_string(&serde_json::json!({
+        "config": config,
+        "seed": seed,
+        "inputs": inputs.iter().map(|(n, p)| format!("{n}={}", p.display())).collect::<Vec<_>>(),
+    }))
+    .unwrap_or_default();
+    mmrl_artifact::hash::hash_bytes(text.as_bytes())
+}
+
+/// Opens the study for `output`, discarding one made under another config.
+fn prepare_study_dir(dir: &Path, key: &str) -> Result<()> {
+    let meta = dir.join("study.json");
+    if dir.exists() {
+        let old = std::fs::read_to_string(&meta)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| {
+                v.get("config_hash")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
+        if old.as_deref() != Some(key) {
+            tracing::info!(study = %dir.display(), "the config changed: starting a fresh study");
+            std::fs::remove_dir_all(dir).map_err(io("removing", dir))?;
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    if !meta.exists() {
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "config_hash": key }))
+            .unwrap_or_default();
+        std::fs::write(&meta, text).map_err(io("writing", &meta))?;
+    }
+    Ok(())
+}
+
+/// Runs the hpo stage: the study (resumed if one exists for this config), then the artifact.
+pub fn run(
+    config: &HpoConfig,
+    inputs: &[(String, PathBuf)],
+    output: &Path,
+    seed: u64,
+) -> Result<HpoReport> {
+    config.validate()?;
+    let space = Space::new(&config.space)?;
+    let dir = study_dir(output);
+    let key = config_key(config, seed, inputs);
+    prepare_study_dir(&dir, &key)?;
+    let mut launcher = ProcessLauncher::new(config, inputs, &dir, seed)?;
+    if !launcher.program.is_file() {
+        return Err(Error::Config(format!(
+            "trial.run {:?}: {} does not exist (stage binaries must sit next to mmrl-hpo)",
+            config.trial.run,
+            launcher.program.display()
+        )));
+    }
+    launcher.check(&space.decode(&vec![0.5; space.dim()]))?;
+    let settings = StudySettings {
+        space: space.clone(),
+        sampler: config.sampler,
+        n_trials: config.n_trials,
+        workers: config.workers,
+        direction: config.objective.direction,
+        pruner: config.pruner.clone(),
+        seed,
+    };
+    let mut study = Study::open(&dir, settings)?;
+    let parquet = dir.join("trials.parquet");
+    let storage_trials = |s: &Study| s.trials();
+    table::write_trials_parquet(&parquet, &storage_trials(&study)?)?;
+    let mut finished: Vec<TrialRecord> = Vec::new();
+    let trials = study.optimize(&mut launcher, Duration::from_millis(250), |t| {
+        finished.push(t.clone())
+    })?;
+    table::write_trials_parquet(&parquet, &trials)?;
+    let direction = config.objective.direction;
+    let best = best_trial(&trials, direction).ok_or_else(|| {
+        let last = trials
+            .iter()
+            .rev()
+            .find_map(|t| t.error.clone())
+            .unwrap_or_else(|| "no error recorded".into());
+        Error::Study(format!(
+            "no trial completed ({} trials; study {}): last error: {last}",
+            trials.len(),
+            dir.display()
+        ))
+    })?;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for t in &trials {
+        *counts.entry(t.state.as_str().to_owned()).or_default() += 1;
+    }
+    let importances = plots::importances(&space, &trials);
+    let report = HpoReport {
+        metric: config.objective.metric.clone(),
+        direction,
+        best_value: best.value.unwrap_or(f64::NAN),
+        best_trial: best.number,
+        best_params: best.params.clone(),
+        counts,
+        sampler: config.sampler.name().to_owned(),
+        pruner: config.pruner.clone(),
+        importances: importances.clone(),
+        importance_method: "first-order variance share per parameter (correlation ratio eta^2 over quantile bins or categories), normalized".into(),
+        study_dir: dir.display().to_string(),
+    };
+    write_artifact(config, inputs, output, seed, &space, &trials, &report)?;
+    Ok(report)
+}
+
+/// The best parameters as a nested TOML overlay.
+pub fn overlay_toml(best: &Params) -> Result<String> {
+    let mut m = Map::new();
+    for (k, v) in best {
+        set_path(&mut m, k, v.clone())?;
+    }
+    to_toml(&m)
+}
+
+fn write_artifact(
+    config: &HpoConfig,
+    inputs: &[(String, PathBuf)],
+    output: &Path,
+    seed: u64,
+    space: &Space,
+    trials: &[TrialRecord],
+    report: &HpoReport,
+) -> Result<()> {
+    let info = StageInfo {
+        stage: "hpo".into(),
+        crate_name: env!("CARGO_PKG_NAME").into(),
+        crate_version: env!("CARGO_PKG_VERSION").into(),
+        config: serde_json::to_value(config).unwrap_or(Value::Null),
+        seed: Some(seed),
+    };
+    let mut w = ArtifactWriter::create(output, info)?;
+    for (name, path) in inputs {
+        match Artifact::open(path) {
+            Ok(a) => w.input_artifact(name, &a),
+            Err(e) => {
+                tracing::warn!(input = %name, error = %e, "input is not an artifact; not recorded in the lineage")
+            }
+        }
+    }
+    // Hyperparameters are chosen on the trials' validation metric.
+    w.fit_splits(&["train", "val"]);
+    w.write_table(
+        "trials",
+        Role::Data,
+        table::trials_schema(),
+        &[table::trials_batch(trials)?],
+    )?;
+    w.write_json("best_params.json", Role::Data, &report.best_params)?;
+    let toml_text = format!(
+        "# Best parameters of hpo (trial {}, {} = {}); an overlay on the tuned stage's params.\n{}",
+        report.best_trial,
+        report.metric,
+        report.best_value,
+        overlay_toml(&report.best_params)?
+    );
+    w.write_bytes("best.toml", Role::Data, toml_text.as_bytes())?;
+    w.write_json("report.json", Role::Report, report)?;
+    let direction = config.objective.direction;
+    w.write_bytes(
+        "history.svg",
+        Role::Report,
+        plots::history(trials, direction, &config.objective.metric)?.as_bytes(),
+    )?;
+    w.write_bytes(
+        "parallel_coordinates.svg",
+        Role::Report,
+        plots::parallel_coordinates(space, trials, direction)?.as_bytes(),
+    )?;
+    w.write_bytes(
+        "importances.svg",
+        Role::Report,
+        plots::importance_chart(&report.importances)?.as_bytes(),
+    )?;
+    w.commit()?;
+    Ok(())
+}
+
+/// A tiny stage for tests and demos: a smooth objective of `x`, `y`, `kind`, reported over `steps`
+/// intermediate values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToyConfig {
+    /// A float in [0, 1].
+    pub x: f64,
+    /// A float in [0, 1].
+    pub y: f64,
+    /// "a" or "b" ("b" adds 0.1).
+    pub kind: String,
+    /// Intermediate values reported.
+    pub steps: u64,
+    /// Milliseconds slept per step.
+    pub sleep_ms: u64,
+    /// Exit with an error instead.
+    pub fail: bool,
+}
+
+impl Default for ToyConfig {
+    fn default() -> Self {
+        ToyConfig {
+            x: 0.5,
+            y: 0.5,
+            kind: "a".into(),
+            steps: 3,
+            sleep_ms: 0,
+            fail: false,
+        }
+    }
+}
+
+impl ToyConfig {
+    /// Checks the config.
+    pub fn validate(&self) -> Result<()> {
+        if !matches!(self.kind.as_str(), "a" | "b") {
+            return Err(Error::Config(format!(
+                "kind: expected \"a\" or \"b\", got {:?}",
+                self.kind
+            )));
+        }
+        Ok(())
+    }
+
+    /// The toy objective (maximum 1.1 at x = 0.3, y = 0.7, kind b).
+    pub fn score(&self) -> f64 {
+        1.0 - (self.x - 0.3).powi(2) - (self.y - 0.7).powi(2)
+            + if self.kind == "b" { 0.1 } else { 0.0 }
+    }
+}
+
+/// Runs the toy stage: reports `score * step / steps` after each step, then writes `report.json`
+/// (`{"score": .., "nested": {"score": ..}}`).
+pub fn run_toy(config: &ToyConfig, output: &Path, seed: u64) -> Result<()> {
+    config.validate()?;
+    if config.fail {
+        return Err(Error::Study("toy stage asked to fail".into()));
+    }
+    let score = config.score();
+    for step in 1..=config.steps {
+        std::thread::sleep(Duration::from_millis(config.sleep_ms));
+        mmrl_artifact::trial::report_intermediate(
+            step,
+            score * step as f64 / config.steps.max(1) as f64,
+        );
+    }
+    let info = StageInfo {
+        stage: "toy".into(),
+        crate_name: env!("CARGO_PKG_NAME").into(),
+        crate_version: env!("CARGO_PKG_VERSION").into(),
+        config: serde_json::to_value(config).unwrap_or(Value::Null),
+        seed: Some(seed),
+    };
+    let mut w = ArtifactWriter::create(output, info)?;
+    w.write_json(
+        "report.json",
+        Role::Report,
+        &serde_json::json!({ "score": score, "nested": { "score": score } }),
+    )?;
+    w.commit()?;
+    Ok(())
+}
+
+/// Counts of trials by state (for logs).
+pub fn state_counts(trials: &[TrialRecord]) -> BTreeMap<TrialState, u64> {
+    let mut m = BTreeMap::new();
+    for t in trials {
+        *m.entry(t.state).or_default() += 1;
+    }
+    m
+}
