@@ -78,6 +78,23 @@ pub struct ModelConfig {
     /// Number of codes of each categorical tabular feature.
     #[config(default = "Vec::new()")]
     pub categorical_cardinalities: Vec<usize>,
+    /// Per-layer widths of a structurally pruned model: `encoder_layers` entries, then `decoder_layers`
+    /// entries. `None` (and absent from older `config.json` files): every layer has `heads` heads of width
+    /// `d_model / heads` and `ff_mult * d_model` feed-forward neurons.
+    pub layer_shapes: Option<Vec<LayerShape>>,
+}
+
+/// The widths of one layer after structured pruning (heads keep their width `d_model / heads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerShape {
+    /// Self-attention heads.
+    pub heads: usize,
+    /// Cross-attention heads (decoder layers; 0 in encoder layers).
+    #[serde(default)]
+    pub cross_heads: usize,
+    /// Feed-forward neurons.
+    pub ff: usize,
 }
 
 /// A named size preset.
@@ -112,6 +129,25 @@ impl ModelConfig {
             .with_encoder_layers(enc)
             .with_decoder_layers(dec)
             .with_heads(heads)
+    }
+
+    /// The widths of layer `index` (encoder layers first, then decoder layers): `layer_shapes[index]`,
+    /// or the unpruned widths.
+    pub fn layer_shape(&self, index: usize) -> LayerShape {
+        let decoder = index >= self.encoder_layers;
+        self.layer_shapes
+            .as_ref()
+            .and_then(|s| s.get(index).copied())
+            .unwrap_or(LayerShape {
+                heads: self.heads,
+                cross_heads: if decoder { self.heads } else { 0 },
+                ff: self.ff_mult * self.d_model,
+            })
+    }
+
+    /// Width of one attention head, `d_model / heads`.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.heads.max(1)
     }
 
     /// Checks every size; errors name the field and the accepted range.
@@ -166,6 +202,37 @@ impl ModelConfig {
                 ),
             ));
         }
+        if let Some(shapes) = &self.layer_shapes {
+            let layers = self.encoder_layers + self.decoder_layers;
+            if shapes.len() != layers {
+                return Err(config_err(
+                    "layer_shapes",
+                    format!(
+                        "needs one entry per layer ({} encoder + {} decoder = {layers}), got {}",
+                        self.encoder_layers,
+                        self.decoder_layers,
+                        shapes.len()
+                    ),
+                ));
+            }
+            for (i, s) in shapes.iter().enumerate() {
+                let decoder = i >= self.encoder_layers;
+                let bad_cross = if decoder {
+                    s.cross_heads == 0 || s.cross_heads > self.heads
+                } else {
+                    s.cross_heads != 0
+                };
+                if s.heads == 0 || s.heads > self.heads || bad_cross || s.ff == 0 {
+                    return Err(config_err(
+                        "layer_shapes",
+                        format!(
+                            "layer {i}: heads and cross_heads (decoder layers only, 0 in encoder layers) must be in 1..={}, ff at least 1, got {s:?}",
+                            self.heads
+                        ),
+                    ));
+                }
+            }
+        }
         if self.categorical_cardinalities.contains(&0) {
             return Err(config_err(
                 "categorical_cardinalities",
@@ -207,11 +274,18 @@ impl ModelConfig {
             let rows: usize = self.categorical_cardinalities.iter().map(|c| c + 1).sum();
             init.embedding([rows, d])
         });
+        let hd = self.head_dim();
         let encoder = (0..self.encoder_layers)
-            .map(|_| EncoderLayer::new(&mut init, d, self.ff_mult * d))
+            .map(|i| {
+                let s = self.layer_shape(i);
+                EncoderLayer::new(&mut init, d, s.heads * hd, s.ff)
+            })
             .collect();
         let decoder = (0..self.decoder_layers)
-            .map(|_| DecoderLayer::new(&mut init, d, self.ff_mult * d))
+            .map(|i| {
+                let s = self.layer_shape(self.encoder_layers + i);
+                DecoderLayer::new(&mut init, d, s.heads * hd, s.cross_heads * hd, s.ff)
+            })
             .collect();
         Ok(MultimodalModel {
             fusion: init.embedding([1, d]),
@@ -357,29 +431,33 @@ pub struct Attention {
     out: Dense,
 }
 
-fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
-    let [b, n, d] = x.dims();
-    x.reshape([b, n, heads, d / heads]).swap_dims(1, 2)
+fn split_heads(x: Tensor<3>, head_dim: usize) -> Tensor<4> {
+    let [b, n, inner] = x.dims();
+    x.reshape([b, n, inner / head_dim, head_dim])
+        .swap_dims(1, 2)
 }
 
 impl Attention {
-    fn new(init: &mut Init, d: usize, cross: bool) -> Self {
+    /// `inner` is heads x head width: `d` for an unpruned layer, less after structured pruning (the
+    /// projections are `[d, 3 inner]` or `[d, inner]` + `[d, 2 inner]`, and `out` is `[inner, d]`).
+    fn new(init: &mut Init, d: usize, inner: usize, cross: bool) -> Self {
         if cross {
             Self {
-                query: init.dense(d, d),
-                key_value: Some(init.dense(d, 2 * d)),
-                out: init.dense(d, d),
+                query: init.dense(d, inner),
+                key_value: Some(init.dense(d, 2 * inner)),
+                out: init.dense(inner, d),
             }
         } else {
             Self {
-                query: init.dense(d, 3 * d),
+                query: init.dense(d, 3 * inner),
                 key_value: None,
-                out: init.dense(d, d),
+                out: init.dense(inner, d),
             }
         }
     }
 
-    /// `bias` is `[B or 1, 1, Lq or 1, Lk]`, added to the scores.
+    /// `bias` is `[B or 1, 1, Lq or 1, Lk]`, added to the scores. The number of heads is read off the
+    /// weights (`out` is `[heads * head_dim, d]`), so structurally pruned layers need no extra state.
     fn forward(
         &self,
         x: Tensor<3>,
@@ -387,7 +465,9 @@ impl Attention {
         bias: Tensor<4>,
         heads: usize,
     ) -> Tensor<3> {
-        let [b, n, d] = x.dims();
+        let [b, n, d_model] = x.dims();
+        let head_dim = d_model / heads.max(1);
+        let [d, _] = self.out.weight.val().dims(); // heads * head_dim
         let (q, k, v) = match (&self.key_value, memory) {
             (Some(kv), Some(memory)) => {
                 let q = self.query.forward(x);
@@ -411,11 +491,11 @@ impl Attention {
             }
         };
         let (q, k, v) = (
-            split_heads(q, heads),
-            split_heads(k, heads),
-            split_heads(v, heads),
+            split_heads(q, head_dim),
+            split_heads(k, head_dim),
+            split_heads(v, head_dim),
         );
-        let scale = 1.0 / ((d / heads) as f32).sqrt();
+        let scale = 1.0 / (head_dim as f32).sqrt();
         let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3)) + bias;
         let weights = activation::softmax(scores, 3);
         let context = weights.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
@@ -446,10 +526,10 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(init: &mut Init, d: usize, ff: usize) -> Self {
+    fn new(init: &mut Init, d: usize, inner: usize, ff: usize) -> Self {
         Self {
             norm_attn: init.norm(d),
-            attn: Attention::new(init, d, false),
+            attn: Attention::new(init, d, inner, false),
             norm_ff: init.norm(d),
             ff: FeedForward {
                 up: init.dense(d, ff),
@@ -486,12 +566,12 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(init: &mut Init, d: usize, ff: usize) -> Self {
+    fn new(init: &mut Init, d: usize, inner: usize, cross_inner: usize, ff: usize) -> Self {
         Self {
             norm_self: init.norm(d),
-            self_attn: Attention::new(init, d, false),
+            self_attn: Attention::new(init, d, inner, false),
             norm_cross: init.norm(d),
-            cross_attn: Attention::new(init, d, true),
+            cross_attn: Attention::new(init, d, cross_inner, true),
             norm_ff: init.norm(d),
             ff: FeedForward {
                 up: init.dense(d, ff),
