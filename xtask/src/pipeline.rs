@@ -335,11 +335,17 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
     }
 }
 
-/// Deep-merges `over` into `base`: tables merge key by key, any other value replaces.
+/// Deep-merges `over` into `base`: tables merge key by key, any other value replaces. A table whose `kind`
+/// differs from the base table's (`pruner = { kind = "asha", ... }` over `{ kind = "median", ... }`) is a
+/// different variant and replaces the base table whole, so no field of the old variant is left behind.
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (key, value) in over {
         match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (Some(toml::Value::Table(b)), toml::Value::Table(o))
+                if o.get("kind").is_none_or(|k| b.get("kind") == Some(k)) =>
+            {
+                merge(b, o)
+            }
             (_, value) => {
                 base.insert(key, value);
             }
@@ -490,6 +496,29 @@ mod tests {
         let params = &p.stages["a"].params;
         assert_eq!(params["samples"].as_integer(), Some(10));
         assert_eq!(params["keep"].as_bool(), Some(true));
+        assert_eq!(p.stages.len(), 3);
+
+        // A table of another `kind` replaces the base table; one of the same kind merges into it.
+        std::fs::write(
+            dir.path().join("kinds.toml"),
+            GOOD.replace(
+                "run = \"bin-a gen\"",
+                "run = \"bin-a gen\"\n[stages.a.params]\nx = { kind = \"median\", startup = 2 }\ny = { kind = \"u\", lo = 1 }",
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("over.toml"),
+            "extends = \"kinds.toml\"\n[stages.a.params]\nx = { kind = \"asha\", rf = 3 }\ny = { kind = \"u\", hi = 2 }\n",
+        )
+        .unwrap();
+        let p = Pipeline::load(&dir.path().join("over.toml")).unwrap();
+        let params = &p.stages["a"].params;
+        let x = params["x"].as_table().unwrap();
+        assert_eq!(x.len(), 2, "{x:?}");
+        assert_eq!(x["kind"].as_str(), Some("asha"));
+        let y = params["y"].as_table().unwrap();
+        assert_eq!((y["lo"].as_integer(), y["hi"].as_integer()), (Some(1), Some(2)));
         assert_eq!(p.stages.len(), 3);
 
         std::fs::write(dir.path().join("loop.toml"), "extends = \"loop.toml\"\n").unwrap();
