@@ -1,0 +1,243 @@
+//! Evidence: the sft checkpoint, continued sft, and RL variants at matched compute, on val.
+//!
+//! Compute is matched in sample forward+backward passes: each RL run takes `steps x batch_size x
+//! policy_epochs` of them (generation and the no-grad scoring of rollouts come on top and are reported as
+//! such), and continued sft takes `train_passes / batch_size` optimizer steps of `batch_size` samples from
+//! the same checkpoint with the same peak learning rate and schedule.
+
+use std::path::Path;
+
+use burn::optim::AdamWConfig;
+use mmrl_artifact::sample::Split;
+use mmrl_model::data::Dataset;
+use mmrl_model::schedule::{Schedule, ScheduleState};
+use mmrl_model::sft::{load_model, train_step};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::algo::Algorithm;
+use crate::error::{Error, Result};
+use crate::reward::RewardSpec;
+use crate::stage::{self, EvalMetrics, Hooks, Outcome, RlConfig, RlInputs, evaluate};
+
+/// One line of the comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompareRow {
+    /// What was run.
+    pub name: String,
+    /// Sample forward+backward passes spent.
+    pub train_passes: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Val metrics of the resulting model.
+    pub metrics: EvalMetrics,
+}
+
+/// The RL variants compared by default: GRPO, RLOO and PPO on exact match; GRPO on exact match + token
+/// F1 + numeric closeness; GRPO on the abstention reward (with epsilon 0.3 -> 0.02 so `unsure` gets tried, and 5x the learning rate: Adam moves the never-seen
+/// `unsure` logit by about lr per step).
+pub fn default_variants(base: &RlConfig) -> Vec<(String, RlConfig)> {
+    let spec = |name: &str, weight: f64| RewardSpec {
+        name: name.into(),
+        weight,
+        weight_end: None,
+        weight_steps: 0,
+    };
+    let with = |algorithm: Algorithm, rewards: Vec<RewardSpec>| RlConfig {
+        algorithm,
+        rewards,
+        ..base.clone()
+    };
+    vec![
+        (
+            "grpo".into(),
+            with(Algorithm::Grpo, vec![spec("exact_match", 1.0)]),
+        ),
+        (
+            "rloo".into(),
+            with(Algorithm::Rloo, vec![spec("exact_match", 1.0)]),
+        ),
+        (
+            "ppo".into(),
+            with(Algorithm::Ppo, vec![spec("exact_match", 1.0)]),
+        ),
+        (
+            "grpo em+f1+numeric".into(),
+            with(
+                Algorithm::Grpo,
+                vec![
+                    spec("exact_match", 1.0),
+                    spec("token_f1", 0.5),
+                    spec("numeric", 0.5),
+                ],
+            ),
+        ),
+        (
+            "grpo abstention".into(),
+            RlConfig {
+                // `unsure` starts near probability 0: explore harder so the policy ever tries it.
+                epsilon: crate::algo::Decay {
+                    start: 0.3,
+                    end: 0.02,
+                    kind: crate::algo::DecayKind::Linear,
+                    steps: 0,
+                },
+                lr: base.lr * 5.0,
+                ..with(Algorithm::Grpo, vec![spec("abstention", 1.0)])
+            },
+        ),
+    ]
+}
+
+/// Continued sft from the checkpoint for `passes` sample forward+backward passes.
+pub fn continued_sft(
+    base: &RlConfig,
+    seed: u64,
+    inputs: &RlInputs,
+    passes: u64,
+) -> Result<EvalMetrics> {
+    let start = mmrl_model::predict::load_trained(&inputs.model, base.device)?;
+    let data = Dataset::load(&inputs.data)?;
+    let val = data.split(Split::Val);
+    let device = base.device.device()?.autodiff();
+    let file = mmrl_artifact::Artifact::open(&inputs.model)?.file("model.bpk")?;
+    let mut model = load_model(start.model.config().init(&device, 0)?, &file)?;
+    let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
+    let bs = base.batch_size;
+    let steps = passes / bs as u64;
+    let schedule = Schedule {
+        config: base.schedule.clone(),
+        lr: base.lr,
+        total_steps: steps,
+        state: ScheduleState::default(),
+    };
+    let (mut epoch, mut pos) = (0u64, 0usize);
+    let mut order = data.epoch_order(seed, epoch);
+    for s in 0..steps {
+        let mut items = Vec::with_capacity(bs);
+        while items.len() < bs {
+            if pos >= order.len() {
+                epoch += 1;
+                pos = 0;
+                order = data.epoch_order(seed, epoch);
+            }
+            items.push(order[pos]);
+            pos += 1;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ s.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let (next, _) = train_step(
+            model,
+            &mut optim,
+            &data,
+            &start.vocab,
+            &items,
+            base.grad_accum,
+            schedule.lr(s),
+            base.grad_clip,
+            0.1,
+            &mut rng,
+        )?;
+        model = next;
+    }
+    use burn::module::Module;
+    Ok(evaluate(
+        &model.valid(),
+        &data,
+        &start.vocab,
+        &val,
+        base.eval_batch_size,
+    ))
+}
+
+/// Runs the comparison; each RL run's artifact goes under `work/NAME`.
+pub fn run(
+    base: &RlConfig,
+    seed: u64,
+    inputs: &RlInputs,
+    work: &Path,
+    variants: &[(String, RlConfig)],
+    mut on_row: impl FnMut(&CompareRow),
+) -> Result<Vec<CompareRow>> {
+    base.validate()?;
+    let mut rows = Vec::new();
+    let start = mmrl_model::predict::load_trained(&inputs.model, base.device)?;
+    let data = Dataset::load(&inputs.data)?;
+    let val = data.split(Split::Val);
+    let t = std::time::Instant::now();
+    let m = evaluate(
+        &start.model,
+        &data,
+        &start.vocab,
+        &val,
+        base.eval_batch_size,
+    );
+    let row = CompareRow {
+        name: "sft checkpoint".into(),
+        train_passes: 0,
+        seconds: t.elapsed().as_secs_f64(),
+        metrics: m,
+    };
+    on_row(&row);
+    rows.push(row);
+
+    let passes = base.train_passes();
+    let t = std::time::Instant::now();
+    let m = continued_sft(base, seed, inputs, passes)?;
+    let row = CompareRow {
+        name: "continued sft".into(),
+        train_passes: passes / base.batch_size as u64 * base.batch_size as u64,
+        seconds: t.elapsed().as_secs_f64(),
+        metrics: m,
+    };
+    on_row(&row);
+    rows.push(row);
+
+    for (name, cfg) in variants {
+        let out = work.join(name.replace([' ', '+'], "_"));
+        if out.exists() {
+            std::fs::remove_dir_all(&out).map_err(|source| Error::Io {
+                action: "removing",
+                path: out.clone(),
+                source,
+            })?;
+        }
+        let t = std::time::Instant::now();
+        let outcome = stage::run(cfg, seed, inputs, &out, Hooks::default())?;
+        let Outcome::Done(report) = outcome else {
+            continue;
+        };
+        let row = CompareRow {
+            name: name.clone(),
+            train_passes: report.train_passes,
+            seconds: t.elapsed().as_secs_f64(),
+            metrics: report.final_metrics.clone(),
+        };
+        on_row(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The comparison as a Markdown table.
+pub fn markdown(rows: &[CompareRow]) -> String {
+    let mut s = String::from(
+        "| run | fwd+bwd passes | val EM | EM multi-token | numeric closeness (count_*) | numeric closeness (all numeric) | confident wrong | unsure | seconds |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let m = &r.metrics;
+        s.push_str(&format!(
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |\n",
+            r.name,
+            r.train_passes,
+            m.exact_match,
+            m.exact_match_multi_token,
+            m.numeric_closeness_counting,
+            m.numeric_closeness,
+            m.confident_wrong,
+            m.unsure,
+            r.seconds
+        ));
+    }
+    s
+}

@@ -1,0 +1,113 @@
+//! `mmrl-rl`: the rl stage in the stage protocol of [`mmrl_artifact::cli`], and the comparison of
+//! continued sft against GRPO, RLOO and PPO at matched compute.
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use mmrl_artifact::cli::{StageArgs, config, init_logging, progress_bar};
+use mmrl_model::data::InputPaths;
+use mmrl_rl::stage::{self, RlConfig, RlInputs};
+use mmrl_rl::{compare, replay::ReplayConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "mmrl-rl",
+    version,
+    about = "mmrl rl: GRPO / RLOO / PPO fine-tuning of the sft model"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fine-tune (--input model=SFT --input samples=SELECT [--input image=.. audio=.. tabular=..]).
+    Rl(StageArgs),
+    /// Continued sft vs GRPO, RLOO, PPO (and reward variants) at matched compute; prints a Markdown table.
+    /// Same inputs as `rl`; --output is a scratch folder for the runs (the table goes there as well).
+    Compare(StageArgs),
+}
+
+fn inputs(args: &StageArgs) -> anyhow::Result<RlInputs> {
+    let optional = |name: &str| {
+        args.inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+    };
+    Ok(RlInputs {
+        model: args.input("model").map_err(|e| anyhow!(e))?.to_path_buf(),
+        data: InputPaths {
+            samples: args.input("samples").map_err(|e| anyhow!(e))?.to_path_buf(),
+            image: optional("image"),
+            audio: optional("audio"),
+            tabular: optional("tabular"),
+        },
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    init_logging();
+    match Cli::parse().command {
+        Command::Rl(args) => {
+            let Some(cfg) = config(&args, RlConfig::validate).map_err(|e| anyhow!(e))? else {
+                return Ok(());
+            };
+            let inputs = inputs(&args)?;
+            let output = args.output().map_err(|e| anyhow!(e))?;
+            let bar = progress_bar(cfg.steps, "rl");
+            let mut on_step = |p: stage::Progress| {
+                bar.set_position(p.step);
+                bar.set_message(format!(
+                    "reward {:.3} val EM {}",
+                    p.reward,
+                    p.val_exact_match.map_or("-".into(), |v| format!("{v:.3}"))
+                ));
+            };
+            let hooks = stage::Hooks {
+                progress: Some(&mut on_step),
+                ..Default::default()
+            };
+            let outcome = stage::run(&cfg, args.seed, &inputs, output, hooks)
+                .with_context(|| format!("rl into {}", output.display()))?;
+            bar.finish_and_clear();
+            if let stage::Outcome::Done(r) = outcome {
+                tracing::info!(
+                    algorithm = ?r.algorithm,
+                    val_exact_match = format!("{:.4}", r.val_exact_match),
+                    initial = format!("{:.4}", r.initial.exact_match),
+                    steps = r.steps,
+                    "rl done"
+                );
+            }
+        }
+        Command::Compare(args) => {
+            let Some(cfg) = config(&args, RlConfig::validate).map_err(|e| anyhow!(e))? else {
+                return Ok(());
+            };
+            let cfg = RlConfig {
+                replay: ReplayConfig {
+                    enabled: false,
+                    ..cfg.replay.clone()
+                },
+                ..cfg
+            };
+            let inputs = inputs(&args)?;
+            let output = args.output().map_err(|e| anyhow!(e))?;
+            std::fs::create_dir_all(output)
+                .with_context(|| format!("creating {}", output.display()))?;
+            let variants = compare::default_variants(&cfg);
+            let rows = compare::run(&cfg, args.seed, &inputs, output, &variants, |r| {
+                tracing::info!(run = %r.name, val_exact_match = format!("{:.4}", r.metrics.exact_match), seconds = format!("{:.0}", r.seconds), "compare");
+            })?;
+            let table = compare::markdown(&rows);
+            println!("{table}");
+            std::fs::write(output.join("compare.md"), &table)?;
+            std::fs::write(
+                output.join("compare.json"),
+                serde_json::to_vec_pretty(&rows)?,
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! The rl stage end to end on tiny artifacts: each algorithm moves the policy towards its reward, the
+//! artifact loads like an sft one, a killed-and-resumed run ends identical, bad input fails before training.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../mmrl-model/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, Float64Array};
+use mmrl_artifact::Artifact;
+use mmrl_model::data::InputPaths;
+use mmrl_model::predict::load_trained;
+use mmrl_model::schedule::{ScheduleConfig, ScheduleKind};
+use mmrl_model::sft::{self, DeviceKind, SftConfig};
+use mmrl_rl::algo::{Algorithm, Decay, EntropyConfig};
+use mmrl_rl::replay::ReplayConfig;
+use mmrl_rl::reward::{Reward, RewardContext, RewardSpec};
+use mmrl_rl::stage::{self, Hooks, Outcome, RlConfig, RlInputs, RlReport};
+
+/// A tiny sft model on 120 synthetic samples (a few epochs: good enough to start RL from).
+fn sft_model(dir: &Path) -> (PathBuf, InputPaths) {
+    let rows = common::rows(120);
+    let inputs = common::inputs(dir, &rows);
+    let cfg = SftConfig {
+        d_model: Some(32),
+        encoder_layers: Some(1),
+        decoder_layers: Some(1),
+        heads: Some(2),
+        image_patch: 4,
+        epochs: 3,
+        batch_size: 16,
+        lr: 3e-3,
+        early_stopping_patience: 0,
+        checkpoint_every: 0,
+        schedule: ScheduleConfig {
+            kind: ScheduleKind::Constant,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let out = dir.join("sft");
+    sft::run(&cfg, 1, &inputs, &out, sft::Hooks::default()).unwrap();
+    (out, inputs)
+}
+
+fn spec(name: &str, weight: f64) -> RewardSpec {
+    RewardSpec {
+        name: name.into(),
+        weight,
+        weight_end: None,
+        weight_steps: 0,
+    }
+}
+
+fn tiny(algorithm: Algorithm) -> RlConfig {
+    RlConfig {
+        algorithm,
+        steps: 12,
+        batch_size: 16,
+        group_size: 4,
+        lr: 3e-3,
+        eval_every: 6,
+        eval_batch_size: 64,
+        checkpoint_every: 0,
+        epsilon: Decay::constant(0.1),
+        schedule: ScheduleConfig {
+            kind: ScheduleKind::Constant,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn done(o: Outcome) -> Box<RlReport> {
+    match o {
+        Outcome::Done(r) => r,
+        Outcome::Interrupted { step } => panic!("interrupted at {step}"),
+    }
+}
+
+/// Rewards answering "yes", whatever the question: a target every algorithm must move towards.
+struct SaysYes;
+impl Reward for SaysYes {
+    fn name(&self) -> &str {
+        "says_yes"
+    }
+    fn score(&self, ctx: &RewardContext) -> Option<f64> {
+        Some(f64::from(u8::from(ctx.answer == "yes")))
+    }
+}
+
+fn column(artifact: &Artifact, table: &str, name: &str) -> Vec<f64> {
+    let (_, batches) = artifact.read_table(table).unwrap();
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = b
+                .column_by_name(name)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .clone();
+            (0..c.len())
+                .map(|i| if c.is_null(i) { f64::NAN } else { c.value(i) })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn check_learns(algorithm: Algorithm) {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = sft_model(dir.path());
+    let mut cfg = tiny(algorithm);
+    cfg.rewards = vec![spec("says_yes", 1.0)];
+    if algorithm == Algorithm::Ppo {
+        cfg.policy_epochs = 2;
+        cfg.minibatches = 2;
+    }
+    let out = dir.path().join("rl");
+    let hooks = Hooks {
+        custom_rewards: vec![Box::new(SaysYes)],
+        ..Default::default()
+    };
+    let inputs = RlInputs { model, data };
+    let report = done(stage::run(&cfg, 5, &inputs, &out, hooks).unwrap());
+    let artifact = Artifact::open(&out).unwrap();
+    assert_eq!(artifact.manifest().fit_splits, ["train"]);
+    let reward = column(&artifact, "metrics_steps", "reward_says_yes_mean");
+    assert_eq!(reward.len(), 12);
+    let first: f64 = reward[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = reward[9..].iter().sum::<f64>() / 3.0;
+    assert!(
+        last > first + 0.2,
+        "{algorithm:?}: reward {first:.3} -> {last:.3} ({reward:?})"
+    );
+    for c in [
+        "step",
+        "reward",
+        "kl",
+        "entropy",
+        "clip_fraction",
+        "epsilon",
+        "temperature",
+        "lr",
+        "zero_variance_fraction",
+    ] {
+        assert_eq!(column(&artifact, "metrics_steps", c).len(), 12, "{c}");
+    }
+    assert_eq!(column(&artifact, "metrics_val", "step"), [0.0, 6.0, 12.0]);
+    // The artifact loads like an sft artifact.
+    let trained = load_trained(&out, DeviceKind::Cpu).unwrap();
+    assert_eq!(trained.model.config().d_model, 32);
+    assert!(report.val_exact_match.is_finite());
+    assert!(!stage::work_dir(&out).exists());
+}
+
+#[test]
+fn grpo_moves_the_policy_towards_its_reward() {
+    check_learns(Algorithm::Grpo);
+}
+
+#[test]
+fn rloo_moves_the_policy_towards_its_reward() {
+    check_learns(Algorithm::Rloo);
+}
+
+#[test]
+fn ppo_moves_the_policy_towards_its_reward() {
+    check_learns(Algorithm::Ppo);
+}
+
+#[test]
+fn killed_and_resumed_run_ends_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = sft_model(dir.path());
+    let inputs = RlInputs { model, data };
+    // PPO with replay and an adaptive entropy bonus: every piece of checkpointed state matters.
+    let cfg = RlConfig {
+        steps: 6,
+        eval_every: 3,
+        replay: ReplayConfig {
+            enabled: true,
+            batch: 4,
+            capacity: 64,
+            ..Default::default()
+        },
+        entropy: EntropyConfig {
+            coef: 0.01,
+            target: Some(0.5),
+            ..Default::default()
+        },
+        dynamic_sampling: true,
+        ..tiny(Algorithm::Ppo)
+    };
+    let a = dir.path().join("a");
+    let ra = done(stage::run(&cfg, 3, &inputs, &a, Hooks::default()).unwrap());
+    let b = dir.path().join("b");
+    let hooks = Hooks {
+        stop_after_step: Some(4),
+        ..Default::default()
+    };
+    assert_eq!(
+        stage::run(&cfg, 3, &inputs, &b, hooks).unwrap(),
+        Outcome::Interrupted { step: 4 }
+    );
+    assert!(stage::work_dir(&b).join("state.json").is_file());
+    let rb = done(stage::run(&cfg, 3, &inputs, &b, Hooks::default()).unwrap());
+    // Compared through JSON: undefined metrics are NaN, which never equals itself.
+    assert_eq!(
+        serde_json::to_value(&ra).unwrap(),
+        serde_json::to_value(&rb).unwrap()
+    );
+    for f in [
+        "model.bpk",
+        "metrics_steps.parquet",
+        "metrics_val.parquet",
+        "vocab.json",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    assert!(
+        column(&Artifact::open(&a).unwrap(), "metrics_steps", "replayed")[1..]
+            .iter()
+            .all(|&r| r == 4.0)
+    );
+}
+
+#[test]
+fn abstention_names_the_unk_slot_unsure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = sft_model(dir.path());
+    let cfg = RlConfig {
+        steps: 2,
+        rewards: vec![spec("abstention", 1.0), spec("format", 0.1)],
+        ..tiny(Algorithm::Grpo)
+    };
+    let out = dir.path().join("rl");
+    let report =
+        done(stage::run(&cfg, 1, &RlInputs { model, data }, &out, Hooks::default()).unwrap());
+    assert!(report.unsure_uses_unk_slot);
+    let trained = load_trained(&out, DeviceKind::Cpu).unwrap();
+    assert_eq!(trained.vocab.answer[1], "unsure");
+    assert_eq!(trained.vocab.decode_answer(&[1]), "unsure");
+    assert_eq!(trained.vocab.encode_answer("unsure", 4), [1]);
+}
+
+#[test]
+fn bad_input_fails_before_training_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = sft_model(dir.path());
+    let out = dir.path().join("rl");
+    let run = |cfg: &RlConfig, inputs: &RlInputs, custom: Vec<Box<dyn Reward>>| {
+        let hooks = Hooks {
+            custom_rewards: custom,
+            ..Default::default()
+        };
+        stage::run(cfg, 1, inputs, &out, hooks)
+            .unwrap_err()
+            .to_string()
+    };
+    let good = RlInputs {
+        model: model.clone(),
+        data: data.clone(),
+    };
+    let base = RlConfig {
+        steps: 2,
+        ..tiny(Algorithm::Grpo)
+    };
+    let cases: Vec<(RlConfig, &str)> = vec![
+        (
+            RlConfig {
+                group_size: 1,
+                ..base.clone()
+            },
+            "group_size: must be at least 2",
+        ),
+        (
+            RlConfig {
+                group_size: 3,
+                ..base.clone()
+            },
+            "group_size: must divide batch_size 16",
+        ),
+        (
+            RlConfig {
+                rewards: vec![spec("bleu", 1.0)],
+                ..base.clone()
+            },
+            "unknown reward \"bleu\"",
+        ),
+        (
+            RlConfig {
+                rewards: vec![spec("exact_match", 1.0), spec("token_f1", -1.0)],
+                ..base.clone()
+            },
+            "weights sum to zero",
+        ),
+    ];
+    for (cfg, want) in &cases {
+        let e = run(cfg, &good, vec![]);
+        assert!(e.contains(want), "{e} lacks {want}");
+    }
+    // Missing checkpoint: the samples artifact is no model.
+    let e = run(
+        &base,
+        &RlInputs {
+            model: data.samples.clone(),
+            data: data.clone(),
+        },
+        vec![],
+    );
+    assert!(e.contains("cannot load the sft checkpoint"), "{e}");
+    let e = run(
+        &base,
+        &RlInputs {
+            model: dir.path().join("nope"),
+            data: data.clone(),
+        },
+        vec![],
+    );
+    assert!(e.contains("run sft first"), "{e}");
+    // Mismatched: the model needs the image input.
+    let no_image = InputPaths {
+        image: None,
+        ..data.clone()
+    };
+    let e = run(
+        &base,
+        &RlInputs {
+            model: model.clone(),
+            data: no_image,
+        },
+        vec![],
+    );
+    assert!(
+        e.contains("does not match the data inputs") && e.contains("image"),
+        "{e}"
+    );
+    // NaN from a custom reward.
+    struct Nan;
+    impl Reward for Nan {
+        fn name(&self) -> &str {
+            "nan"
+        }
+        fn score(&self, _: &RewardContext) -> Option<f64> {
+            Some(f64::NAN)
+        }
+    }
+    let cfg = RlConfig {
+        rewards: vec![spec("nan", 1.0)],
+        ..base.clone()
+    };
+    let e = run(&cfg, &good, vec![Box::new(Nan)]);
+    assert!(e.contains("reward nan returned NaN for sample"), "{e}");
+    assert!(!out.exists() && !stage::work_dir(&out).join("model.bpk").exists());
+}
