@@ -60,8 +60,8 @@ pub struct StageSpec {
     /// Overrides the pipeline seed.
     pub seed: Option<u64>,
     /// A stage this one tunes (an hpo stage): the runner hands it the tuned stage's `run` and `params` as
-    /// `params.trial = { run, params }`, and the tuned stage's inputs (those not produced by this stage) when
-    /// this stage declares none of its own.
+    /// `params.trial = { run, params }`, and the tuned stage's inputs (those not produced by this stage; an
+    /// input this stage declares itself under the same name wins).
     pub tune: Option<String>,
 }
 
@@ -117,7 +117,7 @@ impl Pipeline {
     }
 
     /// Fills in what `tune = "STAGE"` implies: `params.trial = { run, params }` of the tuned stage, and its
-    /// inputs when the tuning stage declares none. Inputs of the tuned stage that read the tuning stage itself
+    /// inputs (the tuning stage's own entries win). Inputs of the tuned stage that read the tuning stage itself
     /// (the overlay it feeds back) are left out, so the two stages do not form a cycle.
     fn resolve_tunes(&mut self) -> Result<()> {
         let tuners: Vec<(String, String)> = self
@@ -158,8 +158,8 @@ impl Pipeline {
             trial.insert("params".into(), toml::Value::Table(target.params.clone()));
             spec.params
                 .insert("trial".into(), toml::Value::Table(trial));
-            if spec.inputs.is_empty() {
-                spec.inputs = inputs;
+            for (input, reference) in inputs {
+                spec.inputs.entry(input).or_insert(reference);
             }
         }
         Ok(())
@@ -336,14 +336,12 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
 }
 
 /// Deep-merges `over` into `base`: tables merge key by key, any other value replaces. A table whose `kind`
-/// differs from the base table's (`pruner = { kind = "asha", ... }` over `{ kind = "median", ... }`) is a
+/// differs from the base table's own `kind` (`pruner = { kind = "asha", ... }` over `{ kind = "median", ... }`) is a
 /// different variant and replaces the base table whole, so no field of the old variant is left behind.
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (key, value) in over {
         match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o))
-                if o.get("kind").is_none_or(|k| b.get("kind") == Some(k)) =>
-            {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !matches!((o.get("kind"), b.get("kind")), (Some(k), Some(bk)) if k != bk) => {
                 merge(b, o)
             }
             (_, value) => {
@@ -445,6 +443,7 @@ mod tests {
             [stages.hpo]
             run = "bin-h hpo"
             tune = "b"
+            inputs = { y = "a/extra" }
             [stages.hpo.params]
             n_trials = 3
             [stages.b]
@@ -458,7 +457,10 @@ mod tests {
         // The overlay input reads the tuner itself, so it is not handed on (no cycle).
         assert_eq!(
             hpo.inputs,
-            BTreeMap::from([("x".to_owned(), "a".to_owned())])
+            BTreeMap::from([
+                ("x".to_owned(), "a".to_owned()),
+                ("y".to_owned(), "a/extra".to_owned())
+            ])
         );
         let trial = hpo.params["trial"].as_table().unwrap();
         assert_eq!(trial["run"].as_str(), Some("bin-b train"));
@@ -518,7 +520,28 @@ mod tests {
         assert_eq!(x.len(), 2, "{x:?}");
         assert_eq!(x["kind"].as_str(), Some("asha"));
         let y = params["y"].as_table().unwrap();
-        assert_eq!((y["lo"].as_integer(), y["hi"].as_integer()), (Some(1), Some(2)));
+        assert_eq!(
+            (y["lo"].as_integer(), y["hi"].as_integer()),
+            (Some(1), Some(2))
+        );
+        // A `kind` added over a base table without one merges: nothing of the base is lost.
+        std::fs::write(
+            dir.path().join("kindless.toml"),
+            GOOD.replace(
+                "run = \"bin-a gen\"",
+                "run = \"bin-a gen\"\n[stages.a.params]\ns = { warmup = 5, min = 1 }",
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("addkind.toml"),
+            "extends = \"kindless.toml\"\n[stages.a.params]\ns = { kind = \"cos\", warmup = 9 }\n",
+        )
+        .unwrap();
+        let p = Pipeline::load(&dir.path().join("addkind.toml")).unwrap();
+        let s = p.stages["a"].params["s"].as_table().unwrap();
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert_eq!(s["warmup"].as_integer(), Some(9));
         assert_eq!(p.stages.len(), 3);
 
         std::fs::write(dir.path().join("loop.toml"), "extends = \"loop.toml\"\n").unwrap();

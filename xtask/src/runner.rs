@@ -214,7 +214,12 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             }
         }
         let (params_path, seed, config) = &resolved[stage];
-        let binary_hash = hash_file(&bin_dir.join(bin))?;
+        let mut binary_hash = hash_file(&bin_dir.join(bin))?;
+        // A tuner runs the tuned stage's binary for its trials: a change there re-runs the search too.
+        if let Some(tuned) = spec.tune.as_ref().and_then(|t| pipeline.stages.get(t)) {
+            let (tuned_bin, _) = tuned.command()?;
+            binary_hash = format!("{binary_hash}+{}", hash_file(&bin_dir.join(tuned_bin))?);
+        }
         let key = blake3::hash(
             serde_json::to_string(&serde_json::json!({
                 "run": spec.run, "config": config, "seed": seed, "inputs": identities, "binary": binary_hash,
