@@ -72,6 +72,7 @@ fn main() -> Result<()> {
     };
     let outcome = runner::run(&opts)?;
     eprint!("\n{}", runner::table(&outcome));
+    eprint!("{}", runner::summaries(&outcome));
     if let Some(error) = outcome.error {
         bail!(error);
     }

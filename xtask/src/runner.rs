@@ -633,6 +633,25 @@ fn fingerprint(dir: &Path) -> Result<String> {
     Ok(hasher.finalize().to_hex().to_string())
 }
 
+/// File a stage may leave in its artifact: a few lines (a headline table, a report's path) the runner prints
+/// after its closing table.
+pub const SUMMARY_FILE: &str = "summary.txt";
+
+/// The summaries of the stages that ran or were skipped, in pipeline order, each under its stage's name.
+pub fn summaries(outcome: &Outcome) -> String {
+    let mut out = String::new();
+    for r in &outcome.stages {
+        if !matches!(r.status, Status::Ran | Status::Skipped) {
+            continue;
+        }
+        if let Ok(text) = std::fs::read_to_string(r.output.join(SUMMARY_FILE)) {
+            out.push_str(&format!("\n{}:\n{}", r.stage, text.trim_end()));
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The closing table: where the time went and what each stage produced.
 pub fn table(outcome: &Outcome) -> String {
     let mut rows = vec![[
@@ -707,4 +726,40 @@ pub fn table(outcome: &Outcome) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_follow_pipeline_order_and_skip_failed_stages() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = |stage: &str, status: Status, summary: Option<&str>| {
+            let output = dir.path().join(stage);
+            std::fs::create_dir_all(&output).unwrap();
+            if let Some(text) = summary {
+                std::fs::write(output.join(SUMMARY_FILE), text).unwrap();
+            }
+            StageReport {
+                stage: stage.into(),
+                status,
+                wall: Duration::ZERO,
+                rows_in: None,
+                rows_out: None,
+                output,
+            }
+        };
+        let outcome = Outcome {
+            stages: vec![
+                report("a", Status::Ran, Some("first\n")),
+                report("b", Status::Ran, None),
+                report("c", Status::Failed, Some("stale")),
+                report("d", Status::Skipped, Some("last")),
+            ],
+            root: dir.path().to_path_buf(),
+            error: None,
+        };
+        assert_eq!(summaries(&outcome), "\na:\nfirst\n\nd:\nlast\n");
+    }
 }
