@@ -479,12 +479,16 @@ pub struct Calibration {
     pub rows: u64,
 }
 
-/// Calibration over the rows that have a confidence (clamped to [0, 1]), with `bins` equal-width bins;
+/// Calibration over the rows that have a finite confidence (clamped to [0, 1]; NaN and infinities are ignored), with `bins` equal-width bins;
 /// `None` when no row has one or `bins` is 0.
 pub fn calibration(rows: &[Scored], bins: usize) -> Option<Calibration> {
     let scored: Vec<(f64, bool)> = rows
         .iter()
-        .filter_map(|r| r.confidence.map(|c| (c.clamp(0.0, 1.0), r.correct())))
+        .filter_map(|r| {
+            r.confidence
+                .filter(|c| c.is_finite())
+                .map(|c| (c.clamp(0.0, 1.0), r.correct()))
+        })
         .collect();
     if scored.is_empty() || bins == 0 {
         return None;
@@ -580,11 +584,16 @@ pub struct RiskCoverage {
     pub aurc: f64,
 }
 
-/// Risk-coverage over the rows with a confidence; `None` when none has one.
+/// Risk-coverage over the rows with a finite confidence (NaN and infinities are ignored); `None` when none
+/// has one.
 pub fn risk_coverage(rows: &[Scored]) -> Option<RiskCoverage> {
     let mut scored: Vec<(f64, bool)> = rows
         .iter()
-        .filter_map(|r| r.confidence.map(|c| (c, r.correct())))
+        .filter_map(|r| {
+            r.confidence
+                .filter(|c| c.is_finite())
+                .map(|c| (c, r.correct()))
+        })
         .collect();
     if scored.is_empty() {
         return None;

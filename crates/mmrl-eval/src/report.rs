@@ -409,6 +409,48 @@ fn order(k: Kind) -> u8 {
     }
 }
 
+/// The headline table as plain text: one line per system (exact match with its interval, cross-modal exact
+/// match, paired-bootstrap p against ours), then the cross-modal verdict. The binary logs it and the
+/// artifact keeps it as `summary.txt`, which the pipeline runner prints last.
+pub fn headline_table(m: &MetricsFile) -> String {
+    let mut out = format!(
+        "{:<26} {:<11} {:>22} {:>12} {:>9}\n",
+        "system", "kind", "exact match [95% CI]", "cross-modal", "p vs ours"
+    );
+    for (name, r) in ordered(m) {
+        let ci = r
+            .exact_match_ci
+            .map_or(String::new(), |c| format!(" [{:.3},{:.3}]", c.lo, c.hi));
+        let p = m
+            .comparisons
+            .get(&name)
+            .and_then(|c| c.overall)
+            .map_or(String::new(), |c| format!("{:.3}", c.p_value));
+        let kind = serde_json::to_value(r.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:<26} {:<11} {:>22} {:>12} {:>9}\n",
+            name,
+            kind,
+            format!("{:.3}{ci}", r.exact_match),
+            r.cross_modal_exact_match
+                .map_or("n/a".into(), |x| format!("{x:.3}")),
+            p
+        ));
+    }
+    if m.cross_modal.ours_beats_all {
+        out.push_str("cross-modal questions: ours beats every baseline and ablation\n");
+    } else {
+        out.push_str(&format!(
+            "cross-modal questions: not beaten by ours: {}\n",
+            m.cross_modal.not_beaten.join("; ")
+        ));
+    }
+    out
+}
+
 /// Systems in report order: ours, checkpoints, external, ablations, baselines.
 pub fn ordered(m: &MetricsFile) -> Vec<(String, &SystemReport)> {
     let mut v: Vec<(String, &SystemReport)> = std::iter::once((m.headline.clone(), &m.test))

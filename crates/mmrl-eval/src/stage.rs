@@ -124,6 +124,80 @@ pub fn check_lineage(name: &str, artifact: &Artifact, is_model: bool) -> Result<
     Ok(())
 }
 
+/// Input names under which a stage records the data it was trained or evaluated on.
+pub const DATA_INPUTS: [&str; 4] = ["samples", "image", "audio", "tabular"];
+
+/// Refuses a model (or predictions) artifact that was trained on other data than eval reads.
+///
+/// `data` maps each data input eval reads (`samples`, `image`, `audio`, `tabular`) to that artifact's
+/// `content_hash`. Every input of `artifact` recorded under one of those names must carry the same hash:
+/// a model trained on another select or modality artifact (another seed's split, say) may hold eval's test
+/// rows in its train split. The check follows the recorded `model` input (rl, compress and predict record
+/// the model they started from) back to the stage that trained on data; an upstream artifact that is no
+/// longer at its recorded path, or was rebuilt there since, cannot be followed and is logged.
+pub fn check_trained_on(
+    name: &str,
+    artifact: &Artifact,
+    data: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut current = artifact.clone();
+    let mut via: Vec<String> = vec![format!("{name:?} (stage {:?})", current.manifest().stage)];
+    // A lineage chain is short; the bound only guards against a manifest cycle.
+    for _ in 0..32 {
+        let m = current.manifest();
+        for input in m
+            .inputs
+            .iter()
+            .filter(|i| DATA_INPUTS.contains(&i.name.as_str()))
+        {
+            let Some(ours) = data.get(&input.name) else {
+                continue;
+            };
+            if &input.content_hash != ours {
+                return Err(Error::Lineage {
+                    path: current.dir().to_path_buf(),
+                    message: format!(
+                        "model input {} was trained on other data: its input {:?} ({}) has content hash {},                          but eval reads {:?} with content hash {}; its train split may hold eval's test rows,                          so eval refuses to score it: re-run it on the data eval reads",
+                        via.join(" <- model "),
+                        input.name,
+                        input.path,
+                        input.content_hash,
+                        input.name,
+                        ours
+                    ),
+                });
+            }
+        }
+        let Some(upstream) = m
+            .inputs
+            .iter()
+            .find(|i| i.name == "model" && i.kind == mmrl_artifact::InputKind::Artifact)
+        else {
+            return Ok(());
+        };
+        match Artifact::open(Path::new(&upstream.path)) {
+            Ok(a) if a.manifest().content_hash == upstream.content_hash => {
+                via.push(format!(
+                    "{:?} (stage {:?})",
+                    upstream.path,
+                    a.manifest().stage
+                ));
+                current = a;
+            }
+            Ok(_) | Err(_) => {
+                tracing::warn!(
+                    input = name,
+                    upstream = %upstream.path,
+                    "the model this input started from is gone or rebuilt at its recorded path; \
+                     its training data cannot be compared with eval's beyond this artifact"
+                );
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One test sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TestRow {
@@ -264,11 +338,17 @@ pub fn decode(
             out.push((
                 data.samples[i].id.clone(),
                 trained.vocab.decode_answer(&g.tokens),
-                Some(f64::from(g.logprob)),
+                finite_logprob(g.logprob),
             ));
         }
     }
     out
+}
+
+/// A decoded sequence log-probability as eval stores it: `None` when it is not finite (NaN or infinite
+/// would poison calibration and risk-coverage).
+pub fn finite_logprob(logprob: f32) -> Option<f64> {
+    Some(f64::from(logprob)).filter(|x| x.is_finite())
 }
 
 /// What a scored system is.
@@ -618,10 +698,18 @@ fn read_test_rows(data: &Dataset, samples: &Path) -> Result<Vec<TestRow>> {
     Ok(rows)
 }
 
-fn read_predictions(name: &str, dir: &Path) -> Result<Vec<Prediction>> {
+/// Reads the `predictions` table of the artifact at `dir` (id and answer Utf8, optional logprob Float64).
+/// A null id or answer, a logprob column of another type, or a non-finite logprob is an error naming the
+/// row and the artifact.
+pub fn read_predictions(name: &str, dir: &Path) -> Result<Vec<Prediction>> {
     let artifact = Artifact::open(dir)?;
     let (_, batches) = artifact.read_table("predictions")?;
+    let bad_row = |row: usize, what: String| Error::Predictions {
+        model: name.to_owned(),
+        message: format!("{}: table \"predictions\" row {row} {what}", dir.display()),
+    };
     let mut out = Vec::new();
+    let mut row = 0usize;
     for b in &batches {
         let col = |c: &str| {
             b.column_by_name(c)
@@ -633,26 +721,44 @@ fn read_predictions(name: &str, dir: &Path) -> Result<Vec<Prediction>> {
         let answers = col("answer")?
             .as_string_opt::<i32>()
             .ok_or_else(|| input_err(dir, "column \"answer\" is not Utf8"))?;
-        let lps = b
-            .column_by_name("logprob")
-            .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Float64Type>());
+        let lps = match b.column_by_name("logprob") {
+            None => None,
+            Some(c) => Some(
+                c.as_primitive_opt::<arrow::datatypes::Float64Type>()
+                    .ok_or_else(|| {
+                        input_err(
+                            dir,
+                            format!("column \"logprob\" is {}, expected Float64", c.data_type()),
+                        )
+                    })?,
+            ),
+        };
         for i in 0..b.num_rows() {
+            let r = row + i;
             if !ids.is_valid(i) {
-                return Err(Error::Predictions {
-                    model: name.to_owned(),
-                    message: format!("{}: row {i} has a null id", dir.display()),
-                });
+                return Err(bad_row(r, "has a null id".into()));
             }
-            out.push((
-                ids.value(i).to_owned(),
-                if answers.is_valid(i) {
-                    answers.value(i).to_owned()
-                } else {
-                    String::new()
-                },
-                lps.and_then(|a| a.is_valid(i).then(|| a.value(i))),
-            ));
+            if !answers.is_valid(i) {
+                return Err(bad_row(
+                    r,
+                    format!("(id {:?}) has a null answer", ids.value(i)),
+                ));
+            }
+            let lp = lps.and_then(|a| a.is_valid(i).then(|| a.value(i)));
+            if let Some(v) = lp
+                && !v.is_finite()
+            {
+                return Err(bad_row(
+                    r,
+                    format!(
+                        "(id {:?}) has logprob {v}; expected a finite value or null",
+                        ids.value(i)
+                    ),
+                ));
+            }
+            out.push((ids.value(i).to_owned(), answers.value(i).to_owned(), lp));
         }
+        row += b.num_rows();
     }
     Ok(out)
 }
@@ -694,6 +800,16 @@ pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -
     }
     for (name, artifact, is_model) in &opened {
         check_lineage(name, artifact, *is_model)?;
+    }
+    let data_hashes: BTreeMap<String, String> = opened
+        .iter()
+        .filter(|(n, _, is_model)| !is_model && DATA_INPUTS.contains(&n.as_str()))
+        .map(|(n, a, _)| (n.clone(), a.manifest().content_hash.clone()))
+        .collect();
+    for (name, artifact, is_model) in &opened {
+        if *is_model {
+            check_trained_on(name, artifact, &data_hashes)?;
+        }
     }
 
     let data = Dataset::load(&inputs.data)?;
@@ -953,6 +1069,12 @@ pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -
     writer.write_table("predictions", Role::Report, schema, &batches)?;
     writer.write_bytes("report.md", Role::Report, md.as_bytes())?;
     writer.write_bytes("report.html", Role::Report, html.as_bytes())?;
+    // Paths inside the artifact only: its content must not depend on where it is written.
+    let summary = format!(
+        "{}report: report.html, report.md, metrics.json in this artifact\n",
+        crate::report::headline_table(&metrics)
+    );
+    writer.write_bytes("summary.txt", Role::Report, summary.as_bytes())?;
     writer.commit()?;
     let used: HashSet<&str> = systems.iter().map(|s| s.name.as_str()).collect();
     tracing::info!(systems = used.len(), output = %output.display(), "eval committed");

@@ -294,3 +294,30 @@ fn division_by_zero_follows_the_zero_division_convention() {
     assert!(risk_coverage(&rows).is_none());
     assert!(mae(&rows).is_none());
 }
+
+#[test]
+fn non_finite_confidences_are_ignored_by_calibration_and_risk_coverage() {
+    // Before the fix a NaN confidence never advanced risk-coverage's grouping loop and gave a NaN ECE;
+    // infinities were clamped into the end bins. Each is now left out, as if the row had no confidence.
+    let fx = fixtures();
+    let bins = fx["ece_bins"].as_u64().unwrap() as usize;
+    let base = rows(&fx["fixtures"][0]);
+    let want_cal = calibration(&base, bins).unwrap();
+    let want_rc = risk_coverage(&base).unwrap();
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut with_bad = base.clone();
+        with_bad.insert(0, Scored::new("yes", "yes", Some(bad)));
+        with_bad.push(Scored::new("no", "yes", Some(bad)));
+        let cal = calibration(&with_bad, bins).unwrap();
+        assert!(cal.ece.is_finite(), "{bad}: ECE {}", cal.ece);
+        assert_eq!(cal, want_cal, "{bad}: calibration");
+        assert_eq!(
+            risk_coverage(&with_bad).unwrap(),
+            want_rc,
+            "{bad}: risk-coverage"
+        );
+        let only_bad = vec![Scored::new("yes", "yes", Some(bad))];
+        assert!(calibration(&only_bad, bins).is_none(), "{bad}");
+        assert!(risk_coverage(&only_bad).is_none(), "{bad}");
+    }
+}

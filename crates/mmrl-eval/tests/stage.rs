@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use mmrl_artifact::Artifact;
 use mmrl_eval::baselines::{Baselines, ClassicalSettings};
-use mmrl_eval::stage::{TestRow, align};
+use mmrl_eval::stage::{TestRow, align, finite_logprob, read_predictions};
 use mmrl_eval::{Error, EvalConfig, EvalInputs};
 use mmrl_model::data::{Dataset, InputPaths};
 
@@ -131,6 +131,20 @@ fn eval_scores_every_system_and_writes_a_deterministic_report() {
         metrics["test"]["samples"].as_u64().unwrap() as usize,
         test_rows
     );
+    // summary.txt: the headline table (one line per system) and the report's path, for the runner to print.
+    let text = std::fs::read_to_string(summary.report_html.with_file_name("summary.txt")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("system"), "{text}");
+    assert_eq!(
+        lines.len(),
+        1 + 1 + summary.metrics.baselines.len() + 2,
+        "header, ours, every other system, verdict, report path: {text}"
+    );
+    assert!(lines[1].starts_with(&summary.metrics.headline), "{text}");
+    assert!(
+        lines.last().unwrap().starts_with("report: report.html"),
+        "{text}"
+    );
     let html = std::fs::read_to_string(&summary.report_html).unwrap();
     assert!(html.matches("<svg").count() >= 4, "plots are inline");
     assert!(!html.contains("src=\"http"), "self-contained");
@@ -236,6 +250,9 @@ fn an_empty_test_split_is_an_error() {
         .collect();
     let samples = common::write_samples(&dir, &rows);
     let mut inputs = eval_inputs(f, &[]);
+    // The fixture's model records the fixture's samples; a copy that records no inputs passes the
+    // trained-on-the-same-data check, so the empty split is what fails.
+    inputs.model = common::relabel_model(&f.model, &scratch("unrecorded"), &["train"]);
     inputs.data.samples = samples;
     inputs.data.image = Some(common::write_images(&dir, &rows, 1));
     inputs.data.tabular = Some(common::write_tabular(&dir, &rows));
@@ -532,4 +549,219 @@ fn the_binary_checks_params_and_runs_the_stage() {
     assert!(stdout.contains("report.html"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("majority_qtype"));
     assert!(dest.join("report.html").is_file());
+}
+
+/// Data artifacts with other content than the fixture's: another split of the same samples, images with
+/// another number of views, and shifted tabular values.
+fn other_data() -> InputPaths {
+    let dir = scratch("other-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows: Vec<common::Row> = common::rows(200)
+        .into_iter()
+        .map(|mut r| {
+            r.split = match r.split {
+                "test" => "train",
+                "train" if r.id.ends_with('0') || r.id.ends_with('1') => "test",
+                s => s,
+            };
+            r
+        })
+        .collect();
+    let shifted: Vec<common::Row> = rows
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            r.value += 0.25;
+            r
+        })
+        .collect();
+    InputPaths {
+        samples: common::write_samples(&dir, &rows),
+        image: Some(common::write_images(&dir, &rows, 2)),
+        audio: None,
+        tabular: Some(common::write_tabular(&dir, &shifted)),
+    }
+}
+
+fn hash(dir: &Path) -> String {
+    Artifact::open(dir).unwrap().manifest().content_hash.clone()
+}
+
+#[test]
+fn a_model_trained_on_other_data_is_refused_directly_and_through_its_model_input() {
+    let f = fixture();
+    let other = other_data();
+    let ours = [
+        ("samples", f.inputs.samples.clone()),
+        ("image", f.inputs.image.clone().unwrap()),
+        ("tabular", f.inputs.tabular.clone().unwrap()),
+    ];
+    let theirs = [
+        ("samples", other.samples.clone()),
+        ("image", other.image.clone().unwrap()),
+        ("tabular", other.tabular.clone().unwrap()),
+    ];
+    // The fixture's own sft records exactly eval's data, and an rl run on top of it with the same samples
+    // passes too (followed through its model input).
+    let good_rl = common::derived_model(
+        &f.model,
+        &scratch("good-rl"),
+        "rl",
+        &[("model", &f.model), ("samples", &f.inputs.samples)],
+    );
+    let data: std::collections::BTreeMap<String, String> = ours
+        .iter()
+        .map(|(n, p)| ((*n).to_owned(), hash(p)))
+        .collect();
+    for (name, dir) in [("model", &f.model), ("rl", &good_rl)] {
+        mmrl_eval::stage::check_trained_on(name, &Artifact::open(dir).unwrap(), &data).unwrap();
+    }
+    for (k, (swapped, wrong)) in theirs.iter().enumerate() {
+        let recorded: Vec<(&str, &Path)> = ours
+            .iter()
+            .enumerate()
+            .map(|(j, (n, p))| (*n, if j == k { wrong.as_path() } else { p.as_path() }))
+            .collect();
+        let sft = common::derived_model(&f.model, &scratch("sft"), "sft", &recorded);
+        // Directly: the headline model.
+        let mut inputs = eval_inputs(f, &[]);
+        inputs.model = sft.clone();
+        let err = mmrl_eval::run(&quick(), &inputs, &scratch("out"), 1).unwrap_err();
+        assert!(matches!(err, Error::Lineage { .. }), "{swapped}: {err}");
+        let msg = err.to_string();
+        for needle in [
+            "trained on other data".to_owned(),
+            format!("{swapped:?}"),
+            hash(wrong),
+            hash(&ours[k].1),
+            "test rows".to_owned(),
+        ] {
+            assert!(msg.contains(&needle), "{swapped}: {msg} lacks {needle:?}");
+        }
+        // Transitively: an rl (or compress) artifact that records the right samples but started from
+        // that sft.
+        for stage in ["rl", "compress"] {
+            let derived = common::derived_model(
+                &f.model,
+                &scratch(stage),
+                stage,
+                &[("model", &sft), ("samples", &f.inputs.samples)],
+            );
+            let inputs = eval_inputs(f, &[(stage, &derived)]);
+            let err = mmrl_eval::run(&quick(), &inputs, &scratch("out"), 1).unwrap_err();
+            assert!(
+                matches!(err, Error::Lineage { .. }),
+                "{stage}/{swapped}: {err}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains("trained on other data"), "{msg}");
+            assert!(msg.contains(&format!("{stage:?}")), "{msg}");
+            assert!(msg.contains(&hash(wrong)), "{msg}");
+        }
+    }
+}
+
+#[test]
+fn a_model_whose_input_was_fit_on_test_is_refused() {
+    let f = fixture();
+    let leaky = common::relabel_model(&f.model, &scratch("leaky"), &["train", "test"]);
+    // The rl artifact itself fit on train only; its model input's lineage fit on test.
+    let rl = common::derived_model(&f.model, &scratch("rl"), "rl", &[("model", &leaky)]);
+    assert_eq!(
+        Artifact::open(&rl).unwrap().manifest().fit_splits,
+        ["train"]
+    );
+    for (as_headline, name) in [(true, "model"), (false, "rl")] {
+        let mut inputs = eval_inputs(f, &[]);
+        if as_headline {
+            inputs.model = rl.clone();
+        } else {
+            inputs.models.push(("rl".into(), rl.clone()));
+        }
+        let err = mmrl_eval::run(&quick(), &inputs, &scratch("out"), 1).unwrap_err();
+        assert!(matches!(err, Error::Lineage { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("test split"), "{msg}");
+        assert!(msg.contains(&format!("input {name:?}")), "{msg}");
+        assert!(msg.contains("via model"), "{msg}");
+    }
+}
+
+#[test]
+fn bad_prediction_tables_are_errors_naming_the_row() {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray};
+    let table = |answers: Vec<Option<&str>>, logprob: ArrayRef| {
+        RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(StringArray::from(vec!["s0008", "s0009"])) as ArrayRef,
+            ),
+            ("answer", Arc::new(StringArray::from(answers)) as ArrayRef),
+            ("logprob", logprob),
+        ])
+        .unwrap()
+    };
+    let f64s = |v: Vec<Option<f64>>| Arc::new(Float64Array::from(v)) as ArrayRef;
+    let ok = vec![Some("red"), Some("no")];
+    let cases: Vec<(&str, RecordBatch, Vec<&str>)> = vec![
+        (
+            "float32",
+            table(
+                ok.clone(),
+                Arc::new(Float32Array::from(vec![-0.1f32, -0.2])),
+            ),
+            vec!["column \"logprob\" is Float32, expected Float64"],
+        ),
+        (
+            "nan",
+            table(ok.clone(), f64s(vec![Some(-0.1), Some(f64::NAN)])),
+            vec!["row 1", "s0009", "NaN"],
+        ),
+        (
+            "inf",
+            table(ok.clone(), f64s(vec![Some(f64::NEG_INFINITY), Some(-0.2)])),
+            vec!["row 0", "s0008", "-inf"],
+        ),
+        (
+            "null-answer",
+            table(vec![Some("red"), None], f64s(vec![Some(-0.1), Some(-0.2)])),
+            vec!["row 1", "s0009", "null answer"],
+        ),
+    ];
+    for (name, batch, needles) in cases {
+        let dir = common::predictions_table(&scratch(name), batch);
+        let err = read_predictions("predictions_x", &dir).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&dir.display().to_string()),
+            "{name}: {msg} names no artifact"
+        );
+        for needle in needles {
+            assert!(msg.contains(needle), "{name}: {msg} lacks {needle:?}");
+        }
+    }
+    // A null logprob is fine: no confidence for that row.
+    let dir = common::predictions_table(&scratch("fine"), table(ok, f64s(vec![None, Some(-0.2)])));
+    assert_eq!(
+        read_predictions("predictions_x", &dir).unwrap(),
+        vec![
+            ("s0008".to_owned(), "red".to_owned(), None),
+            ("s0009".to_owned(), "no".to_owned(), Some(-0.2)),
+        ]
+    );
+}
+
+#[test]
+fn a_non_finite_decoded_logprob_becomes_no_confidence() {
+    for (lp, want) in [
+        (-0.5f32, Some(-0.5f64)),
+        (0.0, Some(0.0)),
+        (f32::NAN, None),
+        (f32::NEG_INFINITY, None),
+        (f32::INFINITY, None),
+    ] {
+        assert_eq!(finite_logprob(lp), want, "{lp}");
+    }
 }

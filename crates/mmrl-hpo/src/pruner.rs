@@ -1,6 +1,8 @@
 //! Pruners: stop poor trials early from their intermediate values (median rule, asynchronous successive
-//! halving, Hyperband). Decisions are pure functions of the trials so far, so they are easy to test and a
-//! resumed study decides the same way.
+//! halving, Hyperband). Decisions are pure functions of the completed trials so far, so they are easy to
+//! test and a resumed study decides the same way given the same completed trials. One exception: Hyperband
+//! assigns brackets by trial number, and a retried interrupted trial takes a new number, so it may run in
+//! another bracket than the interrupted attempt.
 
 use serde::{Deserialize, Serialize};
 

@@ -8,12 +8,15 @@
 //! seed, so trials differ only in their parameters.
 //!
 //! The study lives beside the output, `<parent>/.<name>.hpo-study/`, and survives kills; `study.json` holds
-//! a hash of the resolved config, seed and inputs, and a study made under another hash is discarded.
+//! a hash of the resolved config, the seed, each input's content hash and the trial binary's hash
+//! ([`config_key`]), and a study made under another hash is discarded.
 //! Before any trial, the tuned stage is run with `--check` on the trial params, so a path it does not have
 //! or a value it refuses fails the stage at once.
 //!
-//! Determinism: with `workers = 1` the same seed and inputs give the same trials (samplers draw per-trial
-//! seeded randomness from the finished trials). With more workers the history a suggestion sees depends on
+//! Determinism: with `workers = 1` the same seed and inputs give the same trials (samplers draw per-draw
+//! seeded randomness from the finished trials). A resumed study re-runs interrupted trials without shifting
+//! the sampler's draws; it proposes what an uninterrupted run would for every sampler but GP, whose
+//! in-memory warm start is not rebuilt from the journal (see [`crate::study`]). With more workers the history a suggestion sees depends on
 //! which trials finished first, so runs may differ. Known limit: if the hpo process itself is killed, the
 //! trial processes it started are not killed with it (no parent-death signal without `unsafe`); they run to
 //! their end into their own directory and the study re-runs their trials under new numbers.
@@ -163,10 +166,15 @@ impl HpoConfig {
         if self.workers == 0 {
             return Err(Error::Config("workers must be at least 1".into()));
         }
-        if self.trial_timeout_s.is_nan() || self.trial_timeout_s < 0.0 {
-            return Err(Error::Config(
-                "trial_timeout_s must be 0 (no limit) or positive".into(),
-            ));
+        if self.trial_timeout_s.is_nan()
+            || self.trial_timeout_s < 0.0
+            || Duration::try_from_secs_f64(self.trial_timeout_s).is_err()
+        {
+            return Err(Error::Config(format!(
+                "trial_timeout_s must be 0 (no limit) or a positive, finite number of seconds that fits a \
+                 duration, got {}",
+                self.trial_timeout_s
+            )));
         }
         self.pruner.validate()?;
         Ok(())
@@ -468,7 +476,10 @@ impl Launcher for ProcessLauncher {
         Ok(Box::new(ProcessTrial {
             child: Some(child),
             started: Instant::now(),
-            timeout: (self.timeout_s > 0.0).then(|| Duration::from_secs_f64(self.timeout_s)),
+            // validate() guarantees the conversion succeeds; no limit should it ever not.
+            timeout: (self.timeout_s > 0.0)
+                .then(|| Duration::try_from_secs_f64(self.timeout_s).ok())
+                .flatten(),
             report_file,
             offset: 0,
             output,
@@ -505,14 +516,31 @@ pub struct HpoReport {
     pub study_dir: String,
 }
 
-fn config_key(config: &HpoConfig, seed: u64, inputs: &[(String, PathBuf)]) -> String {
+/// The key a study is kept under: the resolved config, the seed, what each input holds (an artifact's
+/// `content_hash`; the path only for an input that is not an artifact) and the blake3 of the trial binary.
+/// Anything that changes the trials' data or code starts a fresh study, even at unchanged paths.
+pub fn config_key(
+    config: &HpoConfig,
+    seed: u64,
+    inputs: &[(String, PathBuf)],
+    program: &Path,
+) -> Result<String> {
+    let inputs: Vec<String> = inputs
+        .iter()
+        .map(|(n, p)| match Artifact::open(p) {
+            Ok(a) => format!("{n}=artifact:{}", a.manifest().content_hash),
+            Err(_) => format!("{n}=path:{}", p.display()),
+        })
+        .collect();
+    let (program_hash, _) = mmrl_artifact::hash::hash_file(program)?;
     let text = serde_json::to_string(&serde_json::json!({
         "config": config,
         "seed": seed,
-        "inputs": inputs.iter().map(|(n, p)| format!("{n}={}", p.display())).collect::<Vec<_>>(),
+        "inputs": inputs,
+        "program": program_hash,
     }))
-    .unwrap_or_default();
-    mmrl_artifact::hash::hash_bytes(text.as_bytes())
+    .map_err(|e| Error::Study(format!("serializing the study key: {e}")))?;
+    Ok(mmrl_artifact::hash::hash_bytes(text.as_bytes()))
 }
 
 /// Opens the study for `output`, discarding one made under another config.
@@ -551,8 +579,6 @@ pub fn run(
     config.validate()?;
     let space = Space::new(&config.space)?;
     let dir = study_dir(output);
-    let key = config_key(config, seed, inputs);
-    prepare_study_dir(&dir, &key)?;
     let mut launcher = ProcessLauncher::new(config, inputs, &dir, seed)?;
     if !launcher.program.is_file() {
         return Err(Error::Config(format!(
@@ -561,6 +587,8 @@ pub fn run(
             launcher.program.display()
         )));
     }
+    let key = config_key(config, seed, inputs, &launcher.program)?;
+    prepare_study_dir(&dir, &key)?;
     launcher.check(&space.decode(&vec![0.5; space.dim()]))?;
     let settings = StudySettings {
         space: space.clone(),

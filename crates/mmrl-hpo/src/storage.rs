@@ -71,8 +71,9 @@ pub enum Event {
         trial: u64,
         /// Step (epoch, ...).
         step: u64,
-        /// Value.
-        value: f64,
+        /// Value; always finite when written ([`Storage::report`] skips non-finite values). `None` reads a
+        /// `null` that older journals hold for a non-finite value; replay skips it.
+        value: Option<f64>,
     },
     /// A trial ended.
     Finish {
@@ -120,7 +121,7 @@ pub struct TrialRecord {
 pub trait Storage: Send + Sync {
     /// Starts a trial with the next free number and returns the number.
     fn start_trial(&self, params: &Params, retry_of: Option<u64>) -> Result<u64>;
-    /// Records an intermediate value.
+    /// Records an intermediate value (a non-finite one is skipped by the journal).
     fn report(&self, trial: u64, step: u64, value: f64) -> Result<()>;
     /// Ends a trial.
     fn finish(
@@ -291,7 +292,10 @@ pub fn replay(path: &Path, text: &str) -> Result<Vec<TrialRecord>> {
                 let t = trials
                     .get_mut(&trial)
                     .ok_or_else(|| err(format!("intermediate value for unknown trial {trial}")))?;
-                t.intermediate.insert(step, value);
+                // A null (a non-finite value written by an older version) carries nothing: skip it.
+                if let Some(v) = value.filter(|v| v.is_finite()) {
+                    t.intermediate.insert(step, v);
+                }
             }
             Event::Finish {
                 trial,
@@ -340,7 +344,27 @@ impl Storage for JournalStorage {
     }
 
     fn report(&self, trial: u64, step: u64, value: f64) -> Result<()> {
-        self.with_lock(|file| self.append(file, &Event::Intermediate { trial, step, value }))
+        // JSON has no NaN or infinity (serde_json writes null); like `finish`, a non-finite value is not
+        // recorded, so the journal always replays.
+        if !value.is_finite() {
+            tracing::warn!(
+                trial,
+                step,
+                value,
+                "skipping a non-finite intermediate value"
+            );
+            return Ok(());
+        }
+        self.with_lock(|file| {
+            self.append(
+                file,
+                &Event::Intermediate {
+                    trial,
+                    step,
+                    value: Some(value),
+                },
+            )
+        })
     }
 
     fn finish(

@@ -5,7 +5,12 @@
 //! refused), so a trial still `running` in the journal belonged to a process that died with the study. It
 //! is marked `interrupted` (not counted) and its parameters are re-run under a new trial number; completed,
 //! pruned and failed trials are kept and never run again. The sampler is rebuilt by replaying the finished
-//! trials in number order and draws per-trial seeded randomness, so the study continues as it would have.
+//! trials in number order and is indexed by its own draws (retries of interrupted trials are not draws), with
+//! randomness seeded per draw: a grid neither skips nor repeats a point across a resume, and samplers whose
+//! state is rebuilt from the history alone (grid, random, sobol, tpe, cmaes, ga) propose the same points as
+//! an uninterrupted run with the same finished trials. GP warm-starts its hyperparameter fit from the
+//! previous fit held in memory, which a resumed process does not have, so its suggestions after a resume may
+//! differ (they remain valid suggestions from the same history).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -208,12 +213,13 @@ impl Study {
             let number = self.storage.start_trial(&t.params, Some(t.number))?;
             return Ok((number, t.params.clone()));
         }
-        let next = trials.last().map_or(0, |t| t.number + 1);
+        // The sampler's own index: trials it drew, not trial numbers (a retry takes a number, not a draw).
+        let draw = trials.iter().filter(|t| t.retry_of.is_none()).count() as u64;
         let history = self.observations(&trials);
         let params = self.sampler.suggest(&Context {
             space: &self.settings.space,
             history: &history,
-            trial: next,
+            trial: draw,
             seed: self.settings.seed,
         })?;
         let number = self.storage.start_trial(&params, None)?;

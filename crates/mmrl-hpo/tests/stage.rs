@@ -294,3 +294,168 @@ fn a_killed_hpo_process_resumes_with_no_trial_lost_or_repeated() {
     assert!(text.contains(r#""retry_of":1"#), "{text}");
     assert_eq!(text.matches(r#""event":"start""#).count(), 4);
 }
+
+/// A one-table artifact at `dir` whose content is `value` (replacing whatever was there).
+fn data_artifact(dir: &Path, value: &str) {
+    let _ = std::fs::remove_dir_all(dir);
+    let info = mmrl_artifact::StageInfo {
+        stage: "select".into(),
+        crate_name: "test".into(),
+        crate_version: "0".into(),
+        config: serde_json::json!({}),
+        seed: None,
+    };
+    let mut w = mmrl_artifact::ArtifactWriter::create(dir, info).unwrap();
+    w.write_json(
+        "data.json",
+        mmrl_artifact::Role::Data,
+        &serde_json::json!({ "v": value }),
+    )
+    .unwrap();
+    w.commit().unwrap();
+}
+
+#[test]
+fn the_study_key_follows_input_content_and_the_trial_binary_not_paths() {
+    use mmrl_hpo::stage::config_key;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("select");
+    let cfg = mmrl_hpo::HpoConfig::default();
+    let bin = Path::new(BIN);
+    let inputs = vec![("samples".to_owned(), data.clone())];
+    data_artifact(&data, "a");
+    let a = config_key(&cfg, 3, &inputs, bin).unwrap();
+    assert_eq!(
+        a,
+        config_key(&cfg, 3, &inputs, bin).unwrap(),
+        "deterministic"
+    );
+    // The same content at another path: the same study.
+    let moved = dir.path().join("moved");
+    data_artifact(&moved, "a");
+    let same = vec![("samples".to_owned(), moved)];
+    assert_eq!(a, config_key(&cfg, 3, &same, bin).unwrap());
+    // Other content at the same path: another study.
+    data_artifact(&data, "b");
+    assert_ne!(a, config_key(&cfg, 3, &inputs, bin).unwrap());
+    // Another trial binary (same path semantics: its bytes are hashed).
+    let fake = dir.path().join("fake-bin");
+    for (content, expect_same) in [(b"one".as_slice(), true), (b"two".as_slice(), false)] {
+        std::fs::write(&fake, b"one").unwrap();
+        let k1 = config_key(&cfg, 3, &inputs, &fake).unwrap();
+        std::fs::write(&fake, content).unwrap();
+        let k2 = config_key(&cfg, 3, &inputs, &fake).unwrap();
+        assert_eq!(k1 == k2, expect_same, "{content:?}");
+    }
+    // An input that is not an artifact is keyed by its path.
+    let plain = |p: &str| vec![("samples".to_owned(), dir.path().join(p))];
+    assert_eq!(
+        config_key(&cfg, 3, &plain("x"), bin).unwrap(),
+        config_key(&cfg, 3, &plain("x"), bin).unwrap()
+    );
+    assert_ne!(
+        config_key(&cfg, 3, &plain("x"), bin).unwrap(),
+        config_key(&cfg, 3, &plain("y"), bin).unwrap()
+    );
+}
+
+#[test]
+fn an_input_rewritten_at_the_same_path_starts_a_fresh_study() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("select");
+    data_artifact(&data, "first");
+    let text = params("", SPACE, "score")
+        .replace("workers = 2", "workers = 1")
+        .replace("n_trials = 6", "n_trials = 2")
+        .replace("sampler = \"gp\"", "sampler = \"random\"");
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, &text).unwrap();
+    let run = || {
+        let out = Command::new(BIN)
+            .args(["hpo", "--seed", "3", "--params"])
+            .arg(&file)
+            .arg("--input")
+            .arg(format!("samples={}", data.display()))
+            .arg("--output")
+            .arg(dir.path().join("hpo"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let study = dir.path().join(".hpo.hpo-study");
+    let sentinel = study.join("sentinel");
+    let key = || json(&study.join("study.json"))["config_hash"].clone();
+    let starts = || {
+        std::fs::read_to_string(study.join("journal.jsonl"))
+            .unwrap()
+            .matches(r#""event":"start""#)
+            .count()
+    };
+    run();
+    assert_eq!(starts(), 2);
+    let first_key = key();
+    std::fs::write(&sentinel, "kept while the study is reused").unwrap();
+    // Unchanged inputs: the finished study is reused, no trial runs again.
+    run();
+    assert!(sentinel.is_file(), "the study was reused");
+    assert_eq!(starts(), 2);
+    assert_eq!(key(), first_key);
+    // The input artifact is rebuilt at the same path with other content: a fresh study runs every trial.
+    data_artifact(&data, "second");
+    run();
+    assert!(!sentinel.exists(), "the old study was discarded");
+    assert_ne!(key(), first_key);
+    assert_eq!(starts(), 2);
+    let report = json(&dir.path().join("hpo/report.json"));
+    assert_eq!(report["counts"]["complete"], 2, "{report}");
+    // The artifact records the input it tuned on.
+    let m = Artifact::open(dir.path().join("hpo")).unwrap();
+    assert_eq!(
+        m.manifest().inputs[0].content_hash,
+        Artifact::open(&data).unwrap().manifest().content_hash
+    );
+}
+
+#[test]
+fn a_trial_timeout_that_is_not_a_duration_is_refused_naming_the_field() {
+    for (value, ok) in [
+        (0.0, true),
+        (3600.0, true),
+        (f64::INFINITY, false),
+        (1e20, false),
+        (f64::NAN, false),
+        (-1.0, false),
+    ] {
+        let mut cfg = mmrl_hpo::HpoConfig::default();
+        cfg.trial.run = "mmrl-hpo toy".into();
+        cfg.trial.params.insert("x".into(), serde_json::json!(0.5));
+        cfg.space.insert(
+            "x".into(),
+            toml::from_str(
+                r#"type = "float"
+low = 0.0
+high = 1.0"#,
+            )
+            .unwrap(),
+        );
+        cfg.objective.metric = "score".into();
+        cfg.trial_timeout_s = value;
+        match cfg.validate() {
+            Ok(()) => assert!(ok, "{value} accepted"),
+            Err(e) => {
+                assert!(!ok, "{value}: {e}");
+                assert!(e.to_string().contains("trial_timeout_s"), "{value}: {e}");
+            }
+        }
+    }
+    // Through the binary's --check: a timeout of 1e20 s is refused before anything runs.
+    let dir = tempfile::tempdir().unwrap();
+    let out = hpo(
+        dir.path(),
+        &params("trial_timeout_s = 1e20", SPACE, "score"),
+        "t",
+        true,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("trial_timeout_s"), "{}", stderr(&out));
+}

@@ -287,3 +287,135 @@ fn samplers_see_pruned_trials_as_the_worst_complete_loss() {
     let got: Vec<(u64, f64)> = obs.iter().map(|o| (o.number, o.loss)).collect();
     assert_eq!(got, vec![(0, -0.9), (1, -0.4), (2, -0.4)]);
 }
+
+/// Runs a study with `sampler` on `space` to `n` counted trials, with the stepwise toy launcher.
+fn run_with(
+    dir: &std::path::Path,
+    space: &Space,
+    sampler: SamplerKind,
+    n: u64,
+) -> Vec<mmrl_hpo::TrialRecord> {
+    let mut s = settings(n, PrunerConfig::None, 1);
+    s.space = space.clone();
+    s.sampler = sampler;
+    let mut study = Study::open(dir, s).unwrap();
+    let mut toy = Toy {
+        steps: 2,
+        fail_above: 2.0,
+        launched: Vec::new(),
+    };
+    study.optimize(&mut toy, Duration::ZERO, |_| {}).unwrap()
+}
+
+/// The parameters of the trials that ran to the end, in number order (interrupted attempts left out).
+fn ran(trials: &[mmrl_hpo::TrialRecord]) -> Vec<Params> {
+    trials
+        .iter()
+        .filter(|t| t.state != TrialState::Interrupted)
+        .map(|t| t.params.clone())
+        .collect()
+}
+
+#[test]
+fn an_interrupted_trial_does_not_shift_the_samplers_draws() {
+    // A 2 x 2 grid: four points.
+    let grid_space = Space::from_toml(
+        r#"x = { type = "categorical", choices = [0.1, 0.2] }
+y = { type = "categorical", choices = [0.5, 0.6] }"#,
+    )
+    .unwrap();
+    let points = mmrl_hpo::sampler::grid::GridSampler::new(
+        &grid_space,
+        mmrl_hpo::sampler::grid::DEFAULT_POINTS,
+    )
+    .unwrap()
+    .points()
+    .to_vec();
+    assert_eq!(points.len(), 4);
+    let float_space = settings(1, PrunerConfig::None, 1).space;
+    for (sampler, space) in [
+        (SamplerKind::Grid, &grid_space),
+        (SamplerKind::Random, &float_space),
+        (SamplerKind::Sobol, &float_space),
+        (SamplerKind::Tpe, &float_space),
+    ] {
+        let name = sampler.name();
+        // The uninterrupted run.
+        let whole = tempfile::tempdir().unwrap();
+        let want = ran(&run_with(whole.path(), space, sampler, 4));
+        assert_eq!(want.len(), 4, "{name}");
+        // Trial 0 completes; trial 1 (the same draw as in the uninterrupted run) is started and the
+        // process dies; the resumed study retries it as trial 2 and draws points 2 and 3 for trials 3 and 4.
+        let dir = tempfile::tempdir().unwrap();
+        let first = run_with(dir.path(), space, sampler, 1);
+        assert_eq!(ran(&first), want[..1], "{name}");
+        {
+            let journal = JournalStorage::open(dir.path()).unwrap();
+            assert_eq!(journal.start_trial(&want[1], None).unwrap(), 1);
+        }
+        let after = run_with(dir.path(), space, sampler, 4);
+        assert_eq!(after.len(), 5, "{name}");
+        assert_eq!(after[1].state, TrialState::Interrupted, "{name}");
+        assert_eq!(after[2].retry_of, Some(1), "{name}");
+        assert_eq!(ran(&after), want, "{name}: every draw once, in order");
+    }
+    // The grid's 4 points each ran exactly once after trial 1 was interrupted and retried.
+    let dir = tempfile::tempdir().unwrap();
+    run_with(dir.path(), &grid_space, SamplerKind::Grid, 1);
+    JournalStorage::open(dir.path())
+        .unwrap()
+        .start_trial(&points[1], None)
+        .unwrap();
+    let after = run_with(dir.path(), &grid_space, SamplerKind::Grid, 4);
+    let key = |p: &Params| serde_json::to_string(p).unwrap();
+    let mut got: Vec<String> = ran(&after).iter().map(key).collect();
+    let mut want: Vec<String> = points.iter().map(key).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "each grid point exactly once");
+}
+
+#[test]
+fn non_finite_intermediate_values_are_skipped_and_old_null_values_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let params: Params = [("x".to_owned(), serde_json::json!(0.5))]
+        .into_iter()
+        .collect();
+    let journal = JournalStorage::open(dir.path()).unwrap();
+    let n = journal.start_trial(&params, None).unwrap();
+    for (step, v) in [
+        (1, 0.25),
+        (2, f64::NAN),
+        (3, f64::INFINITY),
+        (4, f64::NEG_INFINITY),
+        (5, 0.5),
+    ] {
+        journal.report(n, step, v).unwrap();
+    }
+    let trials = journal.trials().unwrap();
+    let steps: Vec<(u64, f64)> = trials[0]
+        .intermediate
+        .iter()
+        .map(|(s, v)| (*s, *v))
+        .collect();
+    assert_eq!(steps, [(1, 0.25), (5, 0.5)]);
+    let text = std::fs::read_to_string(journal.path()).unwrap();
+    assert!(!text.contains("null"), "{text}");
+    // A journal written before the fix holds `"value":null` for such a value: it still opens, skipping it.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(journal.path())
+        .unwrap();
+    f.write_all(br#"{"event":"intermediate","trial":0,"step":6,"value":null}"#)
+        .unwrap();
+    f.write_all(b"\n").unwrap();
+    journal.report(n, 7, 0.75).unwrap();
+    drop(f);
+    let trials = JournalStorage::open(dir.path()).unwrap().trials().unwrap();
+    let steps: Vec<u64> = trials[0].intermediate.keys().copied().collect();
+    assert_eq!(
+        steps,
+        [1, 5, 7],
+        "the null line is skipped, the lines after it kept"
+    );
+}

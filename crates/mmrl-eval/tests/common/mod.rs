@@ -321,3 +321,29 @@ pub fn write_predictions(dest: &Path, preds: &[(&str, &str, f64)], fit_splits: &
     w.commit().unwrap();
     dest.to_path_buf()
 }
+
+/// A model artifact of `stage` with the weights of `model`, lineage `["train"]`, recording `inputs`
+/// (name, artifact directory) the way sft, rl and compress record theirs.
+pub fn derived_model(model: &Path, dest: &Path, stage: &str, inputs: &[(&str, &Path)]) -> PathBuf {
+    let mut w = ArtifactWriter::create(dest, info(stage)).unwrap();
+    w.fit_splits(&["train"]);
+    for (name, dir) in inputs {
+        w.input_artifact(name, &mmrl_artifact::Artifact::open(dir).unwrap());
+    }
+    for f in ["model.bpk", "config.json", "vocab.json"] {
+        std::fs::copy(model.join(f), w.tmp_dir().join(f)).unwrap();
+        w.add_file(f, Role::State).unwrap();
+    }
+    w.commit().unwrap();
+    dest.to_path_buf()
+}
+
+/// A predictions artifact holding `batch` as its `predictions` table, lineage `["train"]`.
+pub fn predictions_table(dest: &Path, batch: RecordBatch) -> PathBuf {
+    let mut w = ArtifactWriter::create(dest, info("predict")).unwrap();
+    w.fit_splits(&["train"]);
+    w.write_table("predictions", Role::Data, batch.schema(), &[batch])
+        .unwrap();
+    w.commit().unwrap();
+    dest.to_path_buf()
+}

@@ -1,5 +1,6 @@
 //! Grid search: the cartesian product of per-parameter value lists, conditional parameters expanded only
-//! under the parent values that activate them; trial `n` takes combination `n`.
+//! under the parent values that activate them; draw `n` ([`Context::trial`], retries of interrupted trials
+//! excluded) takes combination `n`.
 
 use std::collections::BTreeSet;
 
@@ -88,6 +89,7 @@ impl GridSampler {
 impl Sampler for GridSampler {
     fn suggest(&mut self, ctx: &Context<'_>) -> Result<Params> {
         let n = self.points.len() as u64;
+        // ctx.trial counts draws, not trial numbers, so a retried trial neither skips nor repeats a point.
         // Past the end (only when more trials than points were asked for), start over.
         Ok(self.points[(ctx.trial % n) as usize].clone())
     }

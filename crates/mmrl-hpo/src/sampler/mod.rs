@@ -1,7 +1,10 @@
 //! Samplers: propose the next trial's parameters from the finished trials (ask/tell over a history).
 //!
 //! Every sampler works in the unit-cube encoding of [`Space`] and draws its randomness from a generator
-//! seeded by `(seed, trial number)`, so a study resumed from its journal proposes the same points.
+//! seeded by `(seed, draw index)` ([`Context::trial`]: the number of suggestions made before, retries of
+//! interrupted trials excluded), so a study resumed from its journal proposes the same points as long as the
+//! sampler holds no state beyond the history: grid, random, sobol, tpe, cmaes and ga. GP keeps a warm start
+//! for its hyperparameter fit in memory, so after a resume its suggestions may differ.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -35,7 +38,9 @@ pub struct Context<'a> {
     pub space: &'a Space,
     /// Completed trials, by trial number.
     pub history: &'a [Observation],
-    /// The number of the trial to propose for.
+    /// The index of this suggestion among the sampler's draws: trials started before from a suggestion
+    /// (retries of interrupted trials take a trial number but are not draws). Equals the trial number when
+    /// nothing was retried. Grid takes point `trial`; the per-draw generators are seeded by it.
     pub trial: u64,
     /// The study seed.
     pub seed: u64,
@@ -178,7 +183,7 @@ pub fn sobol_point(index: u64, dim: usize, seed: u64) -> Vec<f64> {
                 (d % 256) as u32,
                 seed.wrapping_add((d / 256) as u32),
             );
-            // Jitter inside the f32 cell so coordinates are distinct doubles.
+            // sobol_burley returns f32 in [0, 1); widened as is (coordinates sit on the f32 grid).
             f64::from(v)
         })
         .collect()
