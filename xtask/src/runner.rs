@@ -637,7 +637,8 @@ fn fingerprint(dir: &Path) -> Result<String> {
 /// after its closing table.
 pub const SUMMARY_FILE: &str = "summary.txt";
 
-/// The summaries of the stages that ran or were skipped, in pipeline order, each under its stage's name.
+/// The summaries of the stages that ran or were skipped, in pipeline order, each under its stage's name and
+/// artifact directory.
 pub fn summaries(outcome: &Outcome) -> String {
     let mut out = String::new();
     for r in &outcome.stages {
@@ -645,7 +646,12 @@ pub fn summaries(outcome: &Outcome) -> String {
             continue;
         }
         if let Ok(text) = std::fs::read_to_string(r.output.join(SUMMARY_FILE)) {
-            out.push_str(&format!("\n{}:\n{}", r.stage, text.trim_end()));
+            out.push_str(&format!(
+                "\n{} ({}):\n{}",
+                r.stage,
+                r.output.display(),
+                text.trim_end()
+            ));
             out.push('\n');
         }
     }
@@ -760,6 +766,10 @@ mod tests {
             root: dir.path().to_path_buf(),
             error: None,
         };
-        assert_eq!(summaries(&outcome), "\na:\nfirst\n\nd:\nlast\n");
+        let d = |s: &str| dir.path().join(s).display().to_string();
+        assert_eq!(
+            summaries(&outcome),
+            format!("\na ({}):\nfirst\n\nd ({}):\nlast\n", d("a"), d("d"))
+        );
     }
 }
