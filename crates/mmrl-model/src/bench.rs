@@ -63,8 +63,25 @@ pub struct BenchResult {
     pub train_samples_per_s: f64,
     /// Greedy-decoding samples/s (encoder once, decoder per token, 2 answer tokens + eos).
     pub infer_samples_per_s: f64,
+    /// Training samples per CPU-second of the process (all threads; robust to other load on the
+    /// machine, unlike wall-clock figures); `None` off Linux.
+    pub train_samples_per_cpu_s: Option<f64>,
+    /// Inference samples per CPU-second of the process; `None` off Linux.
+    pub infer_samples_per_cpu_s: Option<f64>,
     /// Peak resident memory of the process (VmHWM), MiB; `None` off Linux.
     pub peak_rss_mib: Option<f64>,
+}
+
+/// CPU time (user + system, all threads) this process has used, in seconds (Linux `/proc/self/stat`).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15 (1-based).
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // Linux reports these in USER_HZ ticks, 100 per second on every mainstream architecture.
+    Some((utime + stime) / 100.0)
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
@@ -122,9 +139,11 @@ pub fn run(bench: &BenchConfig) -> Result<BenchResult> {
     let normalizer = answers.iter().map(|a| a.len() + 1).sum::<usize>() as f32;
     let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
     let mut start = Instant::now();
+    let mut cpu_start = cpu_seconds();
     for step in 0..bench.steps + 2 {
         if step == 2 {
             start = Instant::now();
+            cpu_start = cpu_seconds();
         }
         let loss = model.nll(
             &batch,
@@ -138,20 +157,27 @@ pub fn run(bench: &BenchConfig) -> Result<BenchResult> {
         model = optim.step(1e-3, model, grads);
     }
     let train_s = start.elapsed().as_secs_f64();
+    let train_cpu = cpu_seconds().zip(cpu_start).map(|(end, start)| end - start);
     let valid = model.valid();
     let (ibatch, _) = synthetic(&config, bench.infer_batch, &mut rng);
     let _ = valid.generate(&ibatch, Decoding::Greedy, &mut rng);
-    let rounds = 3;
+    let rounds = 10;
     let start = Instant::now();
+    let cpu_start = cpu_seconds();
     for _ in 0..rounds {
         let _ = valid.generate(&ibatch, Decoding::Greedy, &mut rng);
     }
     let infer_s = start.elapsed().as_secs_f64();
+    let infer_cpu = cpu_seconds().zip(cpu_start).map(|(end, start)| end - start);
+    let per =
+        |samples: usize, secs: Option<f64>| secs.filter(|&s| s > 0.0).map(|s| samples as f64 / s);
     Ok(BenchResult {
         parameters,
         tokens,
         train_samples_per_s: (bench.steps * bench.batch) as f64 / train_s,
         infer_samples_per_s: (rounds * bench.infer_batch) as f64 / infer_s,
+        train_samples_per_cpu_s: per(bench.steps * bench.batch, train_cpu),
+        infer_samples_per_cpu_s: per(rounds * bench.infer_batch, infer_cpu),
         peak_rss_mib: peak_rss_mib(),
     })
 }

@@ -387,8 +387,14 @@ impl<'a> Dropout<'a> {
         let n: usize = dims.iter().product();
         let keep = 1.0 - self.p;
         let scale = (1.0 / keep) as f32;
-        let mask: Vec<f32> = (0..n)
-            .map(|_| if rng.random_bool(keep) { scale } else { 0.0 })
+        // One u32 per element, kept when below `keep * 2^32`: a quarter of the ChaCha output that
+        // `random_bool` (one u64 per element) draws, and a branch-free map.
+        let threshold = (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+        let mut bits = vec![0u32; n];
+        rng.fill(&mut bits[..]);
+        let mask: Vec<f32> = bits
+            .into_iter()
+            .map(|r| if r < threshold { scale } else { 0.0 })
             .collect();
         let mask = Tensor::<D>::from_data(TensorData::new(mask, dims), &x.device());
         x * mask
@@ -403,8 +409,25 @@ pub struct Dense {
 }
 
 impl Dense {
+    /// Folds every leading axis into the rows, so the product is one `[rows, d_in] @ [d_in, d_out]`
+    /// matmul (burn's `linear` keeps a batched matmul of `batch` small products when the rows per
+    /// sample are a multiple of 8, which on the CPU costs ~2x in per-call packing and dispatch).
     fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        ops::linear(x, self.weight.val(), Some(self.bias.val()))
+        let dims = x.dims();
+        if D <= 2 {
+            return ops::linear(x, self.weight.val(), Some(self.bias.val()));
+        }
+        let d_in = dims[D - 1];
+        let rows = dims.iter().take(D - 1).product::<usize>();
+        let [_, d_out] = self.weight.val().dims();
+        let y = ops::linear(
+            x.reshape([rows, d_in]),
+            self.weight.val(),
+            Some(self.bias.val()),
+        );
+        let mut out = dims;
+        out[D - 1] = d_out;
+        y.reshape(out)
     }
 }
 
@@ -431,9 +454,11 @@ pub struct Attention {
     out: Dense,
 }
 
-fn split_heads(x: Tensor<3>, head_dim: usize) -> Tensor<4> {
-    let [b, n, inner] = x.dims();
-    x.reshape([b, n, inner / head_dim, head_dim])
+/// `[b, n, parts * heads * head_dim]` -> `[b, parts * heads, n, head_dim]` as a strided view (no copy):
+/// the batched matmul reads any strides, so q, k and v are narrowed out of it without a transpose copy.
+fn head_view(x: Tensor<3>, head_dim: usize) -> Tensor<4> {
+    let [b, n, width] = x.dims();
+    x.reshape([b, n, width / head_dim, head_dim])
         .swap_dims(1, 2)
 }
 
@@ -465,40 +490,77 @@ impl Attention {
         bias: Tensor<4>,
         heads: usize,
     ) -> Tensor<3> {
+        let kv = match (&self.key_value, memory) {
+            (Some(kv), Some(memory)) => Some(kv.forward(memory)),
+            _ => None,
+        };
+        self.forward_projected(x, kv, bias, heads)
+    }
+
+    /// The keys and values of `memory` for cross-attention (`[b, m, 2 inner]`), computed once and reused
+    /// for every decoding step by [`MultimodalModel::generate`].
+    fn project_memory(&self, memory: Tensor<3>) -> Option<Tensor<3>> {
+        self.key_value.as_ref().map(|kv| kv.forward(memory))
+    }
+
+    /// Attention with the memory's keys and values already projected (`kv`, cross-attention) or none
+    /// (self-attention).
+    ///
+    /// The `1/sqrt(head_dim)` score scale is folded into the query projection (weights and bias of the
+    /// query columns are scaled, `[d, inner]`, instead of the `[b, h, n, head_dim]` queries), and q, k, v
+    /// are strided views of the projections, so the only copy is the head merge of the context.
+    fn forward_projected(
+        &self,
+        x: Tensor<3>,
+        kv: Option<Tensor<3>>,
+        bias: Tensor<4>,
+        heads: usize,
+    ) -> Tensor<3> {
         let [b, n, d_model] = x.dims();
         let head_dim = d_model / heads.max(1);
-        let [d, _] = self.out.weight.val().dims(); // heads * head_dim
-        let (q, k, v) = match (&self.key_value, memory) {
-            (Some(kv), Some(memory)) => {
-                let q = self.query.forward(x);
-                let mut kv = kv.forward(memory).split(d, 2);
-                let v = kv.pop();
-                let k = kv.pop();
-                match (k, v) {
-                    (Some(k), Some(v)) => (q, k, v),
-                    _ => unreachable!("split of 2d into d gives two parts"),
-                }
+        let [inner, _] = self.out.weight.val().dims(); // heads * head_dim
+        let h = inner / head_dim.max(1);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let weight = self.query.weight.val();
+        let qbias = self.query.bias.val();
+        let device = weight.device();
+        let (q, k, v) = match kv {
+            Some(kv) => {
+                let q = ops::linear(
+                    x.reshape([b * n, d_model]),
+                    weight.mul_scalar(scale),
+                    Some(qbias.mul_scalar(scale)),
+                )
+                .reshape([b, n, inner]);
+                let kv = head_view(kv, head_dim);
+                (
+                    head_view(q, head_dim),
+                    kv.clone().narrow(1, 0, h),
+                    kv.narrow(1, h, h),
+                )
             }
-            _ => {
-                let mut qkv = self.query.forward(x).split(d, 2);
-                let v = qkv.pop();
-                let k = qkv.pop();
-                let q = qkv.pop();
-                match (q, k, v) {
-                    (Some(q), Some(k), Some(v)) => (q, k, v),
-                    _ => unreachable!("split of 3d into d gives three parts"),
-                }
+            None => {
+                // Scale only the query columns of the fused [d, 3 inner] projection.
+                let mut col = vec![1f32; 3 * inner];
+                col[..inner].fill(scale);
+                let col = Tensor::<1>::from_data(TensorData::new(col, [3 * inner]), &device);
+                let qkv = ops::linear(
+                    x.reshape([b * n, d_model]),
+                    weight * col.clone().unsqueeze_dim(0),
+                    Some(qbias * col),
+                )
+                .reshape([b, n, 3 * inner]);
+                let qkv = head_view(qkv, head_dim);
+                (
+                    qkv.clone().narrow(1, 0, h),
+                    qkv.clone().narrow(1, h, h),
+                    qkv.narrow(1, 2 * h, h),
+                )
             }
         };
-        let (q, k, v) = (
-            split_heads(q, head_dim),
-            split_heads(k, head_dim),
-            split_heads(v, head_dim),
-        );
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3)) + bias;
+        let scores = q.matmul(k.swap_dims(2, 3)) + bias;
         let weights = activation::softmax(scores, 3);
-        let context = weights.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
+        let context = weights.matmul(v).swap_dims(1, 2).reshape([b, n, inner]);
         self.out.forward(context)
     }
 }
@@ -580,10 +642,13 @@ impl DecoderLayer {
         }
     }
 
+    /// `cross_kv`: the memory's keys and values of this layer's cross-attention when already projected
+    /// (greedy/sampled decoding reuses them across steps), else projected here.
     fn forward(
         &self,
         y: Tensor<3>,
         enc: &Encoded,
+        cross_kv: Option<Tensor<3>>,
         causal: Tensor<4>,
         heads: usize,
         drop: &mut Dropout,
@@ -592,9 +657,10 @@ impl DecoderLayer {
             .self_attn
             .forward(self.norm_self.forward(y.clone()), None, causal, heads);
         let y = y + drop.apply(a);
-        let c = self.cross_attn.forward(
+        let kv = cross_kv.or_else(|| self.cross_attn.project_memory(enc.memory.clone()));
+        let c = self.cross_attn.forward_projected(
             self.norm_cross.forward(y.clone()),
-            Some(enc.memory.clone()),
+            kv,
             enc.bias.clone(),
             heads,
         );
@@ -670,7 +736,40 @@ pub struct Batch {
     pub tabular: Option<TabularBatch>,
 }
 
+/// Samples per forward pass of [`MultimodalModel::generate`]: larger batches run in chunks of this size.
+pub const GENERATE_CHUNK: usize = 64;
+
 impl Batch {
+    /// The samples `range` of the batch (every modality sliced alike).
+    fn rows(&self, range: std::ops::Range<usize>) -> Batch {
+        let n = self.size.max(1);
+        let slice = |m: &Option<ModalityBatch>| {
+            m.as_ref().map(|m| {
+                let per = m.values.len() / n;
+                ModalityBatch {
+                    values: m.values[range.start * per..range.end * per].to_vec(),
+                    present: m.present[range.clone()].to_vec(),
+                }
+            })
+        };
+        let tabular = self.tabular.as_ref().map(|t| {
+            let num = t.numeric.len() / n;
+            let cat = t.categorical.len() / n;
+            TabularBatch {
+                numeric: t.numeric[range.start * num..range.end * num].to_vec(),
+                categorical: t.categorical[range.start * cat..range.end * cat].to_vec(),
+                present: t.present[range.clone()].to_vec(),
+            }
+        });
+        Batch {
+            size: range.len(),
+            questions: self.questions[range.clone()].to_vec(),
+            image: slice(&self.image),
+            audio: slice(&self.audio),
+            tabular,
+        }
+    }
+
     /// A batch of questions only.
     pub fn new(questions: Vec<Vec<u32>>) -> Self {
         Self {
@@ -960,13 +1059,26 @@ impl MultimodalModel {
 
     /// Decoder logits `[batch, steps, answer_vocab]` for decoder inputs `[batch, steps]` (starting with `<bos>`).
     pub fn decode(&self, enc: &Encoded, inputs: Tensor<2, Int>, drop: &mut Dropout) -> Tensor<3> {
+        self.decode_with(enc, None, inputs, drop)
+    }
+
+    /// [`decode`](Self::decode) with each decoder layer's cross-attention keys and values of the memory
+    /// given (`cross_kv[layer]`), or projected here when `None`.
+    fn decode_with(
+        &self,
+        enc: &Encoded,
+        cross_kv: Option<&[Tensor<3>]>,
+        inputs: Tensor<2, Int>,
+        drop: &mut Dropout,
+    ) -> Tensor<3> {
         let [_, steps] = inputs.dims();
         let mut y = ops::embedding(self.answer_embed.val(), inputs)
             + self.answer_pos.val().narrow(0, 0, steps).unsqueeze_dim(0);
         y = drop.apply(y);
         let causal = self.causal_bias(steps);
-        for layer in &self.decoder {
-            y = layer.forward(y, enc, causal.clone(), self.config.heads, drop);
+        for (i, layer) in self.decoder.iter().enumerate() {
+            let kv = cross_kv.and_then(|kv| kv.get(i).cloned());
+            y = layer.forward(y, enc, kv, causal.clone(), self.config.heads, drop);
         }
         self.head.forward(self.decoder_norm.forward(y))
     }
@@ -1035,8 +1147,31 @@ impl MultimodalModel {
     }
 
     /// Generates an answer per sample. The encoder runs once; the decoder reruns on the growing prefix
-    /// (answers are a few tokens, so a KV cache would not pay off).
+    /// (answers are a few tokens, so a self-attention KV cache would not pay off; the cross-attention
+    /// keys and values of the memory are projected once). Large batches run in chunks of
+    /// [`GENERATE_CHUNK`] samples (one after the other, rows in order), which keeps every activation
+    /// cache-sized: on the CPU a 256-sample encoder pass is memory-bound (fresh 10 MB buffers per op).
     pub fn generate(
+        &self,
+        batch: &Batch,
+        decoding: Decoding,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Generated> {
+        let chunk = GENERATE_CHUNK;
+        if batch.size <= chunk {
+            return self.generate_chunk(batch, decoding, rng);
+        }
+        let mut out = Vec::with_capacity(batch.size);
+        let mut start = 0;
+        while start < batch.size {
+            let end = (start + chunk).min(batch.size);
+            out.extend(self.generate_chunk(&batch.rows(start..end), decoding, rng));
+            start = end;
+        }
+        out
+    }
+
+    fn generate_chunk(
         &self,
         batch: &Batch,
         decoding: Decoding,
@@ -1046,6 +1181,12 @@ impl MultimodalModel {
         let vocab = self.config.answer_vocab;
         let device = self.device();
         let enc = self.encode(batch, &mut Dropout::off());
+        // The memory's cross-attention keys and values do not change between steps: project them once.
+        let cross_kv: Vec<Tensor<3>> = self
+            .decoder
+            .iter()
+            .filter_map(|layer| layer.cross_attn.project_memory(enc.memory.clone()))
+            .collect();
         let mut prefix: Vec<Vec<i64>> = vec![vec![i64::from(BOS)]; b];
         let mut out: Vec<Generated> = (0..b)
             .map(|_| Generated {
@@ -1060,7 +1201,7 @@ impl MultimodalModel {
             let flat: Vec<i64> = prefix.iter().flatten().copied().collect();
             let inputs = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, steps]), &device);
             let logits = self
-                .decode(&enc, inputs, &mut Dropout::off())
+                .decode_with(&enc, Some(&cross_kv), inputs, &mut Dropout::off())
                 .narrow(1, step, 1)
                 .reshape([b, vocab]);
             let logits: Vec<f32> = logits.into_data().try_into_vec::<f32>().unwrap_or_default();
@@ -1168,4 +1309,45 @@ fn absent_mask(present: &[bool], tokens: usize) -> Vec<bool> {
         .iter()
         .flat_map(|&pr| std::iter::repeat_n(!pr, tokens))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch larger than [`GENERATE_CHUNK`] runs in chunks; every row must come out as if it had been
+    /// generated alone (rows are independent, chunk boundaries and padding change nothing).
+    #[test]
+    fn chunked_generation_matches_rows_generated_alone() -> Result<()> {
+        let mut config = ModelConfig::preset(Preset::Tiny);
+        config.question_vocab = 30;
+        config.answer_vocab = 12;
+        config.numeric_features = 2;
+        config.categorical_cardinalities = vec![3];
+        let model = config.init(&Device::flex(), 7)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let n = GENERATE_CHUNK + 9;
+        let questions: Vec<Vec<u32>> = (0..n)
+            .map(|i| (0..1 + i % 5).map(|_| rng.random_range(2..30)).collect())
+            .collect();
+        let mut batch = Batch::new(questions);
+        batch.tabular = Some(TabularBatch {
+            numeric: (0..n * 2).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            categorical: (0..n as u32).map(|i| i % 4).collect(),
+            present: (0..n).map(|i| i % 3 != 0).collect(),
+        });
+        let all = model.generate(&batch, Decoding::Greedy, &mut rng);
+        assert_eq!(all.len(), n);
+        for (i, got) in all.iter().enumerate() {
+            let alone = model.generate(&batch.rows(i..i + 1), Decoding::Greedy, &mut rng);
+            assert_eq!(got.tokens, alone[0].tokens, "row {i}");
+            assert!(
+                (got.logprob - alone[0].logprob).abs() < 1e-4,
+                "row {i}: {} vs {}",
+                got.logprob,
+                alone[0].logprob
+            );
+        }
+        Ok(())
+    }
 }
