@@ -13,6 +13,9 @@ pub const BOS: u32 = 2;
 /// End-of-answer id (answer vocabulary only): the last decoder target.
 pub const EOS: u32 = 3;
 
+/// The abstention answer: a model that says it is not sure rather than guessing.
+pub const UNSURE: &str = "unsure";
+
 /// Special tokens of the question vocabulary, in id order.
 pub const QUESTION_SPECIALS: [&str; 2] = ["<pad>", "<unk>"];
 /// Special tokens of the answer vocabulary, in id order.
@@ -95,8 +98,16 @@ impl Vocab {
             .collect()
     }
 
-    /// The answer text of generated ids (special tokens other than `<unk>` are skipped).
+    /// The answer text of generated ids (special tokens other than `<unk>` are skipped). `unsure` is a
+    /// whole answer: ids that contain the [`UNSURE`] token (an answer word, or the `<unk>` slot an rl
+    /// artifact names so) decode to just `unsure`, whatever greedy decoding emitted around it.
     pub fn decode_answer(&self, ids: &[u32]) -> String {
+        if ids
+            .iter()
+            .any(|&i| self.answer.get(i as usize).is_some_and(|w| w == UNSURE))
+        {
+            return UNSURE.to_owned();
+        }
         ids.iter()
             .filter(|&&i| i == UNK || i as usize >= ANSWER_SPECIALS.len())
             .map(|&i| self.answer.get(i as usize).map_or("<unk>", String::as_str))
@@ -129,5 +140,21 @@ mod tests {
         assert_eq!(v.decode_answer(&ids), "1 2");
         assert_eq!(v.encode_answer("maybe", 4), [UNK]);
         assert_eq!(normalize_answer("  Yes "), "yes");
+    }
+
+    #[test]
+    fn an_answer_containing_unsure_decodes_to_unsure() {
+        let mut v = Vocab::fit([("how many", "7 3"), ("which", "unsure")]);
+        let unsure = v.encode_answer("unsure", 1)[0];
+        let seven = v.encode_answer("7", 1)[0];
+        assert_eq!(v.decode_answer(&[unsure, seven]), "unsure");
+        assert_eq!(v.decode_answer(&[seven, unsure]), "unsure");
+        assert_eq!(v.decode_answer(&[seven]), "7");
+        // Without an `unsure` word, `<unk>` stays `<unk>` and does not swallow the answer.
+        let plain = Vocab::fit([("how many", "7 3")]);
+        assert_eq!(plain.decode_answer(&[UNK, seven]), "<unk> 7");
+        // An rl artifact names the `<unk>` slot `unsure`.
+        v.answer[UNK as usize] = UNSURE.to_owned();
+        assert_eq!(v.decode_answer(&[seven, UNK, seven]), "unsure");
     }
 }

@@ -35,8 +35,9 @@ pub struct CompareRow {
 }
 
 /// The RL variants compared by default: GRPO, RLOO and PPO on exact match; GRPO on exact match + token
-/// F1 + numeric closeness; GRPO on the abstention reward (with epsilon 0.3 -> 0.02 so `unsure` gets tried, and 5x the learning rate: Adam moves the never-seen
-/// `unsure` logit by about lr per step).
+/// F1 + numeric closeness; GRPO on the abstention reward (the `unsure` row mean-initialized so that the
+/// starting policy abstains on the 10% least confident train prompts, no epsilon: random tokens are no
+/// way to discover abstention, and the abstention reward scores them like any wrong answer).
 pub fn default_variants(base: &RlConfig) -> Vec<(String, RlConfig)> {
     let spec = |name: &str, weight: f64| RewardSpec {
         name: name.into(),
@@ -76,14 +77,8 @@ pub fn default_variants(base: &RlConfig) -> Vec<(String, RlConfig)> {
         (
             "grpo abstention".into(),
             RlConfig {
-                // `unsure` starts near probability 0: explore harder so the policy ever tries it.
-                epsilon: crate::algo::Decay {
-                    start: 0.3,
-                    end: 0.02,
-                    kind: crate::algo::DecayKind::Linear,
-                    steps: 0,
-                },
-                lr: base.lr * 5.0,
+                unsure_init: Some(base.unsure_init.unwrap_or(0.1)),
+                epsilon: crate::algo::Decay::constant(0.0),
                 ..with(Algorithm::Grpo, vec![spec("abstention", 1.0)])
             },
         ),
@@ -237,6 +232,48 @@ pub fn markdown(rows: &[CompareRow]) -> String {
             m.confident_wrong,
             m.unsure,
             r.seconds
+        ));
+    }
+    s
+}
+
+/// Comparisons of several seeds as one Markdown table: each metric as `mean ± half-range` over the seeds
+/// (rows matched by name, in the first seed's order).
+pub fn markdown_seeds(per_seed: &[(u64, Vec<CompareRow>)]) -> String {
+    let seeds: Vec<String> = per_seed.iter().map(|(s, _)| s.to_string()).collect();
+    let mut s = format!(
+        "Seeds {}; each cell: mean ± half the range over the seeds.\n\n| run | fwd+bwd passes | val EM | EM multi-token | numeric closeness (count_*) | numeric closeness (all numeric) | confident wrong | unsure | seconds |\n|---|---|---|---|---|---|---|---|---|\n",
+        seeds.join(", ")
+    );
+    let Some((_, first)) = per_seed.first() else {
+        return s;
+    };
+    for row in first {
+        let runs: Vec<&CompareRow> = per_seed
+            .iter()
+            .filter_map(|(_, rows)| rows.iter().find(|r| r.name == row.name))
+            .collect();
+        let cell = |f: &dyn Fn(&CompareRow) -> f64| {
+            let v: Vec<f64> = runs.iter().map(|r| f(r)).filter(|x| !x.is_nan()).collect();
+            if v.is_empty() {
+                return "-".to_owned();
+            }
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{mean:.3} ± {:.3}", (hi - lo) / 2.0)
+        };
+        let secs = runs.iter().map(|r| r.seconds).sum::<f64>() / runs.len().max(1) as f64;
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {secs:.0} |\n",
+            row.name,
+            row.train_passes,
+            cell(&|r| r.metrics.exact_match),
+            cell(&|r| r.metrics.exact_match_multi_token),
+            cell(&|r| r.metrics.numeric_closeness_counting),
+            cell(&|r| r.metrics.numeric_closeness),
+            cell(&|r| r.metrics.confident_wrong),
+            cell(&|r| r.metrics.unsure),
         ));
     }
     s

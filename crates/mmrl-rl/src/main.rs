@@ -25,7 +25,19 @@ enum Command {
     Rl(StageArgs),
     /// Continued sft vs GRPO, RLOO, PPO (and reward variants) at matched compute; prints a Markdown table.
     /// Same inputs as `rl`; --output is a scratch folder for the runs (the table goes there as well).
-    Compare(StageArgs),
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    stage: StageArgs,
+    /// Seeds to run (comma-separated); the table then shows mean ± half-range. Default: --seed alone.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<u64>,
+    /// Only these variants (comma-separated names, e.g. `grpo,grpo abstention`); default: all.
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<String>,
 }
 
 fn inputs(args: &StageArgs) -> anyhow::Result<RlInputs> {
@@ -81,7 +93,8 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Compare(args) => {
+        Command::Compare(cargs) => {
+            let args = cargs.stage;
             let Some(cfg) = config(&args, RlConfig::validate).map_err(|e| anyhow!(e))? else {
                 return Ok(());
             };
@@ -96,16 +109,50 @@ fn main() -> anyhow::Result<()> {
             let output = args.output().map_err(|e| anyhow!(e))?;
             std::fs::create_dir_all(output)
                 .with_context(|| format!("creating {}", output.display()))?;
-            let variants = compare::default_variants(&cfg);
-            let rows = compare::run(&cfg, args.seed, &inputs, output, &variants, |r| {
-                tracing::info!(run = %r.name, val_exact_match = format!("{:.4}", r.metrics.exact_match), seconds = format!("{:.0}", r.seconds), "compare");
-            })?;
-            let table = compare::markdown(&rows);
+            let mut variants = compare::default_variants(&cfg);
+            if !cargs.variants.is_empty() {
+                for v in &cargs.variants {
+                    if !variants.iter().any(|(n, _)| n == v) {
+                        let names: Vec<&str> = variants.iter().map(|(n, _)| n.as_str()).collect();
+                        return Err(anyhow!(
+                            "--variants: unknown variant {v:?}; known: {names:?}"
+                        ));
+                    }
+                }
+                variants.retain(|(n, _)| cargs.variants.contains(n));
+            }
+            let seeds = if cargs.seeds.is_empty() {
+                vec![args.seed]
+            } else {
+                cargs.seeds.clone()
+            };
+            let mut per_seed = Vec::new();
+            for &seed in &seeds {
+                let dir = if seeds.len() > 1 {
+                    output.join(format!("seed{seed}"))
+                } else {
+                    output.to_path_buf()
+                };
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let rows = compare::run(&cfg, seed, &inputs, &dir, &variants, |r| {
+                    tracing::info!(seed, run = %r.name, val_exact_match = format!("{:.4}", r.metrics.exact_match), seconds = format!("{:.0}", r.seconds), "compare");
+                })?;
+                let table = compare::markdown(&rows);
+                std::fs::write(dir.join("compare.md"), &table)?;
+                std::fs::write(dir.join("compare.json"), serde_json::to_vec_pretty(&rows)?)?;
+                per_seed.push((seed, rows));
+            }
+            let table = if per_seed.len() > 1 {
+                compare::markdown_seeds(&per_seed)
+            } else {
+                compare::markdown(&per_seed[0].1)
+            };
             println!("{table}");
             std::fs::write(output.join("compare.md"), &table)?;
             std::fs::write(
                 output.join("compare.json"),
-                serde_json::to_vec_pretty(&rows)?,
+                serde_json::to_vec_pretty(&per_seed)?,
             )?;
         }
     }

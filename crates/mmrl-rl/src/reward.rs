@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// The answer an abstaining policy gives.
-pub const UNSURE: &str = "unsure";
+pub const UNSURE: &str = mmrl_model::vocab::UNSURE;
 
 /// What a reward sees of one rollout.
 #[derive(Debug, Clone, Copy)]

@@ -98,6 +98,17 @@ pub struct RlConfig {
     pub dynamic_sampling: bool,
     /// Extra generation rounds of dynamic sampling per step.
     pub dynamic_sampling_tries: usize,
+    /// With the `abstention` reward: the last this many answers of each group are replaced by `unsure`
+    /// (forced exploration of the abstain action, which the sft model gives almost no probability; like
+    /// epsilon-drawn tokens they are trained as on-policy, the ratio being taken against the current
+    /// policy). 0: off.
+    pub unsure_probes: usize,
+    /// When `unsure` is the `<unk>` slot (see the crate README): start its output row as the mean of the
+    /// answer words' rows (new-token mean initialization), its bias raised so that `unsure` is the greedy
+    /// first token on this fraction of train prompts, those where the best answer leads the mean answer
+    /// logit least (the least confident). RL then moves it where abstaining pays. `None`: keep the slot as
+    /// sft left it (pushed far down: the policy practically never tries `unsure`).
+    pub unsure_init: Option<f64>,
     /// Rewards and their weights.
     pub rewards: Vec<RewardSpec>,
     /// Parameters of the built-in rewards.
@@ -138,10 +149,10 @@ impl Default for RlConfig {
             grad_accum: 1,
             clip_low: 0.2,
             clip_high: 0.28,
-            kl_beta: 0.02,
+            kl_beta: 0.05,
             advantage_scale: AdvantageScale::Group,
             loss_aggregation: LossAggregation::TokenMean,
-            lr: 3e-4,
+            lr: 1e-4,
             weight_decay: 0.0,
             grad_clip: 1.0,
             schedule: ScheduleConfig {
@@ -161,6 +172,8 @@ impl Default for RlConfig {
             entropy: EntropyConfig::default(),
             dynamic_sampling: false,
             dynamic_sampling_tries: 1,
+            unsure_probes: 0,
+            unsure_init: Some(0.1),
             rewards: vec![RewardSpec {
                 name: "exact_match".into(),
                 weight: 1.0,
@@ -300,6 +313,31 @@ impl RlConfig {
             ));
         }
         validate_specs(&self.rewards, custom_rewards.to_vec())?;
+        if let Some(q) = self.unsure_init
+            && !(0.0..1.0).contains(&q)
+        {
+            return Err(cfg_err(
+                "unsure_init",
+                format!("must be a fraction of prompts in [0, 1), got {q}"),
+            ));
+        }
+        if self.unsure_probes > 0 {
+            if !self.rewards.iter().any(|r| r.name == "abstention") {
+                return Err(cfg_err(
+                    "unsure_probes",
+                    "needs the abstention reward in [[rewards]] (it scores `unsure`); set it to 0 or add the reward",
+                ));
+            }
+            if self.unsure_probes >= self.group_size {
+                return Err(cfg_err(
+                    "unsure_probes",
+                    format!(
+                        "must be below group_size {} (a group needs sampled answers), got {}",
+                        self.group_size, self.unsure_probes
+                    ),
+                ));
+            }
+        }
         let p = &self.reward_params;
         if p.numeric_scale.is_nan() || p.numeric_scale <= 0.0 {
             return Err(cfg_err("reward_params.numeric_scale", "must be positive"));
@@ -511,6 +549,9 @@ pub struct RlReport {
     pub zero_variance_fraction: f64,
     /// Whether `unsure` is the answer vocabulary's `<unk>` slot (see the crate README).
     pub unsure_uses_unk_slot: bool,
+    /// The bias offset `unsure_init` gave the `unsure` row (`None`: not initialized).
+    #[serde(default)]
+    pub unsure_init_offset: Option<f64>,
     /// Train / val samples.
     pub train_samples: usize,
     /// Val samples.
@@ -806,6 +847,14 @@ fn rollouts(
             t
         }));
     }
+    if let Some(u) = ctx.unsure {
+        let probes = ctx.config.unsure_probes;
+        for (k, a) in answers.iter_mut().enumerate() {
+            if k % g >= g - probes {
+                *a = vec![u];
+            }
+        }
+    }
     let old = token_logprobs(policy, ctx, &items, &answers);
     let reference = if ctx.config.kl_beta > 0.0 {
         token_logprobs(ctx.reference, ctx, &items, &answers)
@@ -930,6 +979,104 @@ fn load_start(model_dir: &Path, device: DeviceKind) -> Result<mmrl_model::predic
     })
 }
 
+/// The bias offset of [`init_answer_row`] for token `id = <unk>` at which it is the greedy first token on
+/// about a fraction `q` of (up to 512) train prompts: the `q`-quantile of `log p(best) - log p(unsure)` with
+/// the offset at 0.
+fn unsure_offset(
+    model: &MultimodalModel,
+    data: &Dataset,
+    vocab: &Vocab,
+    train: &[usize],
+    q: f64,
+    config: &RlConfig,
+) -> Result<f32> {
+    let m = init_answer_row(model.clone(), UNK, 0.0);
+    let mut gaps = Vec::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let take = &train[..train.len().min(512)];
+    for chunk in take.chunks(config.eval_batch_size) {
+        let items: Vec<(usize, usize)> = chunk.iter().map(|&i| (i, 0)).collect();
+        let (batch, _) = data.batch(&items, vocab, m.config(), None);
+        let best = m.generate(&batch, Decoding::Greedy, &mut rng);
+        let answers = vec![vec![UNK]; items.len()];
+        let s = m.score(&batch, &answers, &mut Dropout::off());
+        let [_, steps] = s.token_logprobs.dims();
+        let lp: Vec<f32> = s
+            .token_logprobs
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap_or_default();
+        for (r, g) in best.iter().enumerate() {
+            if let (Some(&b), Some(&u)) = (g.token_logprobs.first(), lp.get(r * steps)) {
+                gaps.push(b - u);
+            }
+        }
+    }
+    if gaps.is_empty() {
+        return Err(cfg_err("unsure_init", "no train prompt to calibrate on"));
+    }
+    gaps.sort_by(f32::total_cmp);
+    let k = ((gaps.len() as f64 * q) as usize).min(gaps.len() - 1);
+    // Just above the k-th smallest gap: `unsure` wins on the k least confident prompts.
+    Ok(if k == 0 {
+        gaps[0] - 1.0
+    } else {
+        (gaps[k - 1] + gaps[k]) / 2.0
+    })
+}
+
+/// Sets the output row of answer token `id` (column `id` of `head.weight`, entry `id` of `head.bias`) to the
+/// mean over the answer words (ids from [`ANSWER_SPECIALS`] on), the bias `offset` above their mean.
+pub fn init_answer_row(model: MultimodalModel, id: u32, offset: f32) -> MultimodalModel {
+    use burn::module::{ModuleMapper, Param};
+    use burn::tensor::{Tensor, TensorData};
+    struct Init {
+        path: Vec<String>,
+        id: usize,
+        offset: f32,
+    }
+    impl ModuleMapper for Init {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_owned());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let path = self.path.join(".");
+            if path != "head.weight" && path != "head.bias" {
+                return param;
+            }
+            let shape = param.lazy_shape().to_vec();
+            let device = param.lazy_device();
+            let id = param.id;
+            let mut v: Vec<f32> = param
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap_or_default();
+            let cols = *shape.last().unwrap_or(&0);
+            let words = ANSWER_SPECIALS.len()..cols;
+            if self.id < cols && !words.is_empty() {
+                let n = words.len() as f32;
+                for row in v.chunks_mut(cols) {
+                    let mean = row[words.clone()].iter().sum::<f32>() / n;
+                    row[self.id] = if D == 1 { mean + self.offset } else { mean };
+                }
+            }
+            let t = Tensor::<D>::from_data(TensorData::new(v, shape), &device);
+            param.transform_for_load(t, id)
+        }
+    }
+    let mut m = Init {
+        path: Vec::new(),
+        id: id as usize,
+        offset,
+    };
+    model.map(&mut m)
+}
+
 /// Runs the stage: fine-tunes the model of `inputs.model` and commits the artifact at `output`.
 pub fn run(
     config: &RlConfig,
@@ -974,7 +1121,18 @@ pub fn run(
             .insert(normalize_answer(&s.answer));
     }
     let model_config = start.model.config().clone();
-    let reference = start.model.reference();
+    let unsure_init = match config.unsure_init.filter(|_| unsure_slot) {
+        Some(q) => Some((
+            UNK,
+            unsure_offset(&start.model, &data, &vocab, &train, q, config)?,
+        )),
+        None => None,
+    };
+    let start_model = match unsure_init {
+        Some((id, offset)) => init_answer_row(start.model, id, offset),
+        None => start.model,
+    };
+    let reference = start_model.reference();
 
     let key = format!(
         "{}|{seed}|{}|{}|{}|{}|{}",
@@ -991,6 +1149,9 @@ pub fn run(
     let device = base.clone().autodiff();
     let model_file = Artifact::open(&inputs.model)?.file("model.bpk")?;
     let mut policy = load_model(model_config.init(&device, 0)?, &model_file)?;
+    if let Some((id, offset)) = unsure_init {
+        policy = init_answer_row(policy, id, offset);
+    }
     let mut optim = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
         .with_epsilon(1e-8)
@@ -1410,8 +1571,15 @@ pub fn run(
             got.rows.iter().map(|r| r.tokens.len() as f64).sum::<f64>() / fresh_n.max(1) as f64,
             match ctx.unsure {
                 Some(u) => {
-                    got.rows.iter().filter(|r| r.tokens == [u]).count() as f64
-                        / fresh_n.max(1) as f64
+                    // Sampled answers only: the `unsure_probes` slots are `unsure` by construction.
+                    let sampled = g - config.unsure_probes;
+                    let n = got
+                        .rows
+                        .iter()
+                        .enumerate()
+                        .filter(|(k, r)| k % g < sampled && r.tokens == [u])
+                        .count();
+                    n as f64 / (fresh_n / g * sampled).max(1) as f64
                 }
                 None => f64::NAN,
             },
@@ -1572,6 +1740,7 @@ pub fn run(
         final_reward: last.iter().sum::<f64>() / last.len().max(1) as f64,
         zero_variance_fraction: state.zero_groups.0 as f64 / state.zero_groups.1.max(1) as f64,
         unsure_uses_unk_slot: unsure_slot,
+        unsure_init_offset: unsure_init.map(|(_, o)| f64::from(o)),
         train_samples: train.len(),
         val_samples: val.len(),
     };

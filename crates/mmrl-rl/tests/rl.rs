@@ -250,6 +250,74 @@ fn abstention_names_the_unk_slot_unsure() {
     assert_eq!(trained.vocab.encode_answer("unsure", 4), [1]);
 }
 
+/// Abstention is right for a policy that cannot answer: with `unsure` rewarded 0.5 and every real answer
+/// rewarded 0 (the reward of a wrong answer), probes make the policy say `unsure`, and greedy val decoding
+/// reports it.
+#[test]
+fn unsure_probes_teach_a_policy_to_abstain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = sft_model(dir.path());
+    let cfg = RlConfig {
+        steps: 12,
+        unsure_probes: 1,
+        // Probes alone: the `unsure` row starts where sft left it (practically never generated).
+        unsure_init: None,
+        epsilon: Decay::constant(0.0),
+        rewards: vec![spec("abstention", 1.0)],
+        reward_params: mmrl_rl::reward::RewardParams {
+            abstain_right: 1.0,
+            abstain_unsure: 0.5,
+            abstain_wrong: 0.0,
+            ..Default::default()
+        },
+        ..tiny(Algorithm::Grpo)
+    };
+    let out = dir.path().join("rl");
+    let report =
+        done(stage::run(&cfg, 3, &RlInputs { model, data }, &out, Hooks::default()).unwrap());
+    let artifact = Artifact::open(&out).unwrap();
+    let unsure = column(&artifact, "metrics_steps", "unsure_fraction");
+    assert!(unsure[0] < 0.2, "{unsure:?}");
+    assert!(
+        report.final_metrics.unsure > report.initial.unsure + 0.2,
+        "{:?} -> {:?}",
+        report.initial,
+        report.final_metrics
+    );
+}
+
+/// Mean initialization of the `unsure` row: its logit is the mean answer-word logit plus the offset, so
+/// the mean over words of `log p(unsure) - log p(word)` is exactly the offset, for every prompt.
+#[test]
+fn unsure_row_starts_at_the_mean_answer_logit_plus_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, inputs) = sft_model(dir.path());
+    let trained = load_trained(&model, DeviceKind::Cpu).unwrap();
+    let data = mmrl_model::data::Dataset::load(&inputs).unwrap();
+    let words: Vec<u32> = (4..trained.vocab.answer.len() as u32).collect();
+    for offset in [0.0f32, 1.5] {
+        let m = stage::init_answer_row(trained.model.clone(), 1, offset);
+        for sample in [0usize, 7] {
+            let mut answers = vec![vec![1u32]];
+            answers.extend(words.iter().map(|&w| vec![w]));
+            let items = vec![(sample, 0); answers.len()];
+            let (batch, _) = data.batch(&items, &trained.vocab, m.config(), None);
+            let s = m.score(&batch, &answers, &mut mmrl_model::Dropout::off());
+            let [_, steps] = s.token_logprobs.dims();
+            let lp: Vec<f32> = s.token_logprobs.into_data().try_into_vec::<f32>().unwrap();
+            let unsure = lp[0];
+            let mean_gap = (1..answers.len())
+                .map(|r| unsure - lp[r * steps])
+                .sum::<f32>()
+                / words.len() as f32;
+            assert!(
+                (mean_gap - offset).abs() < 1e-3,
+                "offset {offset}: gap {mean_gap}"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_input_fails_before_training_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -300,6 +368,28 @@ fn bad_input_fails_before_training_with_clear_errors() {
                 ..base.clone()
             },
             "weights sum to zero",
+        ),
+        (
+            RlConfig {
+                unsure_probes: 1,
+                ..base.clone()
+            },
+            "unsure_probes: needs the abstention reward",
+        ),
+        (
+            RlConfig {
+                unsure_probes: 4,
+                rewards: vec![spec("abstention", 1.0)],
+                ..base.clone()
+            },
+            "unsure_probes: must be below group_size 4",
+        ),
+        (
+            RlConfig {
+                unsure_init: Some(1.5),
+                ..base.clone()
+            },
+            "unsure_init: must be a fraction of prompts in [0, 1), got 1.5",
         ),
     ];
     for (cfg, want) in &cases {
