@@ -57,8 +57,29 @@ fn mask_smallest(values: &[f32], k: usize) -> Vec<f32> {
     mask
 }
 
+/// Whether an override key names `path` or a module above it (`encoder.1` matches `encoder.1.ff.up.weight`,
+/// not `encoder.10.ff.up.weight`).
+fn key_matches(key: &str, path: &str) -> bool {
+    path == key
+        || path
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// Override keys that match no prunable parameter (typos such as `encodr.0`), in key order.
+pub fn unmatched_layer_keys(
+    state: &State,
+    overrides: &std::collections::BTreeMap<String, f64>,
+) -> Vec<String> {
+    overrides
+        .keys()
+        .filter(|k| !state.keys().any(|p| prunable(p) && key_matches(k, p)))
+        .cloned()
+        .collect()
+}
+
 /// Sparsity per prunable parameter path: `target` everywhere, or the per-path `overrides`
-/// (a key matches every path that starts with it).
+/// (a key matches the path it names and every path below it; the longest matching key wins).
 pub fn layer_targets(
     state: &State,
     target: f64,
@@ -70,7 +91,7 @@ pub fn layer_targets(
         .map(|p| {
             let s = overrides
                 .iter()
-                .filter(|(k, _)| p.starts_with(k.as_str()))
+                .filter(|(k, _)| key_matches(k, p))
                 .max_by_key(|(k, _)| k.len())
                 .map_or(target, |(_, &v)| v);
             (p.clone(), s)

@@ -27,6 +27,7 @@ use crate::params::{Masks, apply_masks, load_state, state};
 use crate::quant::{Bits, QuantSpec, quantize};
 use crate::sparse::{
     LayerSparsity, Scope, cubic_sparsity, layer_targets, magnitude_masks, measure,
+    unmatched_layer_keys,
 };
 use crate::structured::{
     Importance, LayerKeep, heads_to_remove, magnitude_scores, plan, shrink, taylor_scores,
@@ -459,6 +460,12 @@ pub fn sparse_variant(
 ) -> Result<(MultimodalModel, Vec<LayerSparsity>, f64)> {
     fraction("sparse.sparsity", sc.sparsity)?;
     let st = state(model);
+    if let Some(key) = unmatched_layer_keys(&st, &sc.layers).first() {
+        return Err(config_err(
+            &format!("sparse.layers.{key:?}"),
+            "matches no prunable weight; name a module path such as \"encoder.0\" or \"decoder.0.ff\"",
+        ));
+    }
     let targets = layer_targets(&st, sc.sparsity, &sc.layers);
     let steps = sc.recovery.steps;
     let end = ((steps as f64 * sc.ramp).round() as u64).min(steps);

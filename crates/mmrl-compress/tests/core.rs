@@ -8,7 +8,7 @@ use mmrl_compress::Error;
 use mmrl_compress::params::{apply_masks, is_quantized, state};
 use mmrl_compress::quant::{Bits, QuantSpec, dequantize, quantize};
 use mmrl_compress::sparse::{
-    Scope, cubic_sparsity, layer_targets, magnitude_masks, measure, prunable,
+    Scope, cubic_sparsity, layer_targets, magnitude_masks, measure, prunable, unmatched_layer_keys,
 };
 use mmrl_compress::structured::{magnitude_scores, masks, plan, shrink};
 use mmrl_model::model::{ModalityBatch, TabularBatch};
@@ -117,6 +117,27 @@ fn cubic_schedule_rises_from_initial_to_target() {
     // Cubic: most of the pruning happens early.
     assert!(s[5] > 0.8 * 0.8);
     assert_eq!(cubic_sparsity(20, 0, 10, 0.0, 0.8), 0.8);
+}
+
+#[test]
+fn per_layer_overrides_match_whole_path_segments_and_typos_are_found() {
+    let st = state(&model(1));
+    let overrides: std::collections::BTreeMap<String, f64> = [
+        ("encoder.1".to_owned(), 0.3),
+        ("encoder.1.ff".to_owned(), 0.7),
+        ("encodr.0".to_owned(), 0.5),
+        ("encoder.0.at".to_owned(), 0.5),
+    ]
+    .into();
+    let targets = layer_targets(&st, 0.5, &overrides);
+    // The longest matching key wins; a key names a module, not a prefix of a segment.
+    assert_eq!(targets["encoder.1.ff.up.weight"], 0.7);
+    assert_eq!(targets["encoder.1.attn.query.weight"], 0.3);
+    assert_eq!(targets["encoder.0.attn.query.weight"], 0.5);
+    assert_eq!(
+        unmatched_layer_keys(&st, &overrides),
+        ["encoder.0.at".to_owned(), "encodr.0".to_owned()]
+    );
 }
 
 #[test]
