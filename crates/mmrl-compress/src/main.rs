@@ -62,6 +62,17 @@ enum Command {
 }
 
 fn input_paths(args: &StageArgs) -> anyhow::Result<InputPaths> {
+    const KNOWN: [&str; 5] = ["model", "samples", "image", "audio", "tabular"];
+    if let Some((name, _)) = args
+        .inputs
+        .iter()
+        .find(|(n, _)| !KNOWN.contains(&n.as_str()))
+    {
+        return Err(anyhow!(
+            "unknown input {name:?}; compress reads {}",
+            KNOWN.join(", ")
+        ));
+    }
     let optional = |name: &str| {
         args.inputs
             .iter()
@@ -116,8 +127,8 @@ fn main() -> anyhow::Result<()> {
             let Some(cfg) = config(&args, CompressConfig::validate).map_err(|e| anyhow!(e))? else {
                 return Ok(());
             };
-            let model = args.input("model").map_err(|e| anyhow!(e))?.to_path_buf();
             let inputs = input_paths(&args)?;
+            let model = args.input("model").map_err(|e| anyhow!(e))?.to_path_buf();
             let output = args.output().map_err(|e| anyhow!(e))?;
             let report = stage::run(&cfg, args.seed, &model, &inputs, output)
                 .with_context(|| format!("compress into {}", output.display()))?;

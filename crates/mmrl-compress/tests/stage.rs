@@ -363,3 +363,24 @@ fn bad_inputs_are_clear_errors() {
     assert!(matches!(err, Error::Input { .. }), "{err}");
     assert!(!out.exists(), "no artifact is committed on error");
 }
+
+#[test]
+fn the_binary_names_an_unknown_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmrl-compress"))
+        .args(["compress", "--input"])
+        .arg(format!("modle={}", dir.path().display()))
+        .arg("--input")
+        .arg(format!("samples={}", dir.path().display()))
+        .arg("--output")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown input \"modle\"") && stderr.contains("model, samples"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out").exists());
+}
