@@ -556,6 +556,20 @@ fn prepare_study_dir(dir: &Path, key: &str) -> Result<()> {
                     .map(str::to_owned)
             });
         if old.as_deref() != Some(key) {
+            // Never delete a study another hpo process is running: hold its lock while removing it.
+            let lock_path = dir.join(crate::study::LOCK_FILE);
+            let _held = match std::fs::File::open(&lock_path) {
+                Ok(lock) => match lock.try_lock() {
+                    Ok(()) => Some(lock),
+                    Err(e) => {
+                        return Err(Error::Busy(format!(
+                            "study {} is in use by another hpo process ({e}); it was started with another config",
+                            dir.display()
+                        )));
+                    }
+                },
+                Err(_) => None,
+            };
             tracing::info!(study = %dir.display(), "the config changed: starting a fresh study");
             std::fs::remove_dir_all(dir).map_err(io("removing", dir))?;
         }
@@ -805,4 +819,27 @@ pub fn state_counts(trials: &[TrialRecord]) -> BTreeMap<TrialState, u64> {
         *m.entry(t.state).or_default() += 1;
     }
     m
+}
+
+#[cfg(test)]
+mod study_dir_tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_config_never_deletes_a_study_in_use() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("study");
+        prepare_study_dir(&dir, "old").unwrap();
+        std::fs::write(dir.join("journal.jsonl"), "{}\n").unwrap();
+        let lock = std::fs::File::create(dir.join(crate::study::LOCK_FILE)).unwrap();
+        lock.lock().unwrap();
+        let err = prepare_study_dir(&dir, "new").unwrap_err().to_string();
+        assert!(err.contains("in use"), "{err}");
+        assert!(dir.join("journal.jsonl").exists(), "the live study is kept");
+        lock.unlock().unwrap();
+        prepare_study_dir(&dir, "new").unwrap();
+        assert!(!dir.join("journal.jsonl").exists(), "a fresh study");
+        let meta = std::fs::read_to_string(dir.join("study.json")).unwrap();
+        assert!(meta.contains("\"new\""), "{meta}");
+    }
 }
