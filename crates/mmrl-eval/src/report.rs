@@ -443,9 +443,17 @@ pub fn headline_table(m: &MetricsFile) -> String {
     if m.cross_modal.ours_beats_all {
         out.push_str("cross-modal questions: ours beats every baseline and ablation\n");
     } else {
+        let shown = 4;
+        let list = &m.cross_modal.not_beaten;
+        let more = list.len().saturating_sub(shown);
         out.push_str(&format!(
-            "cross-modal questions: not beaten by ours: {}\n",
-            m.cross_modal.not_beaten.join("; ")
+            "cross-modal questions: not beaten by ours: {}{}\n",
+            list[..list.len().min(shown)].join("; "),
+            if more > 0 {
+                format!("; and {more} more (report.md)")
+            } else {
+                String::new()
+            }
         ));
     }
     out
