@@ -2,6 +2,7 @@
 //! `load_models`, masks surviving fine-tuning, determinism, bad inputs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../mmrl-model/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
