@@ -73,18 +73,7 @@ fn input_paths(args: &StageArgs) -> anyhow::Result<InputPaths> {
             KNOWN.join(", ")
         ));
     }
-    let optional = |name: &str| {
-        args.inputs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| p.clone())
-    };
-    Ok(InputPaths {
-        samples: args.input("samples").map_err(|e| anyhow!(e))?.to_path_buf(),
-        image: optional("image"),
-        audio: optional("audio"),
-        tabular: optional("tabular"),
-    })
+    InputPaths::from_args(args).map_err(|e| anyhow!(e))
 }
 
 fn print_table(rows: &[stage::VariantRow]) {

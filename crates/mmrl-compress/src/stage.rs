@@ -3,7 +3,7 @@
 //! `compress.parquet`, `sparsity.parquet` and `report.json`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -702,16 +702,7 @@ pub fn run(
     let mut writer = ArtifactWriter::create(output, info)?;
     writer.input_artifact("model", &Artifact::open(model_dir)?);
     writer.input_artifact("samples", &Artifact::open(&inputs.samples)?);
-    let optional: [(&str, &Option<PathBuf>); 3] = [
-        ("image", &inputs.image),
-        ("audio", &inputs.audio),
-        ("tabular", &inputs.tabular),
-    ];
-    for (name, path) in optional {
-        if let Some(p) = path {
-            writer.input_artifact(name, &Artifact::open(p)?);
-        }
-    }
+    inputs.record_modalities(&mut writer)?;
     writer.fit_splits(&["train"]);
     let tmp = writer.tmp_dir().to_path_buf();
 

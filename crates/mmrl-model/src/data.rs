@@ -36,6 +36,38 @@ pub struct InputPaths {
     pub tabular: Option<PathBuf>,
 }
 
+impl InputPaths {
+    /// The paths of a stage's `--input NAME=PATH` pairs: `samples` is required, the modalities optional.
+    pub fn from_args(args: &mmrl_artifact::cli::StageArgs) -> std::result::Result<Self, String> {
+        let optional = |name: &str| {
+            args.inputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| p.clone())
+        };
+        Ok(Self {
+            samples: args.input("samples")?.to_path_buf(),
+            image: optional("image"),
+            audio: optional("audio"),
+            tabular: optional("tabular"),
+        })
+    }
+
+    /// Records each modality input that was given (`image`, `audio`, `tabular`) in `writer`'s manifest.
+    pub fn record_modalities(&self, writer: &mut mmrl_artifact::ArtifactWriter) -> Result<()> {
+        for (name, path) in [
+            ("image", &self.image),
+            ("audio", &self.audio),
+            ("tabular", &self.tabular),
+        ] {
+            if let Some(p) = path {
+                writer.input_artifact(name, &Artifact::open(p)?);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A sample after the joins.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleRow {

@@ -42,21 +42,6 @@ enum Command {
     },
 }
 
-fn input_paths(args: &StageArgs) -> anyhow::Result<InputPaths> {
-    let optional = |name: &str| {
-        args.inputs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| p.clone())
-    };
-    Ok(InputPaths {
-        samples: args.input("samples").map_err(|e| anyhow!(e))?.to_path_buf(),
-        image: optional("image"),
-        audio: optional("audio"),
-        tabular: optional("tabular"),
-    })
-}
-
 fn main() -> anyhow::Result<()> {
     init_logging();
     match Cli::parse().command {
@@ -64,7 +49,7 @@ fn main() -> anyhow::Result<()> {
             let Some(cfg) = config(&args, sft::SftConfig::validate).map_err(|e| anyhow!(e))? else {
                 return Ok(());
             };
-            let inputs = input_paths(&args)?;
+            let inputs = InputPaths::from_args(&args).map_err(|e| anyhow!(e))?;
             let output = args.output().map_err(|e| anyhow!(e))?;
             let bar = progress_bar(0, "sft");
             let mut on_step = |p: sft::Progress| {
@@ -100,7 +85,7 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             };
             let model = args.input("model").map_err(|e| anyhow!(e))?.to_path_buf();
-            let inputs = input_paths(&args)?;
+            let inputs = InputPaths::from_args(&args).map_err(|e| anyhow!(e))?;
             let output = args.output().map_err(|e| anyhow!(e))?;
             let n = predict::run(&cfg, &model, &inputs, output)
                 .with_context(|| format!("predict into {}", output.display()))?;

@@ -220,16 +220,7 @@ pub fn run(
     let mut writer = ArtifactWriter::create(output, info)?;
     writer.input_artifact("model", &Artifact::open(model_dir)?);
     writer.input_artifact("samples", &Artifact::open(&inputs.samples)?);
-    let optional: [(&str, &Option<PathBuf>); 3] = [
-        ("image", &inputs.image),
-        ("audio", &inputs.audio),
-        ("tabular", &inputs.tabular),
-    ];
-    for (name, path) in optional {
-        if let Some(p) = path {
-            writer.input_artifact(name, &Artifact::open(p)?);
-        }
-    }
+    inputs.record_modalities(&mut writer)?;
     writer.write_table("predictions", Role::Data, schema, &[batch])?;
     writer.commit()?;
     Ok(rows.len())

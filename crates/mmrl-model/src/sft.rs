@@ -901,15 +901,7 @@ pub fn run(
     // Commit the artifact.
     let mut writer = ArtifactWriter::create(output, stage_info(config, seed)?)?;
     writer.input_artifact("samples", &samples_artifact);
-    for (name, path) in [
-        ("image", &inputs.image),
-        ("audio", &inputs.audio),
-        ("tabular", &inputs.tabular),
-    ] {
-        if let Some(p) = path {
-            writer.input_artifact(name, &Artifact::open(p)?);
-        }
-    }
+    inputs.record_modalities(&mut writer)?;
     writer.fit_splits(&["train"]);
     let tmp = writer.tmp_dir().to_path_buf();
     let copy = |from: &Path, to: &Path| {

@@ -41,20 +41,9 @@ struct CompareArgs {
 }
 
 fn inputs(args: &StageArgs) -> anyhow::Result<RlInputs> {
-    let optional = |name: &str| {
-        args.inputs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| p.clone())
-    };
     Ok(RlInputs {
         model: args.input("model").map_err(|e| anyhow!(e))?.to_path_buf(),
-        data: InputPaths {
-            samples: args.input("samples").map_err(|e| anyhow!(e))?.to_path_buf(),
-            image: optional("image"),
-            audio: optional("audio"),
-            tabular: optional("tabular"),
-        },
+        data: InputPaths::from_args(args).map_err(|e| anyhow!(e))?,
     })
 }
 

@@ -1663,15 +1663,7 @@ pub fn run(
     let mut writer = ArtifactWriter::create(output, info)?;
     writer.input_artifact("model", &Artifact::open(&inputs.model)?);
     writer.input_artifact("samples", &Artifact::open(&inputs.data.samples)?);
-    for (name, path) in [
-        ("image", &inputs.data.image),
-        ("audio", &inputs.data.audio),
-        ("tabular", &inputs.data.tabular),
-    ] {
-        if let Some(p) = path {
-            writer.input_artifact(name, &Artifact::open(p)?);
-        }
-    }
+    inputs.data.record_modalities(&mut writer)?;
     writer.fit_splits(&["train"]);
     let tmp = writer.tmp_dir().to_path_buf();
     policy
