@@ -50,6 +50,8 @@ pub struct RecoveryConfig {
     pub grad_clip: f64,
     /// Probability of masking each modality of a train sample (as in sft).
     pub modality_dropout: f64,
+    /// Data-parallel shards per step (as sft's `shards`).
+    pub shards: usize,
 }
 
 impl Default for RecoveryConfig {
@@ -60,6 +62,7 @@ impl Default for RecoveryConfig {
             lr: 5e-4,
             grad_clip: 1.0,
             modality_dropout: 0.1,
+            shards: mmrl_model::sft::DEFAULT_SHARDS,
         }
     }
 }
@@ -221,6 +224,15 @@ impl RecoveryConfig {
             return Err(config_err(
                 &format!("{field}.batch_size"),
                 "must be at least 1",
+            ));
+        }
+        if self.shards == 0 || self.shards > self.batch_size {
+            return Err(config_err(
+                &format!("{field}.shards"),
+                format!(
+                    "must be between 1 and batch_size {}, got {}",
+                    self.batch_size, self.shards
+                ),
             ));
         }
         if !(self.lr.is_finite() && self.lr >= 0.0) {
@@ -431,7 +443,7 @@ pub fn recover(
             data,
             vocab,
             items,
-            1,
+            rc.shards,
             lr,
             rc.grad_clip,
             rc.modality_dropout,

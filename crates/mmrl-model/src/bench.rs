@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -34,6 +34,10 @@ pub struct BenchConfig {
     pub dropout: f64,
     /// Device.
     pub device: DeviceKind,
+    /// Shards each training batch is split into ([`crate::parallel::sharded_grads`]).
+    pub shards: usize,
+    /// Threads the shards run on (0: every core).
+    pub threads: usize,
 }
 
 impl Default for BenchConfig {
@@ -48,6 +52,8 @@ impl Default for BenchConfig {
             tabular: (6, 1),
             dropout: 0.1,
             device: DeviceKind::Cpu,
+            shards: 1,
+            threads: 1,
         }
     }
 }
@@ -135,8 +141,21 @@ pub fn run(bench: &BenchConfig) -> Result<BenchResult> {
         + bench.tabular.0
         + bench.tabular.1;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let (batch, answers) = synthetic(&config, bench.batch, &mut rng);
-    let normalizer = answers.iter().map(|a| a.len() + 1).sum::<usize>() as f32;
+    let shards = bench.shards.clamp(1, bench.batch.max(1));
+    let parts: Vec<(Batch, Vec<Vec<u32>>)> = (0..shards)
+        .map(|i| {
+            let n = bench.batch / shards + usize::from(i < bench.batch % shards);
+            synthetic(&config, n, &mut rng)
+        })
+        .collect();
+    let normalizer = parts
+        .iter()
+        .flat_map(|(_, a)| a.iter().map(|a| a.len() + 1))
+        .sum::<usize>() as f32;
+    if bench.threads > 0 {
+        crate::parallel::set_threads(bench.threads);
+    }
+    let threads = crate::parallel::threads();
     let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
     let mut start = Instant::now();
     let mut cpu_start = cpu_seconds();
@@ -145,14 +164,19 @@ pub fn run(bench: &BenchConfig) -> Result<BenchResult> {
             start = Instant::now();
             cpu_start = cpu_seconds();
         }
-        let loss = model.nll(
-            &batch,
-            &answers,
-            normalizer,
-            &mut Dropout::train(&mut rng, config.dropout),
-        );
-        let _ = loss.clone().into_scalar::<f32>();
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let seeds: Vec<u64> = (0..shards).map(|_| rng.random()).collect();
+        let (mut grads, _) = crate::parallel::sharded_grads(&model, shards, threads, |m, i| {
+            let (batch, answers) = &parts[i];
+            let mut shard_rng = ChaCha8Rng::seed_from_u64(seeds[i]);
+            let loss = m.nll(
+                batch,
+                answers,
+                normalizer,
+                &mut Dropout::train(&mut shard_rng, config.dropout),
+            );
+            let value = loss.clone().into_scalar::<f32>();
+            Ok::<_, crate::Error>((loss, value))
+        })?;
         clip_global_norm(&model, &mut grads, 1.0);
         model = optim.step(1e-3, model, grads);
     }

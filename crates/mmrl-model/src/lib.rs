@@ -6,6 +6,7 @@ pub mod bench;
 pub mod data;
 mod error;
 pub mod model;
+pub mod parallel;
 pub mod predict;
 pub mod schedule;
 pub mod sft;

@@ -39,6 +39,12 @@ enum Command {
         /// Dropout while training.
         #[arg(long, default_value_t = 0.1)]
         dropout: f64,
+        /// Shards each training batch is split into, computed concurrently (data parallel).
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+        /// Threads the shards run on (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
 }
 
@@ -96,6 +102,8 @@ fn main() -> anyhow::Result<()> {
             batch,
             steps,
             dropout,
+            shards,
+            threads,
         } => {
             let preset: Preset = serde_json::from_value(serde_json::Value::String(preset.clone()))
                 .map_err(|_| anyhow!("--preset must be tiny, small or base, got {preset:?}"))?;
@@ -104,6 +112,8 @@ fn main() -> anyhow::Result<()> {
                 batch,
                 steps,
                 dropout,
+                shards,
+                threads,
                 ..Default::default()
             };
             let r = bench::run(&cfg)?;

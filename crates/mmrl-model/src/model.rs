@@ -1161,14 +1161,21 @@ impl MultimodalModel {
         if batch.size <= chunk {
             return self.generate_chunk(batch, decoding, rng);
         }
-        let mut out = Vec::with_capacity(batch.size);
-        let mut start = 0;
-        while start < batch.size {
-            let end = (start + chunk).min(batch.size);
-            out.extend(self.generate_chunk(&batch.rows(start..end), decoding, rng));
-            start = end;
-        }
-        out
+        // Chunks run concurrently ([`crate::parallel::threads`]); each samples from its own generator
+        // seeded from `rng` in chunk order, so the answers do not depend on the thread count.
+        let chunks = batch.size.div_ceil(chunk);
+        let seeds: Vec<u64> = match decoding {
+            Decoding::Greedy => vec![0; chunks],
+            _ => (0..chunks).map(|_| rng.random()).collect(),
+        };
+        crate::parallel::map_ordered(chunks, crate::parallel::threads(), |c| {
+            let rows = c * chunk..((c + 1) * chunk).min(batch.size);
+            let mut chunk_rng = ChaCha8Rng::seed_from_u64(seeds[c]);
+            self.generate_chunk(&batch.rows(rows), decoding, &mut chunk_rng)
+        })
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     fn generate_chunk(

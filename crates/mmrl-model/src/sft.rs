@@ -21,23 +21,27 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor};
 use mmrl_artifact::sample::Split;
 use mmrl_artifact::{Artifact, ArtifactWriter, Role, StageInfo};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, InputPaths};
 use crate::error::{Error, Result, config_err, io};
 use crate::model::{Decoding, Dropout, Generated, ModelConfig, MultimodalModel, Preset};
+use crate::parallel::{sharded_grads, threads};
 use crate::schedule::{Schedule, ScheduleConfig, ScheduleState};
 use crate::vocab::{Vocab, normalize_answer};
 
 /// Stage name in manifests.
 pub const STAGE: &str = "sft";
+
+/// Default data-parallel shards per micro-batch ([`SftConfig::shards`]): one per core of a 2-core machine.
+pub const DEFAULT_SHARDS: usize = 2;
 
 /// Where tensors live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +105,10 @@ pub struct SftConfig {
     pub batch_size: usize,
     /// Micro-batches per optimizer step (must divide `batch_size`).
     pub grad_accum: usize,
+    /// Data-parallel shards of each micro-batch: their gradients are computed concurrently on CPU threads
+    /// (`MMRL_THREADS`, default every core) and summed. The update equals one over the unsharded batch
+    /// up to float rounding and dropout draws; results depend on this number, never on the thread count.
+    pub shards: usize,
     /// Peak learning rate.
     pub lr: f64,
     /// AdamW decoupled weight decay.
@@ -138,6 +146,7 @@ impl Default for SftConfig {
             max_steps: 0,
             batch_size: 32,
             grad_accum: 1,
+            shards: DEFAULT_SHARDS,
             lr: 2e-3,
             weight_decay: 0.01,
             grad_clip: 1.0,
@@ -163,6 +172,15 @@ impl SftConfig {
                 format!(
                     "must be at least 1 and divide batch_size {}, got {}",
                     self.batch_size, self.grad_accum
+                ),
+            ));
+        }
+        if self.shards == 0 || self.grad_accum * self.shards > self.batch_size {
+            return Err(config_err(
+                "shards",
+                format!(
+                    "must be at least 1 with grad_accum x shards <= batch_size {}, got {} x {}",
+                    self.batch_size, self.grad_accum, self.shards
                 ),
             ));
         }
@@ -414,8 +432,10 @@ pub fn clip_global_norm(model: &MultimodalModel, grads: &mut GradientsParams, cl
     norm
 }
 
-/// One optimizer step over `items` split into `grad_accum` micro-batches: returns the updated model, the
-/// mean token loss, the gradient norm, or `None` for the model when a batch held NaN/inf inputs (skipped).
+/// One optimizer step over `items` split into `micro_batches` parts (gradient accumulation x data-parallel
+/// shards): returns the updated model, the mean token loss, the gradient norm, or `None` for the model
+/// when a batch held NaN/inf inputs (skipped). The parts run forward and backward on
+/// [`crate::parallel::threads`] threads at a time; the result does not depend on that number.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: MultimodalModel,
@@ -423,14 +443,14 @@ pub fn train_step(
     data: &Dataset,
     vocab: &Vocab,
     items: &[(usize, usize)],
-    grad_accum: usize,
+    micro_batches: usize,
     lr: f64,
     clip: f64,
     modality_dropout: f64,
     rng: &mut ChaCha8Rng,
 ) -> Result<(MultimodalModel, Option<(f64, f64)>)> {
     let cfg = model.config().clone();
-    let micro = items.len().div_ceil(grad_accum.max(1)).max(1);
+    let micro = items.len().div_ceil(micro_batches.max(1)).max(1);
     let mut parts = Vec::new();
     for chunk in items.chunks(micro) {
         let (batch, answers) = data.batch(chunk, vocab, &cfg, Some((&mut *rng, modality_dropout)));
@@ -441,31 +461,26 @@ pub fn train_step(
             );
             return Ok((model, None));
         }
-        parts.push((batch, answers));
+        // Each part draws its dropout masks from its own generator, so parts can run concurrently.
+        parts.push((batch, answers, rng.random::<u64>()));
     }
     let tokens: usize = parts
         .iter()
-        .flat_map(|(_, a)| a.iter().map(|a| a.len().min(cfg.max_answer_len) + 1))
+        .flat_map(|(_, a, _)| a.iter().map(|a| a.len().min(cfg.max_answer_len) + 1))
         .sum();
-    let mut loss_sum = 0f64;
-    let mut accumulator = GradientsAccumulator::<MultimodalModel>::new();
-    let single = parts.len() == 1;
-    let mut grads = None;
-    for (batch, answers) in &parts {
-        let loss = model.nll(
+    let (grads, losses) = sharded_grads(&model, parts.len(), threads(), |m, i| {
+        let (batch, answers, seed) = &parts[i];
+        let mut part_rng = ChaCha8Rng::seed_from_u64(*seed);
+        let loss = m.nll(
             batch,
             answers,
             tokens as f32,
-            &mut Dropout::train(rng, cfg.dropout),
+            &mut Dropout::train(&mut part_rng, cfg.dropout),
         );
-        loss_sum += f64::from(loss.clone().into_scalar::<f32>());
-        let g = GradientsParams::from_grads(loss.backward(), &model);
-        if single {
-            grads = Some(g);
-        } else {
-            accumulator.accumulate(&model, g);
-        }
-    }
+        let value = f64::from(loss.clone().into_scalar::<f32>());
+        Ok::<_, Error>((loss, value))
+    })?;
+    let loss_sum: f64 = losses.iter().sum();
     if !loss_sum.is_finite() {
         return Err(Error::Diverged {
             step: 0,
@@ -474,7 +489,7 @@ pub fn train_step(
             ),
         });
     }
-    let mut grads = grads.unwrap_or_else(|| accumulator.grads());
+    let mut grads = grads;
     let norm = clip_global_norm(&model, &mut grads, clip);
     let model = optim.step(lr, model, grads);
     Ok((model, Some((loss_sum, norm))))
@@ -791,7 +806,7 @@ pub fn run(
                 &data,
                 &vocab,
                 batches[b],
-                config.grad_accum,
+                config.grad_accum * config.shards,
                 lr,
                 config.grad_clip,
                 config.modality_dropout,

@@ -25,6 +25,7 @@ use burn::tensor::Device;
 use mmrl_artifact::sample::Split;
 use mmrl_artifact::{Artifact, ArtifactWriter, Role, StageInfo};
 use mmrl_model::data::{Dataset, InputPaths};
+use mmrl_model::parallel::{sharded_grads, threads};
 use mmrl_model::predict::load_trained;
 use mmrl_model::schedule::{Schedule, ScheduleConfig, ScheduleKind, ScheduleState};
 use mmrl_model::sft::{DeviceKind, clip_global_norm, decode_split, load_model};
@@ -67,6 +68,9 @@ pub struct RlConfig {
     pub minibatches: usize,
     /// Micro-batches whose gradients are accumulated into one optimizer step (must divide the minibatch).
     pub grad_accum: usize,
+    /// Data-parallel shards of each micro-batch, computed concurrently on CPU threads (as sft's `shards`:
+    /// results depend on this number, never on the thread count).
+    pub shards: usize,
     /// Lower clip range of the ratio (ratio >= 1 - clip_low).
     pub clip_low: f64,
     /// Upper clip range of the ratio (ratio <= 1 + clip_high).
@@ -147,6 +151,7 @@ impl Default for RlConfig {
             policy_epochs: 1,
             minibatches: 1,
             grad_accum: 1,
+            shards: mmrl_model::sft::DEFAULT_SHARDS,
             clip_low: 0.2,
             clip_high: 0.28,
             kl_beta: 0.05,
@@ -256,6 +261,15 @@ impl RlConfig {
                 format!(
                     "must be in [1, rollouts per minibatch {mb}], got {}",
                     self.grad_accum
+                ),
+            ));
+        }
+        if self.shards == 0 || self.grad_accum * self.shards > mb {
+            return Err(cfg_err(
+                "shards",
+                format!(
+                    "must be at least 1 with grad_accum x shards <= rollouts per minibatch {mb}, got {} x {}",
+                    self.grad_accum, self.shards
                 ),
             ));
         }
@@ -694,6 +708,16 @@ fn input_hash(path: &Option<PathBuf>) -> Result<String> {
         None => Ok(String::new()),
         Some(p) => Ok(Artifact::open(p)?.manifest().content_hash.clone()),
     }
+}
+
+/// PPO's value-loss inputs of one micro-batch, `[rows * steps]` row-major.
+struct ValueTargets {
+    /// Per-token weight (0 for replayed rows and padding).
+    weights: Vec<f32>,
+    /// Values at rollout time (for value clipping).
+    old: Vec<f32>,
+    /// GAE returns.
+    returns: Vec<f32>,
 }
 
 /// The vocabulary the policy answers with: when the abstention reward is on and `unsure` is not an answer
@@ -1419,110 +1443,135 @@ pub fn run(
                     .filter(|&&k| rows[k].replay_slot.is_none())
                     .map(|&k| rows[k].tokens.len() + 1)
                     .sum();
-                let micro = mb.len().div_ceil(config.grad_accum).max(1);
-                let mut acc = GradientsAccumulator::<MultimodalModel>::new();
-                let mut vacc = GradientsAccumulator::<ValueHead>::new();
-                for part in mb.chunks(micro) {
-                    let items: Vec<(usize, usize)> = part.iter().map(|&k| rows[k].item).collect();
-                    let answers: Vec<Vec<u32>> =
-                        part.iter().map(|&k| rows[k].tokens.clone()).collect();
-                    let (batch, _) = data.batch(&items, &vocab, &model_config, None);
-                    let scores = policy.score(&batch, &answers, &mut Dropout::off());
-                    let [nr, steps] = scores.token_logprobs.dims();
-                    let mut ti = TokenInputs {
-                        rows: nr,
-                        steps,
-                        old_logp: vec![0.0; nr * steps],
-                        ref_logp: vec![0.0; nr * steps],
-                        advantages: vec![0.0; nr * steps],
-                        weights: vec![0.0; nr * steps],
-                        replayed: vec![0.0; nr * steps],
-                    };
-                    let mut vw = vec![0f32; nr * steps];
-                    let mut vold = vec![0f32; nr * steps];
-                    let mut vret = vec![0f32; nr * steps];
-                    for (r, &k) in part.iter().enumerate() {
-                        let row = &rows[k];
-                        let n = row.old_logp.len().min(steps);
-                        let w_row = match config.loss_aggregation {
-                            LossAggregation::TokenMean => row.is_weight / real_tokens as f64,
-                            LossAggregation::SequenceMean => {
-                                row.is_weight / (n as f64 * mb.len() as f64)
-                            }
+                let parts: Vec<&[usize]> = {
+                    let n = config.grad_accum * config.shards;
+                    mb.chunks(mb.len().div_ceil(n).max(1)).collect()
+                };
+                let settings = LossSettings {
+                    clip_low: config.clip_low,
+                    clip_high: config.clip_high,
+                    beta: config.kl_beta,
+                    entropy_coef: state.entropy_coef,
+                    replay_ratio_clip: config.replay.ratio_clip,
+                };
+                // The parts' policy gradients are computed concurrently (data-parallel shards) and summed
+                // in part order; what else each part yields is folded in below, in the same order.
+                let (grads, outs) = sharded_grads(
+                    &policy,
+                    parts.len(),
+                    threads(),
+                    |policy, pi| {
+                        let part = parts[pi];
+                        let items: Vec<(usize, usize)> =
+                            part.iter().map(|&k| rows[k].item).collect();
+                        let answers: Vec<Vec<u32>> =
+                            part.iter().map(|&k| rows[k].tokens.clone()).collect();
+                        let (batch, _) = data.batch(&items, &vocab, &model_config, None);
+                        let scores = policy.score(&batch, &answers, &mut Dropout::off());
+                        let [nr, steps] = scores.token_logprobs.dims();
+                        let mut ti = TokenInputs {
+                            rows: nr,
+                            steps,
+                            old_logp: vec![0.0; nr * steps],
+                            ref_logp: vec![0.0; nr * steps],
+                            advantages: vec![0.0; nr * steps],
+                            weights: vec![0.0; nr * steps],
+                            replayed: vec![0.0; nr * steps],
                         };
-                        for t in 0..n {
-                            let j = r * steps + t;
-                            ti.old_logp[j] = row.old_logp[t];
-                            ti.ref_logp[j] = row.ref_logp.get(t).copied().unwrap_or(0.0);
-                            ti.advantages[j] = row.advantages.get(t).copied().unwrap_or(0.0);
-                            ti.weights[j] = w_row as f32;
-                            if row.replay_slot.is_some() {
-                                ti.replayed[j] = 1.0;
-                            } else if ppo {
-                                vw[j] = 1.0 / fresh_tokens.max(1) as f32;
-                                vold[j] = row.old_values.get(t).copied().unwrap_or(0.0);
-                                vret[j] = row.returns.get(t).copied().unwrap_or(0.0);
+                        let mut value = ValueTargets {
+                            weights: vec![0f32; nr * steps],
+                            old: vec![0f32; nr * steps],
+                            returns: vec![0f32; nr * steps],
+                        };
+                        for (r, &k) in part.iter().enumerate() {
+                            let row = &rows[k];
+                            let n = row.old_logp.len().min(steps);
+                            let w_row = match config.loss_aggregation {
+                                LossAggregation::TokenMean => row.is_weight / real_tokens as f64,
+                                LossAggregation::SequenceMean => {
+                                    row.is_weight / (n as f64 * mb.len() as f64)
+                                }
+                            };
+                            for t in 0..n {
+                                let j = r * steps + t;
+                                ti.old_logp[j] = row.old_logp[t];
+                                ti.ref_logp[j] = row.ref_logp.get(t).copied().unwrap_or(0.0);
+                                ti.advantages[j] = row.advantages.get(t).copied().unwrap_or(0.0);
+                                ti.weights[j] = w_row as f32;
+                                if row.replay_slot.is_some() {
+                                    ti.replayed[j] = 1.0;
+                                } else if ppo {
+                                    value.weights[j] = 1.0 / fresh_tokens.max(1) as f32;
+                                    value.old[j] = row.old_values.get(t).copied().unwrap_or(0.0);
+                                    value.returns[j] = row.returns.get(t).copied().unwrap_or(0.0);
+                                }
                             }
                         }
-                    }
-                    let settings = LossSettings {
-                        clip_low: config.clip_low,
-                        clip_high: config.clip_high,
-                        beta: config.kl_beta,
-                        entropy_coef: state.entropy_coef,
-                        replay_ratio_clip: config.replay.ratio_clip,
-                    };
-                    let lp_host: Vec<f32> = scores
-                        .token_logprobs
-                        .clone()
-                        .into_data()
-                        .try_into_vec::<f32>()
-                        .unwrap_or_default();
-                    let (loss, st) = policy_loss(
-                        scores.token_logprobs,
-                        scores.entropy,
-                        &scores.mask,
-                        &ti,
-                        &settings,
-                    );
-                    for (r, &k) in part.iter().enumerate() {
-                        if let Some(slot) = rows[k].replay_slot {
-                            let n = rows[k].old_logp.len().min(steps);
-                            let mean_ratio = (0..n)
-                                .map(|t| {
-                                    f64::from(lp_host[r * steps + t] - rows[k].old_logp[t]).exp()
-                                })
-                                .sum::<f64>()
-                                / n.max(1) as f64;
-                            replay_ratio.insert(slot, mean_ratio);
+                        let lp_host: Vec<f32> = scores
+                            .token_logprobs
+                            .clone()
+                            .into_data()
+                            .try_into_vec::<f32>()
+                            .unwrap_or_default();
+                        let (loss, st) = policy_loss(
+                            scores.token_logprobs,
+                            scores.entropy,
+                            &scores.mask,
+                            &ti,
+                            &settings,
+                        );
+                        let ratios: Vec<(usize, f64)> = part
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(r, &k)| {
+                                let slot = rows[k].replay_slot?;
+                                let n = rows[k].old_logp.len().min(steps);
+                                let mean_ratio = (0..n)
+                                    .map(|t| {
+                                        f64::from(lp_host[r * steps + t] - rows[k].old_logp[t])
+                                            .exp()
+                                    })
+                                    .sum::<f64>()
+                                    / n.max(1) as f64;
+                                Some((slot, mean_ratio))
+                            })
+                            .collect();
+                        let lv = f64::from(loss.clone().into_scalar::<f32>());
+                        if !lv.is_finite() {
+                            return Err(Error::Diverged {
+                                step: step + 1,
+                                message: format!(
+                                    "policy loss is {lv} at lr {lr:.3e}; lower lr or kl_beta, or raise grad_clip"
+                                ),
+                            });
                         }
-                    }
-                    let lv = f64::from(loss.clone().into_scalar::<f32>());
-                    if !lv.is_finite() {
-                        return Err(Error::Diverged {
-                            step: step + 1,
-                            message: format!(
-                                "policy loss is {lv} at lr {lr:.3e}; lower lr or kl_beta, or raise grad_clip"
-                            ),
-                        });
-                    }
+                        Ok((loss, (st, ratios, batch, answers, steps, value)))
+                    },
+                )?;
+                let mut vacc = GradientsAccumulator::<ValueHead>::new();
+                for (st, ratios, batch, answers, steps, value) in outs {
                     stats_sum.0 += st.kl * st.tokens;
                     stats_sum.1 += st.entropy * st.tokens;
                     stats_sum.2 += st.clip_fraction * st.tokens;
                     stats_sum.3 += st.tokens;
-                    let grads = GradientsParams::from_grads(loss.backward(), &policy);
-                    acc.accumulate(&policy, grads);
+                    replay_ratio.extend(ratios);
                     if ppo && fresh_tokens > 0 {
                         let enc = policy.encode(&batch, &mut Dropout::off());
                         let values = head.forward(enc.memory, &answers, steps);
-                        let vl = value_loss(values, vold, vret, vw, config.value_clip);
+                        let vl = value_loss(
+                            values,
+                            value.old,
+                            value.returns,
+                            value.weights,
+                            config.value_clip,
+                        );
                         vloss_sum += f64::from(vl.clone().into_scalar::<f32>());
                         let vg = GradientsParams::from_grads(vl.backward(), &head);
                         vacc.accumulate(&head, vg);
                     }
                 }
                 lr = schedule.lr(state.optimizer_step);
-                let mut grads = acc.grads();
+                let mut grads = grads;
                 grad_norm = clip_global_norm(&policy, &mut grads, config.grad_clip);
                 policy = optim.step(lr, policy, grads);
                 if ppo && fresh_tokens > 0 {

@@ -171,6 +171,8 @@ fn ppo_moves_the_policy_towards_its_reward() {
     check_learns(Algorithm::Ppo);
 }
 
+/// Also the thread count: the uninterrupted run uses one thread, the killed and resumed one two (the
+/// update's data-parallel shards then run concurrently); both must end byte-identical.
 #[test]
 fn killed_and_resumed_run_ends_identical() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,8 +196,11 @@ fn killed_and_resumed_run_ends_identical() {
         dynamic_sampling: true,
         ..tiny(Algorithm::Ppo)
     };
+    assert!(cfg.shards >= 2);
+    mmrl_model::parallel::set_threads(1);
     let a = dir.path().join("a");
     let ra = done(stage::run(&cfg, 3, &inputs, &a, Hooks::default()).unwrap());
+    mmrl_model::parallel::set_threads(2);
     let b = dir.path().join("b");
     let hooks = Hooks {
         stop_after_step: Some(4),
@@ -207,6 +212,7 @@ fn killed_and_resumed_run_ends_identical() {
     );
     assert!(stage::work_dir(&b).join("state.json").is_file());
     let rb = done(stage::run(&cfg, 3, &inputs, &b, Hooks::default()).unwrap());
+    mmrl_model::parallel::set_threads(0);
     // Compared through JSON: undefined metrics are NaN, which never equals itself.
     assert_eq!(
         serde_json::to_value(&ra).unwrap(),
