@@ -11,15 +11,16 @@ use burn::optim::AdamWConfig;
 use mmrl_artifact::sample::Split;
 use mmrl_model::data::Dataset;
 use mmrl_model::schedule::{Schedule, ScheduleState};
-use mmrl_model::sft::{load_model, train_step};
+use mmrl_model::sft::{decode_split, load_model, train_step};
+use mmrl_model::vocab::UNSURE;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::algo::Algorithm;
 use crate::error::{Error, Result};
-use crate::reward::RewardSpec;
-use crate::stage::{self, EvalMetrics, Hooks, Outcome, RlConfig, RlInputs, evaluate};
+use crate::reward::{RewardParams, RewardSpec};
+use crate::stage::{self, EvalMetrics, Hooks, Outcome, RlConfig, RlInputs, eval_metrics, evaluate};
 
 /// One line of the comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,7 +128,7 @@ pub fn continued_sft(
             &data,
             &start.vocab,
             &items,
-            base.grad_accum,
+            base.grad_accum * mmrl_model::sft::DEFAULT_SHARDS,
             schedule.lr(s),
             base.grad_clip,
             0.1,
@@ -145,6 +146,19 @@ pub fn continued_sft(
     ))
 }
 
+/// The answer probability below which `unsure` pays more in expectation than answering:
+/// `p r + (1 - p) w < u` for `p < (u - w) / (r - w)` (a calibrated model's optimal abstention rule).
+pub fn abstention_threshold(p: &RewardParams) -> f64 {
+    (p.abstain_unsure - p.abstain_wrong) / (p.abstain_right - p.abstain_wrong)
+}
+
+/// The mean abstention reward of a row: right, `unsure` and wrong answers scored as `p` says.
+pub fn abstention_reward(m: &EvalMetrics, p: &RewardParams) -> f64 {
+    m.exact_match * p.abstain_right
+        + m.unsure * p.abstain_unsure
+        + m.confident_wrong * p.abstain_wrong
+}
+
 /// Runs the comparison; each RL run's artifact goes under `work/NAME`.
 pub fn run(
     base: &RlConfig,
@@ -160,18 +174,44 @@ pub fn run(
     let data = Dataset::load(&inputs.data)?;
     let val = data.split(Split::Val);
     let t = std::time::Instant::now();
-    let m = evaluate(
+    let generated = decode_split(
         &start.model,
         &data,
         &start.vocab,
         &val,
         base.eval_batch_size,
     );
+    let greedy: Vec<String> = generated
+        .iter()
+        .map(|g| start.vocab.decode_answer(&g.tokens))
+        .collect();
     let row = CompareRow {
         name: "sft checkpoint".into(),
         train_passes: 0,
         seconds: t.elapsed().as_secs_f64(),
-        metrics: m,
+        metrics: eval_metrics(&data, &val, &greedy),
+    };
+    on_row(&row);
+    rows.push(row);
+    // The baseline abstention must beat: sft's greedy answer, replaced by `unsure` where its probability
+    // is below the break-even point of the abstention reward.
+    let cut = abstention_threshold(&base.reward_params);
+    let thresholded: Vec<String> = generated
+        .iter()
+        .zip(greedy)
+        .map(|(g, a)| {
+            if f64::from(g.logprob).exp() < cut {
+                UNSURE.to_owned()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let row = CompareRow {
+        name: format!("sft, unsure below p = {cut:.2}"),
+        train_passes: 0,
+        seconds: 0.0,
+        metrics: eval_metrics(&data, &val, &thresholded),
     };
     on_row(&row);
     rows.push(row);
@@ -214,15 +254,16 @@ pub fn run(
     Ok(rows)
 }
 
-/// The comparison as a Markdown table.
-pub fn markdown(rows: &[CompareRow]) -> String {
-    let mut s = String::from(
-        "| run | fwd+bwd passes | val EM | EM multi-token | numeric closeness (count_*) | numeric closeness (all numeric) | confident wrong | unsure | seconds |\n|---|---|---|---|---|---|---|---|---|\n",
+/// The comparison as a Markdown table; `params` scores the abstention-reward column.
+pub fn markdown(rows: &[CompareRow], params: &RewardParams) -> String {
+    let mut s = format!(
+        "| run | fwd+bwd passes | val EM | EM multi-token | numeric closeness (count_*) | numeric closeness (all numeric) | confident wrong | unsure | abstention reward ({}) | seconds |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        reward_legend(params)
     );
     for r in rows {
         let m = &r.metrics;
         s.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |\n",
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |\n",
             r.name,
             r.train_passes,
             m.exact_match,
@@ -231,19 +272,28 @@ pub fn markdown(rows: &[CompareRow]) -> String {
             m.numeric_closeness,
             m.confident_wrong,
             m.unsure,
+            abstention_reward(m, params),
             r.seconds
         ));
     }
     s
 }
 
+fn reward_legend(p: &RewardParams) -> String {
+    format!(
+        "right {}, unsure {}, wrong {}",
+        p.abstain_right, p.abstain_unsure, p.abstain_wrong
+    )
+}
+
 /// Comparisons of several seeds as one Markdown table: each metric as `mean ± half-range` over the seeds
 /// (rows matched by name, in the first seed's order).
-pub fn markdown_seeds(per_seed: &[(u64, Vec<CompareRow>)]) -> String {
+pub fn markdown_seeds(per_seed: &[(u64, Vec<CompareRow>)], params: &RewardParams) -> String {
     let seeds: Vec<String> = per_seed.iter().map(|(s, _)| s.to_string()).collect();
     let mut s = format!(
-        "Seeds {}; each cell: mean ± half the range over the seeds.\n\n| run | fwd+bwd passes | val EM | EM multi-token | numeric closeness (count_*) | numeric closeness (all numeric) | confident wrong | unsure | seconds |\n|---|---|---|---|---|---|---|---|---|\n",
-        seeds.join(", ")
+        "Seeds {}; each cell: mean ± half the range over the seeds.\n\n| run | fwd+bwd passes | val EM | EM multi-token | numeric closeness (count_*) | numeric closeness (all numeric) | confident wrong | unsure | abstention reward ({}) | seconds |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        seeds.join(", "),
+        reward_legend(params)
     );
     let Some((_, first)) = per_seed.first() else {
         return s;
@@ -265,7 +315,7 @@ pub fn markdown_seeds(per_seed: &[(u64, Vec<CompareRow>)]) -> String {
         };
         let secs = runs.iter().map(|r| r.seconds).sum::<f64>() / runs.len().max(1) as f64;
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {secs:.0} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {secs:.0} |\n",
             row.name,
             row.train_passes,
             cell(&|r| r.metrics.exact_match),
@@ -274,7 +324,44 @@ pub fn markdown_seeds(per_seed: &[(u64, Vec<CompareRow>)]) -> String {
             cell(&|r| r.metrics.numeric_closeness),
             cell(&|r| r.metrics.confident_wrong),
             cell(&|r| r.metrics.unsure),
+            cell(&|r| abstention_reward(&r.metrics, params)),
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_is_the_break_even_probability_of_the_abstention_reward() {
+        for (right, unsure, wrong, cut) in [
+            (1.0, 0.0, -1.0, 0.5),
+            (1.0, 0.0, -3.0, 0.75),
+            (2.0, 1.0, 0.0, 0.5),
+        ] {
+            let p = RewardParams {
+                abstain_right: right,
+                abstain_unsure: unsure,
+                abstain_wrong: wrong,
+                ..Default::default()
+            };
+            let t = abstention_threshold(&p);
+            assert!((t - cut).abs() < 1e-12, "{t} vs {cut}");
+            // At the threshold answering and abstaining pay the same.
+            assert!((t * right + (1.0 - t) * wrong - unsure).abs() < 1e-12);
+        }
+        let m = EvalMetrics {
+            exact_match: 0.7,
+            unsure: 0.2,
+            confident_wrong: 0.1,
+            ..Default::default()
+        };
+        let p = RewardParams {
+            abstain_wrong: -3.0,
+            ..Default::default()
+        };
+        assert!((abstention_reward(&m, &p) - 0.4).abs() < 1e-12);
+    }
 }

@@ -127,15 +127,15 @@ fn main() -> anyhow::Result<()> {
                 let rows = compare::run(&cfg, seed, &inputs, &dir, &variants, |r| {
                     tracing::info!(seed, run = %r.name, val_exact_match = format!("{:.4}", r.metrics.exact_match), seconds = format!("{:.0}", r.seconds), "compare");
                 })?;
-                let table = compare::markdown(&rows);
+                let table = compare::markdown(&rows, &cfg.reward_params);
                 std::fs::write(dir.join("compare.md"), &table)?;
                 std::fs::write(dir.join("compare.json"), serde_json::to_vec_pretty(&rows)?)?;
                 per_seed.push((seed, rows));
             }
             let table = if per_seed.len() > 1 {
-                compare::markdown_seeds(&per_seed)
+                compare::markdown_seeds(&per_seed, &cfg.reward_params)
             } else {
-                compare::markdown(&per_seed[0].1)
+                compare::markdown(&per_seed[0].1, &cfg.reward_params)
             };
             println!("{table}");
             std::fs::write(output.join("compare.md"), &table)?;
