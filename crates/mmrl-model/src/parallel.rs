@@ -7,13 +7,13 @@
 //! parameters. The result depends on the number of shards, never on the number of threads: each shard
 //! computes the same thing whether it runs alone or beside others, and the sum is taken in shard order.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 
 use crate::model::MultimodalModel;
-
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// 0: not set yet.
 static THREADS: AtomicUsize = AtomicUsize::new(0);
