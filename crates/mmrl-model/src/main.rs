@@ -45,6 +45,9 @@ enum Command {
         /// Threads the shards run on (0: every core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Device: cpu, or vulkan (needs `--features vulkan`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -104,7 +107,11 @@ fn main() -> anyhow::Result<()> {
             dropout,
             shards,
             threads,
+            device,
         } => {
+            let device: sft::DeviceKind =
+                serde_json::from_value(serde_json::Value::String(device.clone()))
+                    .map_err(|_| anyhow!("--device must be cpu or vulkan, got {device:?}"))?;
             let preset: Preset = serde_json::from_value(serde_json::Value::String(preset.clone()))
                 .map_err(|_| anyhow!("--preset must be tiny, small or base, got {preset:?}"))?;
             let cfg = bench::BenchConfig {
@@ -114,6 +121,7 @@ fn main() -> anyhow::Result<()> {
                 dropout,
                 shards,
                 threads,
+                device,
                 ..Default::default()
             };
             let r = bench::run(&cfg)?;
