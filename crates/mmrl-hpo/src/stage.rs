@@ -229,6 +229,17 @@ pub struct ProcessLauncher {
     pub config: HpoConfig,
 }
 
+/// The environment variable mmrl's training stages read for their thread count (speed only, never
+/// results; see `mmrl_model::parallel`).
+pub const THREADS_ENV: &str = "MMRL_THREADS";
+
+/// Threads for each of `workers` concurrent trials on `cores` cores: an equal share (at least one), so
+/// trials do not oversubscribe the machine; `None` (the stage's own default) for a single worker or when
+/// the user set [`THREADS_ENV`].
+pub fn trial_threads(workers: usize, cores: usize, user_set: bool) -> Option<usize> {
+    (workers > 1 && !user_set).then(|| (cores / workers).max(1))
+}
+
 impl ProcessLauncher {
     /// A launcher for `config` running binaries next to the current executable.
     pub fn new(
@@ -463,8 +474,15 @@ impl Launcher for ProcessLauncher {
         let stderr_file = dir.join(format!("{number}.stderr.log"));
         let stdout = std::fs::File::create(&stdout_file).map_err(io("creating", &stdout_file))?;
         let stderr = std::fs::File::create(&stderr_file).map_err(io("creating", &stderr_file))?;
-        let child = self
-            .command(&params_file, Some(&output), false)
+        let mut cmd = self.command(&params_file, Some(&output), false);
+        if let Some(n) = trial_threads(
+            self.config.workers,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            std::env::var_os(THREADS_ENV).is_some(),
+        ) {
+            cmd.env(THREADS_ENV, n.to_string());
+        }
+        let child = cmd
             .env(TRIAL_REPORT_ENV, &report_file)
             // anyhow errors without a backtrace, so the error text is the error (panics keep theirs).
             .env("RUST_LIB_BACKTRACE", "0")
@@ -841,5 +859,29 @@ mod study_dir_tests {
         assert!(!dir.join("journal.jsonl").exists(), "a fresh study");
         let meta = std::fs::read_to_string(dir.join("study.json")).unwrap();
         assert!(meta.contains("\"new\""), "{meta}");
+    }
+}
+
+#[cfg(test)]
+mod trial_threads_tests {
+    use super::trial_threads;
+
+    #[test]
+    fn concurrent_trials_split_the_cores_unless_the_user_chose() {
+        // (workers, cores, user set MMRL_THREADS) -> threads per trial
+        for (workers, cores, user, want) in [
+            (1, 16, false, None),
+            (2, 2, false, Some(1)),
+            (4, 16, false, Some(4)),
+            (3, 16, false, Some(5)),
+            (8, 2, false, Some(1)),
+            (4, 16, true, None),
+        ] {
+            assert_eq!(
+                trial_threads(workers, cores, user),
+                want,
+                "{workers} workers, {cores} cores, user set: {user}"
+            );
+        }
     }
 }
