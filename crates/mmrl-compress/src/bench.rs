@@ -5,10 +5,10 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use mmrl_model::model::{ModalityBatch, Preset, TabularBatch};
+use mmrl_model::model::Preset;
 use mmrl_model::sft::DeviceKind;
 use mmrl_model::{Batch, Dropout, ModelConfig, MultimodalModel};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
@@ -27,29 +27,6 @@ pub struct BenchRow {
     pub infer_samples_per_s: f64,
     /// Over the original.
     pub speedup: f64,
-}
-
-fn synthetic(config: &ModelConfig, n: usize, rng: &mut ChaCha8Rng) -> Batch {
-    let questions = (0..n)
-        .map(|_| {
-            (0..8)
-                .map(|_| rng.random_range(2..config.question_vocab as u32))
-                .collect()
-        })
-        .collect();
-    let mut batch = Batch::new(questions);
-    let mut modality = |per: usize| ModalityBatch {
-        values: (0..n * per).map(|_| rng.random_range(-1.0..1.0)).collect(),
-        present: vec![true; n],
-    };
-    batch.image = config.image_shape.map(|s| modality(s.iter().product()));
-    batch.audio = config.audio_shape.map(|s| modality(s.iter().product()));
-    batch.tabular = Some(TabularBatch {
-        numeric: vec![0.5; n * config.numeric_features],
-        categorical: vec![1; n * config.categorical_cardinalities.len()],
-        present: vec![true; n],
-    });
-    batch
 }
 
 /// Fixed work per sample (greedy decoding of random weights stops at a random `<eos>`): the encoder once
@@ -100,7 +77,7 @@ pub fn run(
     let pruned = shrink(&model, &plan(&scores, &heads, &ff)?)?;
     let q = quantize(model.clone(), QuantSpec::default())?;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let input = synthetic(&config, batch, &mut rng);
+    let (input, _) = mmrl_model::bench::synthetic(&config, batch, &mut rng);
     let mut rows = Vec::new();
     let mut base = 0.0;
     for (name, m) in [("original", &model), ("pruned", &pruned), ("int8", &q)] {

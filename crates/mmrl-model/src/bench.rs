@@ -98,7 +98,9 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn synthetic(config: &ModelConfig, n: usize, rng: &mut ChaCha8Rng) -> (Batch, Vec<Vec<u32>>) {
+/// `n` random samples of `config`'s shapes (8 question words, uniform image/audio values, constant tabular
+/// features, every modality present) and two-token answers: the benches' inputs.
+pub fn synthetic(config: &ModelConfig, n: usize, rng: &mut ChaCha8Rng) -> (Batch, Vec<Vec<u32>>) {
     let questions = (0..n)
         .map(|_| {
             (0..8)
