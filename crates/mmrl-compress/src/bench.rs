@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::quant::{QuantSpec, quantize};
-use crate::structured::{heads_to_remove, magnitude_scores, plan, shrink};
+use crate::stage::{StructuredConfig, removal_counts};
+use crate::structured::{magnitude_scores, plan, shrink};
 
 /// One measured model.
 #[derive(Debug, Clone, Serialize)]
@@ -31,12 +32,9 @@ pub struct BenchRow {
 
 /// Fixed work per sample (greedy decoding of random weights stops at a random `<eos>`): the encoder once
 /// and the decoder over 3 answer positions (2 tokens + `<eos>`), as a 2-token greedy answer costs.
-fn speed(model: &MultimodalModel, batch: &Batch, rounds: usize) -> f64 {
-    let answers: Vec<Vec<u32>> = (0..batch.size)
-        .map(|i| vec![4 + (i % 6) as u32, 5])
-        .collect();
+fn speed(model: &MultimodalModel, batch: &Batch, answers: &[Vec<u32>], rounds: usize) -> f64 {
     let run = || {
-        let s = model.score(batch, &answers, &mut Dropout::off());
+        let s = model.score(batch, answers, &mut Dropout::off());
         let _ = s.token_logprobs.into_data();
     };
     run();
@@ -66,22 +64,23 @@ pub fn run(
     config.numeric_features = 6;
     config.categorical_cardinalities = vec![8];
     let model = config.init(&DeviceKind::Cpu.device()?, 0)?;
-    let layers = config.encoder_layers + config.decoder_layers;
     let scores = magnitude_scores(&model)?;
-    let heads: Vec<usize> = (0..layers)
-        .map(|_| heads_to_remove(config.heads, head_fraction))
-        .collect();
-    let ff: Vec<usize> = (0..layers)
-        .map(|_| ((config.ff_mult * config.d_model) as f64 * ff_fraction).round() as usize)
-        .collect();
+    let (heads, ff) = removal_counts(
+        &model,
+        &StructuredConfig {
+            head_fraction,
+            ff_fraction,
+            ..Default::default()
+        },
+    )?;
     let pruned = shrink(&model, &plan(&scores, &heads, &ff)?)?;
     let q = quantize(model.clone(), QuantSpec::default())?;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let (input, _) = mmrl_model::bench::synthetic(&config, batch, &mut rng);
+    let (input, answers) = mmrl_model::bench::synthetic(&config, batch, &mut rng);
     let mut rows = Vec::new();
     let mut base = 0.0;
     for (name, m) in [("original", &model), ("pruned", &pruned), ("int8", &q)] {
-        let s = speed(m, &input, rounds);
+        let s = speed(m, &input, &answers, rounds);
         if name == "original" {
             base = s;
         }

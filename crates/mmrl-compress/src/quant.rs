@@ -24,6 +24,16 @@ pub enum Bits {
     Int4,
 }
 
+impl Bits {
+    /// The name in configs and variant names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bits::Int8 => "int8",
+            Bits::Int4 => "int4",
+        }
+    }
+}
+
 /// What and how to quantize.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -16,7 +16,7 @@ use mmrl_artifact::{Artifact, ArtifactWriter, Role, StageInfo};
 use mmrl_model::MultimodalModel;
 use mmrl_model::data::{Dataset, InputPaths};
 use mmrl_model::predict::{ModelEntry, load_trained};
-use mmrl_model::sft::{DeviceKind, decode_split, exact_match, train_step};
+use mmrl_model::sft::{DeviceKind, decode_split, exact_match, mix, train_step};
 use mmrl_model::vocab::Vocab;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -331,28 +331,6 @@ pub struct CompressReport {
     pub notes: BTreeMap<String, String>,
 }
 
-/// The variants a config builds, in order.
-pub fn variant_names(config: &CompressConfig) -> Vec<String> {
-    let mut v = Vec::new();
-    if config.sparse.enabled {
-        v.push("sparse".to_owned());
-    }
-    if config.structured.enabled {
-        v.push("pruned".to_owned());
-    }
-    if config.quantize.enabled {
-        let q = match config.quantize.bits {
-            Bits::Int8 => "int8",
-            Bits::Int4 => "int4",
-        };
-        v.push(q.to_owned());
-        if config.quantize.pruned && config.structured.enabled {
-            v.push(format!("pruned_{q}"));
-        }
-    }
-    v
-}
-
 /// Val exact match of `model` (greedy answers).
 pub fn val_exact_match(
     model: &MultimodalModel,
@@ -392,14 +370,6 @@ pub fn throughput(
     best.iter()
         .map(|s| indices.len() as f64 / s.max(1e-9))
         .collect()
-}
-
-fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    let mut z =
-        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The same model on an autodiff device (parameters keep their ids).
@@ -502,8 +472,8 @@ pub fn sparse_variant(
     Ok((pruned, rows, loss))
 }
 
-/// Removal counts per layer for a structured config and model.
-fn removal_counts(
+/// Removal counts per layer (heads, feed-forward neurons) for a structured config and model.
+pub fn removal_counts(
     model: &MultimodalModel,
     sc: &StructuredConfig,
 ) -> Result<(Vec<usize>, Vec<usize>)> {
@@ -812,10 +782,7 @@ pub fn run(
         finish("pruned", m, &mut rows)?;
     }
     if config.quantize.enabled {
-        let bits = match config.quantize.bits {
-            Bits::Int8 => "int8",
-            Bits::Int4 => "int4",
-        };
+        let bits = config.quantize.bits.name();
         let note = format!(
             "burn QFloat weights ({bits}, symmetric, min/max scales {}): the record stores the quantized values and their scales and reloads quantized; burn's flex backend dequantizes the weights for each matmul (f32 compute){}",
             if config.quantize.block == 0 {

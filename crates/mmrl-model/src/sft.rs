@@ -375,8 +375,9 @@ pub enum Outcome {
     },
 }
 
-fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    // splitmix64 over the three words: independent streams per (seed, purpose, counter).
+/// A seed for one random stream: splitmix64 over (stage seed, purpose, counter), so every stream of a
+/// stage (per step, per purpose) is independent and reproducible.
+pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
     let mut z =
         seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -468,7 +469,7 @@ pub fn train_step(
         .iter()
         .flat_map(|(_, a, _)| a.iter().map(|a| a.len().min(cfg.max_answer_len) + 1))
         .sum();
-    let (grads, losses) = sharded_grads(&model, parts.len(), threads(), |m, i| {
+    let (mut grads, losses) = sharded_grads(&model, parts.len(), threads(), |m, i| {
         let (batch, answers, seed) = &parts[i];
         let mut part_rng = ChaCha8Rng::seed_from_u64(*seed);
         let loss = m.nll(
@@ -489,7 +490,6 @@ pub fn train_step(
             ),
         });
     }
-    let mut grads = grads;
     let norm = clip_global_norm(&model, &mut grads, clip);
     let model = optim.step(lr, model, grads);
     Ok((model, Some((loss_sum, norm))))

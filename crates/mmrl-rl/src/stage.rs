@@ -28,7 +28,7 @@ use mmrl_model::data::{Dataset, InputPaths};
 use mmrl_model::parallel::{sharded_grads, threads};
 use mmrl_model::predict::load_trained;
 use mmrl_model::schedule::{Schedule, ScheduleConfig, ScheduleKind, ScheduleState};
-use mmrl_model::sft::{DeviceKind, clip_global_norm, decode_split, load_model};
+use mmrl_model::sft::{DeviceKind, clip_global_norm, decode_split, load_model, mix};
 use mmrl_model::vocab::{ANSWER_SPECIALS, UNK, Vocab, normalize_answer};
 use mmrl_model::{Decoding, Dropout, MultimodalModel};
 use rand::SeedableRng;
@@ -651,14 +651,6 @@ pub struct RlState {
     pub replay: Option<ReplayState<Stored>>,
     /// Zero-variance groups and groups seen.
     pub zero_groups: (u64, u64),
-}
-
-fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    let mut z =
-        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The step-metrics columns for `reward_names`.
