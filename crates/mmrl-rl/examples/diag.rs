@@ -17,12 +17,12 @@ use rand_chacha::ChaCha8Rng;
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
-    let (model_dir, data_dir) = (PathBuf::from(&a[1]), PathBuf::from(&a[2]));
     if a.len() < 3 {
         anyhow::bail!(
             "usage: diag MODEL_DIR DATA_DIR [TEMPERATURE] (DATA_DIR holds select, image, audio, tabular)"
         );
     }
+    let (model_dir, data_dir) = (PathBuf::from(&a[1]), PathBuf::from(&a[2]));
     let temp: f32 = a.get(3).map_or(Ok(1.0), |s| s.parse())?;
     let t = load_trained(&model_dir, DeviceKind::Cpu)?;
     let data = Dataset::load(&InputPaths {

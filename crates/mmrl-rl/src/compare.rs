@@ -3,7 +3,7 @@
 //! Compute is matched in sample forward+backward passes: each RL run takes `steps x batch_size x
 //! policy_epochs` of them (generation and the no-grad scoring of rollouts come on top and are reported as
 //! such), and continued sft takes `train_passes / batch_size` optimizer steps of `batch_size` samples from
-//! the same checkpoint with the same peak learning rate and schedule.
+//! the same checkpoint with the same peak learning rate, schedule, weight decay and shards.
 
 use std::path::Path;
 
@@ -99,7 +99,11 @@ pub fn continued_sft(
     let device = base.device.device()?.autodiff();
     let file = mmrl_artifact::Artifact::open(&inputs.model)?.file("model.bpk")?;
     let mut model = load_model(start.model.config().init(&device, 0)?, &file)?;
-    let mut optim = AdamWConfig::new().with_epsilon(1e-8).init();
+    // The RL runs' optimizer: same weight decay and epsilon.
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(base.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .init();
     let bs = base.batch_size;
     let steps = passes / bs as u64;
     let schedule = Schedule {
@@ -128,7 +132,7 @@ pub fn continued_sft(
             &data,
             &start.vocab,
             &items,
-            base.grad_accum * mmrl_model::sft::DEFAULT_SHARDS,
+            base.grad_accum * base.shards,
             schedule.lr(s),
             base.grad_clip,
             0.1,
