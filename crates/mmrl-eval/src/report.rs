@@ -51,10 +51,12 @@ fn push_figure(
 
 impl History {
     /// Collects the curves of every model artifact by the stage that wrote it (`sft`, `rl`) and the hpo
-    /// trials; what is absent is noted in `sources`, never an error.
+    /// trials (the sft val plot also draws the `cross_modal` question types); what is absent is noted in
+    /// `sources`, never an error.
     pub fn collect(
         models: &[(String, Artifact)],
         hpo: Option<&Artifact>,
+        cross_modal: &[String],
         sources: &mut BTreeMap<String, String>,
     ) -> Self {
         let mut figures = Vec::new();
@@ -122,11 +124,11 @@ impl History {
                         line: true,
                     }];
                     if has_q {
-                        for q in ["digit_and_count", "digit_gt_count", "battery_or_triangle"] {
+                        for q in cross_modal {
                             let p = v.points(x, "exact_match", Some(("qtype", q)));
                             if !p.is_empty() {
                                 series.push(Series {
-                                    name: q.into(),
+                                    name: q.clone(),
                                     points: p,
                                     markers: false,
                                     line: true,

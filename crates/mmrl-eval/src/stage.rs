@@ -633,8 +633,8 @@ pub fn cross_modal_verdict(
         .collect();
     let mut not_beaten = Vec::new();
     for (name, r) in others {
-        let single_modality = r.kind == Kind::Ablation && name != "ablation_question_only";
-        if !(r.kind == Kind::Baseline || single_modality || name == "ablation_question_only") {
+        // Every baseline and every ablation (single modalities and question only).
+        if !matches!(r.kind, Kind::Baseline | Kind::Ablation) {
             continue;
         }
         if let (Some(o), Some(b)) = (ours.cross_modal_exact_match, r.cross_modal_exact_match)
@@ -981,7 +981,12 @@ pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -
         .iter()
         .find(|(n, _, _)| n == "hpo")
         .map(|(_, a, _)| a.clone());
-    let history = crate::report::History::collect(&model_artifacts, hpo.as_ref(), &mut sources);
+    let history = crate::report::History::collect(
+        &model_artifacts,
+        hpo.as_ref(),
+        &config.cross_modal,
+        &mut sources,
+    );
 
     let metrics = MetricsFile {
         headline,
