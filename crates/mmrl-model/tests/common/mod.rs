@@ -16,7 +16,7 @@ use mmrl_model::data::InputPaths;
 
 pub const SIDE: usize = 8;
 
-fn info(stage: &str) -> StageInfo {
+pub fn info(stage: &str) -> StageInfo {
     StageInfo {
         stage: stage.into(),
         crate_name: "test".into(),
