@@ -165,14 +165,7 @@ pub fn parallel_coordinates(
             chart
                 .configure_mesh()
                 .x_labels(n.max(1))
-                .x_label_formatter(&|x| {
-                    let i = x.round();
-                    if (x - i).abs() < 1e-6 && i >= 0.0 {
-                        names.get(i as usize).cloned().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                })
+                .x_label_formatter(&|x| index_label(&names, *x))
                 .y_desc("position in range")
                 .light_line_style(WHITE)
                 .bold_line_style(GRID)
@@ -233,8 +226,9 @@ pub fn importances(space: &Space, trials: &[TrialRecord]) -> BTreeMap<String, f6
     let ys: Vec<f64> = done.iter().map(|d| d.1).collect();
     let mean = ys.iter().sum::<f64>() / ys.len() as f64;
     let total: f64 = ys.iter().map(|y| (y - mean).powi(2)).sum();
+    let encoded: Vec<Vec<f64>> = done.iter().map(|d| space.encode(&d.0.params)).collect();
     for (i, p) in space.params.iter().enumerate() {
-        let us: Vec<f64> = done.iter().map(|d| space.encode(&d.0.params)[i]).collect();
+        let us: Vec<f64> = encoded.iter().map(|u| u[i]).collect();
         let bins: Vec<i64> = match &p.domain {
             Domain::Categorical { choices } => us
                 .iter()
@@ -306,14 +300,7 @@ pub fn importance_chart(importances: &BTreeMap<String, f64>) -> Result<String> {
         chart
             .configure_mesh()
             .y_labels(n)
-            .y_label_formatter(&|y| {
-                let i = y.round();
-                if (y - i).abs() < 1e-6 && i >= 0.0 {
-                    names.get(i as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
+            .y_label_formatter(&|y| index_label(&names, *y))
             .x_desc("share of variance")
             .light_line_style(WHITE)
             .bold_line_style(GRID)
@@ -330,4 +317,14 @@ pub fn importance_chart(importances: &BTreeMap<String, f64>) -> Result<String> {
             .map_err(e)?;
         Ok(())
     })
+}
+
+/// The name at an integer axis position (a parameter's index), empty between positions.
+fn index_label(names: &[String], x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() < 1e-6 && i >= 0.0 {
+        names.get(i as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
 }

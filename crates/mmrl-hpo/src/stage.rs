@@ -35,7 +35,7 @@ use crate::error::{Error, Result, io};
 use crate::pruner::{Direction, PrunerConfig};
 use crate::sampler::SamplerKind;
 use crate::space::{ParamDef, Params, Space};
-use crate::storage::{TrialRecord, TrialState};
+use crate::storage::TrialRecord;
 use crate::study::{Launcher, Poll, RunningTrial, Study, StudySettings, best_trial};
 use crate::{plots, table};
 
@@ -223,10 +223,10 @@ pub struct ProcessLauncher {
     pub study: PathBuf,
     /// The seed every trial gets.
     pub seed: u64,
-    /// Timeout (0: none).
-    pub timeout_s: f64,
-    /// Config (params and objective).
+    /// Config (params, objective, trial timeout).
     pub config: HpoConfig,
+    /// [`THREADS_ENV`] for each trial process (`None`: inherit).
+    pub trial_threads: Option<usize>,
 }
 
 /// The environment variable mmrl's training stages read for their thread count (speed only, never
@@ -259,8 +259,12 @@ impl ProcessLauncher {
             inputs: inputs.to_vec(),
             study: study.to_path_buf(),
             seed,
-            timeout_s: config.trial_timeout_s,
             config: config.clone(),
+            trial_threads: trial_threads(
+                config.workers,
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                std::env::var_os(THREADS_ENV).is_some(),
+            ),
         })
     }
 
@@ -475,11 +479,7 @@ impl Launcher for ProcessLauncher {
         let stdout = std::fs::File::create(&stdout_file).map_err(io("creating", &stdout_file))?;
         let stderr = std::fs::File::create(&stderr_file).map_err(io("creating", &stderr_file))?;
         let mut cmd = self.command(&params_file, Some(&output), false);
-        if let Some(n) = trial_threads(
-            self.config.workers,
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-            std::env::var_os(THREADS_ENV).is_some(),
-        ) {
+        if let Some(n) = self.trial_threads {
             cmd.env(THREADS_ENV, n.to_string());
         }
         let child = cmd
@@ -495,8 +495,8 @@ impl Launcher for ProcessLauncher {
             child: Some(child),
             started: Instant::now(),
             // validate() guarantees the conversion succeeds; no limit should it ever not.
-            timeout: (self.timeout_s > 0.0)
-                .then(|| Duration::try_from_secs_f64(self.timeout_s).ok())
+            timeout: (self.config.trial_timeout_s > 0.0)
+                .then(|| Duration::try_from_secs_f64(self.config.trial_timeout_s).ok())
                 .flatten(),
             report_file,
             offset: 0,
@@ -632,14 +632,7 @@ pub fn run(
         seed,
     };
     let mut study = Study::open(&dir, settings)?;
-    let parquet = dir.join("trials.parquet");
-    let storage_trials = |s: &Study| s.trials();
-    table::write_trials_parquet(&parquet, &storage_trials(&study)?)?;
-    let mut finished: Vec<TrialRecord> = Vec::new();
-    let trials = study.optimize(&mut launcher, Duration::from_millis(250), |t| {
-        finished.push(t.clone())
-    })?;
-    table::write_trials_parquet(&parquet, &trials)?;
+    let trials = study.optimize(&mut launcher, Duration::from_millis(250), |_| {})?;
     let direction = config.objective.direction;
     let best = best_trial(&trials, direction).ok_or_else(|| {
         let last = trials
@@ -717,7 +710,11 @@ fn write_artifact(
         table::trials_schema(),
         &[table::trials_batch(trials)?],
     )?;
-    w.write_json("best_params.json", Role::Data, &report.best_params)?;
+    w.write_json(
+        mmrl_artifact::cli::OVERLAY_FILE,
+        Role::Data,
+        &report.best_params,
+    )?;
     let toml_text = format!(
         "# Best parameters of hpo (trial {}, {} = {}); an overlay on the tuned stage's params.\n{}",
         report.best_trial,
@@ -828,15 +825,6 @@ pub fn run_toy(config: &ToyConfig, output: &Path, seed: u64) -> Result<()> {
     )?;
     w.commit()?;
     Ok(())
-}
-
-/// Counts of trials by state (for logs).
-pub fn state_counts(trials: &[TrialRecord]) -> BTreeMap<TrialState, u64> {
-    let mut m = BTreeMap::new();
-    for t in trials {
-        *m.entry(t.state).or_default() += 1;
-    }
-    m
 }
 
 #[cfg(test)]

@@ -1,13 +1,12 @@
-//! The trials table (`trials.parquet`): one row per trial, written into the study directory after every
-//! trial and into the hpo artifact at the end.
+//! The trials table (`trials.parquet` of the hpo artifact): one row per trial. The study's live record
+//! is its journal (`journal.jsonl` in the study directory).
 
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use crate::error::{Result, io};
+use crate::error::Result;
 use crate::storage::TrialRecord;
 
 /// The table's schema.
@@ -65,16 +64,4 @@ mod erased {
             serde_json::to_string(self).unwrap_or_else(|_| "null".into())
         }
     }
-}
-
-/// Writes `trials.parquet` at `path` atomically (temporary file, then rename).
-pub fn write_trials_parquet(path: &Path, trials: &[TrialRecord]) -> Result<()> {
-    let batch = trials_batch(trials)?;
-    let tmp = path.with_extension("parquet.tmp");
-    let file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, trials_schema(), None)?;
-    writer.write(&batch)?;
-    writer.close()?;
-    std::fs::rename(&tmp, path).map_err(io("renaming into", path))?;
-    Ok(())
 }
