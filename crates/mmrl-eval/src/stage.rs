@@ -12,11 +12,8 @@ use mmrl_artifact::sample::Split;
 use mmrl_artifact::{Artifact, ArtifactWriter, Role, StageInfo};
 use mmrl_model::data::{Dataset, InputPaths};
 use mmrl_model::predict::{Trained, load_models};
-use mmrl_model::sft::DeviceKind;
+use mmrl_model::sft::{DeviceKind, decode_split_with};
 use mmrl_model::vocab::normalize_answer;
-use mmrl_model::{Decoding, MultimodalModel};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::baselines::{Baselines, ClassicalSettings};
@@ -312,37 +309,41 @@ pub fn decode(
     batch_size: usize,
     keep: Keep,
 ) -> Vec<Prediction> {
-    let model: &MultimodalModel = &trained.model;
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut out = Vec::with_capacity(indices.len());
-    for chunk in indices.chunks(batch_size.max(1)) {
-        let items: Vec<(usize, usize)> = chunk.iter().map(|&i| (i, 0)).collect();
-        let (mut batch, _) = data.batch(&items, &trained.vocab, model.config(), None);
-        if !keep.image
-            && let Some(m) = batch.image.as_mut()
-        {
-            m.present.iter_mut().for_each(|p| *p = false);
-        }
-        if !keep.audio
-            && let Some(m) = batch.audio.as_mut()
-        {
-            m.present.iter_mut().for_each(|p| *p = false);
-        }
-        if !keep.tabular
-            && let Some(t) = batch.tabular.as_mut()
-        {
-            t.present.iter_mut().for_each(|p| *p = false);
-        }
-        let generated = model.generate(&batch, Decoding::Greedy, &mut rng);
-        for (&i, g) in chunk.iter().zip(generated) {
-            out.push((
+    let generated = decode_split_with(
+        &trained.model,
+        data,
+        &trained.vocab,
+        indices,
+        batch_size,
+        |batch| {
+            if !keep.image
+                && let Some(m) = batch.image.as_mut()
+            {
+                m.present.iter_mut().for_each(|p| *p = false);
+            }
+            if !keep.audio
+                && let Some(m) = batch.audio.as_mut()
+            {
+                m.present.iter_mut().for_each(|p| *p = false);
+            }
+            if !keep.tabular
+                && let Some(t) = batch.tabular.as_mut()
+            {
+                t.present.iter_mut().for_each(|p| *p = false);
+            }
+        },
+    );
+    indices
+        .iter()
+        .zip(generated)
+        .map(|(&i, g)| {
+            (
                 data.samples[i].id.clone(),
                 trained.vocab.decode_answer(&g.tokens),
                 finite_logprob(g.logprob),
-            ));
-        }
-    }
-    out
+            )
+        })
+        .collect()
 }
 
 /// A decoded sequence log-probability as eval stores it: `None` when it is not finite (NaN or infinite

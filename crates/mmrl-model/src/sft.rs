@@ -503,11 +503,25 @@ pub fn decode_split(
     indices: &[usize],
     batch_size: usize,
 ) -> Vec<Generated> {
+    decode_split_with(model, data, vocab, indices, batch_size, |_| {})
+}
+
+/// As [`decode_split`], with `adjust` applied to each batch before decoding (eval's ablations mark a
+/// modality absent there).
+pub fn decode_split_with(
+    model: &MultimodalModel,
+    data: &Dataset,
+    vocab: &Vocab,
+    indices: &[usize],
+    batch_size: usize,
+    adjust: impl Fn(&mut crate::model::Batch),
+) -> Vec<Generated> {
     let mut out = Vec::with_capacity(indices.len());
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for chunk in indices.chunks(batch_size.max(1)) {
         let items: Vec<(usize, usize)> = chunk.iter().map(|&i| (i, 0)).collect();
-        let (batch, _) = data.batch(&items, vocab, model.config(), None);
+        let (mut batch, _) = data.batch(&items, vocab, model.config(), None);
+        adjust(&mut batch);
         out.extend(model.generate(&batch, Decoding::Greedy, &mut rng));
     }
     out
