@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use mmrl_model::vocab::numbers;
+pub use mmrl_model::vocab::token_f1;
 use serde::Serialize;
 
 /// One answer to score: normalized predicted and reference text, and the model's confidence in it.
@@ -364,35 +366,6 @@ pub fn confusion_matrix(rows: &[Scored], labels: &[String]) -> Vec<Vec<u64>> {
     m
 }
 
-/// SQuAD-style F1 of one answer on whitespace tokens: the multiset overlap's harmonic mean of precision and
-/// recall; 1 when both are empty, 0 when exactly one is.
-pub fn token_f1(answer: &str, reference: &str) -> f64 {
-    let a: Vec<&str> = answer.split_whitespace().collect();
-    let r: Vec<&str> = reference.split_whitespace().collect();
-    if a.is_empty() || r.is_empty() {
-        return if a.len() == r.len() { 1.0 } else { 0.0 };
-    }
-    let mut counts: HashMap<&str, i64> = HashMap::new();
-    for t in &r {
-        *counts.entry(t).or_default() += 1;
-    }
-    let mut common = 0u64;
-    for t in &a {
-        if let Some(c) = counts.get_mut(t)
-            && *c > 0
-        {
-            *c -= 1;
-            common += 1;
-        }
-    }
-    if common == 0 {
-        return 0.0;
-    }
-    let p = common as f64 / a.len() as f64;
-    let rc = common as f64 / r.len() as f64;
-    2.0 * p * rc / (p + rc)
-}
-
 /// Mean [`token_f1`] over rows (0 for no rows).
 pub fn mean_token_f1(rows: &[Scored]) -> f64 {
     if rows.is_empty() {
@@ -402,14 +375,6 @@ pub fn mean_token_f1(rows: &[Scored]) -> f64 {
         .map(|r| token_f1(&r.answer, &r.reference))
         .sum::<f64>()
         / rows.len() as f64
-}
-
-fn numbers(text: &str) -> Option<Vec<f64>> {
-    let v: Vec<f64> = text
-        .split_whitespace()
-        .map(|t| t.parse::<f64>().ok().filter(|x| x.is_finite()))
-        .collect::<Option<_>>()?;
-    (!v.is_empty()).then_some(v)
 }
 
 /// The numeric token pairs of rows whose reference is numeric: every whitespace token of both texts parses

@@ -121,6 +121,45 @@ pub fn normalize_answer(text: &str) -> String {
     words(text).join(" ")
 }
 
+/// SQuAD-style F1 of an answer on whitespace tokens: the multiset overlap's harmonic mean of precision and
+/// recall; 1 when both are empty, 0 when exactly one is. rl's token-F1 reward and eval's metric.
+pub fn token_f1(answer: &str, reference: &str) -> f64 {
+    let a: Vec<&str> = answer.split_whitespace().collect();
+    let r: Vec<&str> = reference.split_whitespace().collect();
+    if a.is_empty() || r.is_empty() {
+        return if a.len() == r.len() { 1.0 } else { 0.0 };
+    }
+    let mut pool: BTreeMap<&str, usize> = BTreeMap::new();
+    for w in &r {
+        *pool.entry(w).or_default() += 1;
+    }
+    let mut common = 0usize;
+    for w in &a {
+        if let Some(c) = pool.get_mut(w)
+            && *c > 0
+        {
+            *c -= 1;
+            common += 1;
+        }
+    }
+    if common == 0 {
+        return 0.0;
+    }
+    let p = common as f64 / a.len() as f64;
+    let rc = common as f64 / r.len() as f64;
+    2.0 * p * rc / (p + rc)
+}
+
+/// The numbers of an answer when every whitespace token is a finite number (`None` otherwise, or when
+/// it is empty): rl's numeric reward and eval's MAE.
+pub fn numbers(text: &str) -> Option<Vec<f64>> {
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .map(|t| t.parse::<f64>().ok().filter(|x| x.is_finite()))
+        .collect::<Option<_>>()?;
+    (!v.is_empty()).then_some(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,9 @@
 //! on its own (mean and std over the samples it applied to). A non-finite value is an error that names the
 //! reward and the sample, never a silent NaN in the loss.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
+use mmrl_model::vocab::{numbers, token_f1};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -65,33 +66,6 @@ impl Reward for ExactMatch {
 #[derive(Debug, Clone, Default)]
 pub struct TokenF1;
 
-/// Token F1 of two normalized strings.
-pub fn token_f1(answer: &str, reference: &str) -> f64 {
-    let (a, r) = (words(answer), words(reference));
-    if a.is_empty() || r.is_empty() {
-        return f64::from(u8::from(a.is_empty() && r.is_empty()));
-    }
-    let mut pool: BTreeMap<&str, usize> = BTreeMap::new();
-    for w in &r {
-        *pool.entry(w).or_default() += 1;
-    }
-    let mut common = 0usize;
-    for w in &a {
-        if let Some(c) = pool.get_mut(w)
-            && *c > 0
-        {
-            *c -= 1;
-            common += 1;
-        }
-    }
-    if common == 0 {
-        return 0.0;
-    }
-    let p = common as f64 / a.len() as f64;
-    let rc = common as f64 / r.len() as f64;
-    2.0 * p * rc / (p + rc)
-}
-
 impl Reward for TokenF1 {
     fn name(&self) -> &str {
         "token_f1"
@@ -107,15 +81,6 @@ impl Reward for TokenF1 {
 pub struct NumericCloseness {
     /// Distance at which the reward halves.
     pub scale: f64,
-}
-
-/// The numbers of a normalized answer, or `None` if any word is not a number.
-pub fn numbers(s: &str) -> Option<Vec<f64>> {
-    let w = words(s);
-    if w.is_empty() {
-        return None;
-    }
-    w.iter().map(|x| x.parse::<f64>().ok()).collect()
 }
 
 /// Numeric closeness of an answer to a numeric reference (see [`NumericCloseness`]).
