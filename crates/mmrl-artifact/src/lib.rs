@@ -43,7 +43,7 @@ pub use manifest::{
     FORMAT_VERSION, FileRecord, InputKind, InputRecord, MANIFEST_FILE, Manifest, Role,
 };
 pub use read::{Artifact, same_columns};
-pub use write::{ArtifactWriter, PARTIAL_MARKER, StageInfo, TableWriter, git_revision};
+pub use write::{ArtifactWriter, PARTIAL_MARKER, StageInfo, TableWriter, git_revision, work_dir};
 
 // Re-exported so that stages build batches against the exact arrow this crate writes.
 pub use arrow;

@@ -415,6 +415,19 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The hidden folder beside `output` where a stage keeps what must survive a kill (checkpoints, a study):
+/// `<parent>/.<name>.<kind>`, so it is never mistaken for an artifact and a re-run of the same output finds it.
+pub fn work_dir(output: &Path, kind: &str) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    output
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!(".{name}.{kind}"))
+}
+
 /// The current git revision (`-dirty` when the tree has changes), or `None` outside a git checkout.
 pub fn git_revision() -> Option<String> {
     let out = std::process::Command::new("git")

@@ -195,14 +195,7 @@ impl HpoConfig {
 
 /// The study directory for an output: `<parent>/.<name>.hpo-study`.
 pub fn study_dir(output: &Path) -> PathBuf {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "hpo".into());
-    output
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(format!(".{name}.hpo-study"))
+    mmrl_artifact::work_dir(output, "hpo-study")
 }
 
 /// Converts JSON to TOML text (nulls are errors: TOML has none).

@@ -37,6 +37,24 @@ pub struct InputPaths {
 }
 
 impl InputPaths {
+    /// The content hashes of the inputs joined by `|` (empty for an absent modality): what a resumable
+    /// run keys its checkpoints on.
+    pub fn content_key(&self) -> Result<String> {
+        let hash = |p: &Option<PathBuf>| -> Result<String> {
+            match p {
+                None => Ok(String::new()),
+                Some(p) => Ok(Artifact::open(p)?.manifest().content_hash.clone()),
+            }
+        };
+        Ok([
+            hash(&Some(self.samples.clone()))?,
+            hash(&self.image)?,
+            hash(&self.audio)?,
+            hash(&self.tabular)?,
+        ]
+        .join("|"))
+    }
+
     /// The paths of a stage's `--input NAME=PATH` pairs: `samples` is required, the modalities optional.
     pub fn from_args(args: &mmrl_artifact::cli::StageArgs) -> std::result::Result<Self, String> {
         let optional = |name: &str| {

@@ -572,14 +572,7 @@ pub fn majority_answers(data: &Dataset) -> BTreeMap<String, String> {
 
 /// The work folder of a run writing `output`.
 pub fn work_dir(output: &Path) -> PathBuf {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "sft".into());
-    output
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(format!(".{name}.sft-work"))
+    mmrl_artifact::work_dir(output, "sft-work")
 }
 
 fn save_checkpoint(
@@ -680,13 +673,6 @@ fn val_table(rows: &[ValRow]) -> Result<RecordBatch> {
     )?)
 }
 
-fn input_hash(path: &Option<PathBuf>) -> Result<String> {
-    match path {
-        None => Ok(String::new()),
-        Some(p) => Ok(Artifact::open(p)?.manifest().content_hash.clone()),
-    }
-}
-
 /// Runs the stage: trains on `inputs` and commits the artifact at `output`.
 pub fn run(
     config: &SftConfig,
@@ -722,12 +708,9 @@ pub fn run(
     model_config.check()?;
 
     let key = format!(
-        "{}|{seed}|{}|{}|{}|{}",
+        "{}|{seed}|{}",
         serde_json::to_string(config)?,
-        input_hash(&Some(inputs.samples.clone()))?,
-        input_hash(&inputs.image)?,
-        input_hash(&inputs.audio)?,
-        input_hash(&inputs.tabular)?
+        inputs.content_key()?
     );
     let key = mmrl_artifact::hash::hash_bytes(key.as_bytes());
 

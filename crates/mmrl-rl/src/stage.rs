@@ -685,21 +685,7 @@ pub fn step_columns(reward_names: &[String]) -> Vec<String> {
 
 /// The work folder of a run writing `output`.
 pub fn work_dir(output: &Path) -> PathBuf {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "rl".into());
-    output
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(format!(".{name}.rl-work"))
-}
-
-fn input_hash(path: &Option<PathBuf>) -> Result<String> {
-    match path {
-        None => Ok(String::new()),
-        Some(p) => Ok(Artifact::open(p)?.manifest().content_hash.clone()),
-    }
+    mmrl_artifact::work_dir(output, "rl-work")
 }
 
 /// PPO's value-loss inputs of one micro-batch, `[rows * steps]` row-major.
@@ -1151,13 +1137,10 @@ pub fn run(
     let reference = start_model.reference();
 
     let key = format!(
-        "{}|{seed}|{}|{}|{}|{}|{}",
+        "{}|{seed}|{}|{}",
         serde_json::to_string(config)?,
-        input_hash(&Some(inputs.model.clone()))?,
-        input_hash(&Some(inputs.data.samples.clone()))?,
-        input_hash(&inputs.data.image)?,
-        input_hash(&inputs.data.audio)?,
-        input_hash(&inputs.data.tabular)?
+        Artifact::open(&inputs.model)?.manifest().content_hash,
+        inputs.data.content_key()?
     );
     let key = mmrl_artifact::hash::hash_bytes(key.as_bytes());
 
