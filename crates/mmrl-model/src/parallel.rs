@@ -24,11 +24,21 @@ static THREADS: AtomicUsize = AtomicUsize::new(0);
 pub fn threads() -> usize {
     match THREADS.load(Ordering::Relaxed) {
         0 => {
-            let n = std::env::var("MMRL_THREADS")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|&n| n > 0)
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let n = match std::env::var("MMRL_THREADS") {
+                Err(_) => cores,
+                Ok(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        tracing::warn!(
+                            value = %v,
+                            cores,
+                            "MMRL_THREADS must be a positive whole number; using every core"
+                        );
+                        cores
+                    }
+                },
+            };
             THREADS.store(n, Ordering::Relaxed);
             n
         }
