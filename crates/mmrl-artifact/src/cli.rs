@@ -62,11 +62,71 @@ impl StageArgs {
             .ok_or_else(|| format!("missing --input {name}=PATH"))
     }
 
-    /// The output directory; required unless `--check`.
+    /// The output artifact directory, checked and claimed before any work; every stage binary gets its output
+    /// through this. Required unless `--check`. It must not be one of the inputs, hold one or sit inside one
+    /// (the stage replaces its output); it must be absent, an empty folder or an artifact, so that nothing a user
+    /// made is replaced ([`check_replaceable`](crate::check_replaceable)); and no other process may be writing it:
+    /// this process takes the lock beside it and holds it until it exits ([`claim_output`](crate::claim_output)).
     pub fn output(&self) -> Result<&Path, String> {
-        self.output
+        let output = self.folder_output()?;
+        crate::check_replaceable(output).map_err(|e| e.to_string())?;
+        crate::claim_output(output).map_err(|e| e.to_string())?;
+        Ok(output)
+    }
+
+    /// The output of a command that writes a plain folder of files (reports), never replaced, only written
+    /// into: required, and not one of the inputs, around one or inside one.
+    pub fn folder_output(&self) -> Result<&Path, String> {
+        let output = self
+            .output
             .as_deref()
-            .ok_or_else(|| "missing --output DIR".to_owned())
+            .ok_or_else(|| "missing --output DIR".to_owned())?;
+        for (name, input) in &self.inputs {
+            if let Some(relation) = overlap(output, input) {
+                return Err(format!(
+                    "--output {} {relation} --input {name}={}: a stage replaces its output, so it must not \
+                     overlap an input; choose another --output",
+                    output.display(),
+                    input.display()
+                ));
+            }
+        }
+        Ok(output)
+    }
+}
+
+/// `path` made absolute, with the longest part that exists resolved through symbolic links, so that two
+/// spellings of one folder compare equal even when the folder does not exist yet.
+fn resolve(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |acc, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// How two paths overlap, after [`resolve`]: `Some("is the same folder as")` when they are one, `Some("contains")` when `a` holds
+/// `b`, `Some("is inside")` when `b` holds `a`, `None` when neither holds the other.
+fn overlap(a: &Path, b: &Path) -> Option<&'static str> {
+    let (a, b) = (resolve(a), resolve(b));
+    if a == b {
+        Some("is the same folder as")
+    } else if b.starts_with(&a) {
+        Some("contains")
+    } else if a.starts_with(&b) {
+        Some("is inside")
+    } else {
+        None
     }
 }
 
@@ -242,6 +302,78 @@ mod tests {
             seed: 0,
             check,
         }
+    }
+
+    #[test]
+    fn overlap_names_the_relation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::create_dir_all(d.join("a/b")).unwrap();
+        let check = |a: &str, b: &str, expected: Option<&str>| {
+            assert_eq!(overlap(&d.join(a), &d.join(b)), expected, "{a} vs {b}");
+        };
+        check("a", "a", Some("is the same folder as"));
+        check("a/./b", "a/b", Some("is the same folder as"));
+        check("a", "a/b", Some("contains"));
+        check("a/b/c/new", "a", Some("is inside"));
+        check("a/b", "ab", None);
+        check("a/b", "a/c", None);
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(d.join("a/b"), d.join("link")).unwrap();
+            check("link/x", "a/b", Some("is inside"));
+        }
+    }
+
+    #[test]
+    fn output_is_checked_against_the_inputs_and_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("proj/data/images")).unwrap();
+        std::fs::write(d.join("notes.txt"), "mine").unwrap();
+        let check = |output: &str, inputs: &[(&str, &str)], expected: Result<(), &str>| {
+            let args = StageArgs {
+                params: None,
+                inputs: inputs
+                    .iter()
+                    .map(|(n, p)| ((*n).to_owned(), d.join(p)))
+                    .collect(),
+                output: Some(d.join(output)),
+                seed: 0,
+                check: false,
+            };
+            match (args.output(), expected) {
+                (Ok(p), Ok(())) => assert_eq!(p, d.join(output)),
+                (Err(e), Err(fragment)) => assert!(e.contains(fragment), "{output}: {e}"),
+                (got, want) => panic!("{output}: got {got:?}, expected {want:?}"),
+            }
+        };
+        let data = [("dataset", "proj/data")];
+        check(
+            "proj/data",
+            &data,
+            Err("is the same folder as --input dataset="),
+        );
+        check(
+            "proj/./data/",
+            &data,
+            Err("is the same folder as --input dataset="),
+        );
+        check("proj", &data, Err("contains --input dataset="));
+        check("proj/data/images", &data, Err("is inside --input dataset="));
+        check(
+            "proj/data/new/out",
+            &data,
+            Err("is inside --input dataset="),
+        );
+        check("notes.txt", &[], Err("refusing to replace a file"));
+        check(
+            "proj",
+            &[],
+            Err("a folder that is not an artifact (no manifest.json)"),
+        );
+        check("out", &data, Ok(()));
+        assert!(d.join(".out.lock").is_file(), "the output was not claimed");
     }
 
     #[test]

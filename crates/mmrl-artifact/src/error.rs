@@ -59,6 +59,33 @@ pub enum ArtifactError {
         /// The names it does have.
         available: String,
     },
+    /// The output path holds something a writer must not replace (a file, a link, a folder that is not an
+    /// artifact): nothing was written.
+    #[error(
+        "{}: refusing to replace {found}; an output must be absent, an empty folder or an mmrl artifact",
+        path.display()
+    )]
+    NotReplaceable {
+        /// The output path.
+        path: PathBuf,
+        /// What is there.
+        found: String,
+    },
+    /// Another writer, in this process or another, is writing the same output.
+    #[error(
+        "{}: another writer ({}) is writing this output (lock {}); wait for it to finish or stop it",
+        dest.display(),
+        holder.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}")),
+        lock.display()
+    )]
+    Locked {
+        /// The output path.
+        dest: PathBuf,
+        /// The lock file beside it.
+        lock: PathBuf,
+        /// The process id the holder wrote into the lock file, if it could be read.
+        holder: Option<u32>,
+    },
     /// A caller misused the writer (two outputs with one name, an unsafe file name).
     #[error("{0}")]
     Usage(String),

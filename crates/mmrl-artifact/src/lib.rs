@@ -3,7 +3,11 @@
 //! Stages talk only through artifacts. A stage writes with an [`ArtifactWriter`], which builds the directory
 //! under a hidden temporary name and renames it into place on [`ArtifactWriter::commit`], so nothing that reads
 //! as complete can be left half-written. The next stage opens it with [`Artifact::open`], which validates the
-//! manifest, sizes, row counts and schemas (and, with [`Artifact::verify_hashes`], every byte).
+//! manifest, sizes, row counts and schemas, and every byte against the manifest's blake3 hashes.
+//!
+//! A writer replaces only an artifact or an empty folder ([`check_replaceable`]), holds a lock file beside its
+//! output while it writes (a stage binary claims it at start, [`claim_output`]), and removes what writers that
+//! are gone left behind.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -33,6 +37,7 @@ pub mod cli;
 mod error;
 pub mod hash;
 mod manifest;
+mod output;
 mod read;
 pub mod sample;
 pub mod trial;
@@ -42,6 +47,7 @@ pub use error::{ArtifactError, Result};
 pub use manifest::{
     FORMAT_VERSION, FileRecord, InputKind, InputRecord, MANIFEST_FILE, Manifest, Role,
 };
+pub use output::{check_replaceable, claim_output};
 pub use read::{Artifact, same_columns};
 pub use write::{ArtifactWriter, PARTIAL_MARKER, StageInfo, TableWriter, git_revision, work_dir};
 

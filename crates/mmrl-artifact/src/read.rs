@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
@@ -20,9 +21,10 @@ pub struct Artifact {
 }
 
 impl Artifact {
-    /// Opens `dir` and checks that it is complete: the manifest parses, every listed file exists with the
-    /// recorded size, and every table has the recorded row count and schema. Content hashes are checked only by
-    /// [`Artifact::verify_hashes`], which reads every byte.
+    /// Opens `dir` and checks that it is complete and unchanged: the manifest parses, every listed file exists
+    /// with the recorded size, every table has the recorded row count and schema, and every byte hashes to the
+    /// manifest's blake3 ([`Artifact::verify_hashes`]). A stage never reads bytes that were not checked: a flipped
+    /// byte is an error naming the file, not a different result.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -45,6 +47,14 @@ impl Artifact {
         for record in &artifact.manifest.outputs {
             artifact.check_file(record)?;
         }
+        let started = Instant::now();
+        artifact.verify_hashes()?;
+        tracing::debug!(
+            dir = %artifact.dir.display(),
+            bytes = artifact.manifest.outputs.iter().map(|o| o.bytes).sum::<u64>(),
+            micros = started.elapsed().as_micros() as u64,
+            "artifact verified"
+        );
         Ok(artifact)
     }
 
@@ -80,7 +90,7 @@ impl Artifact {
         Ok(())
     }
 
-    /// Re-hashes every output and compares with the manifest.
+    /// Re-hashes every output and compares with the manifest ([`Artifact::open`] does this).
     pub fn verify_hashes(&self) -> Result<()> {
         for record in &self.manifest.outputs {
             let path = self.dir.join(&record.file);

@@ -14,6 +14,7 @@ use parquet::file::properties::WriterProperties;
 use crate::error::{ArtifactError, Result, io};
 use crate::hash::{combine, hash_file};
 use crate::manifest::{FORMAT_VERSION, FileRecord, InputRecord, MANIFEST_FILE, Manifest, Role};
+use crate::output::{OLD_MARKER, OutputLock, check_replaceable, clean_stale};
 use crate::read::Artifact;
 
 /// Who wrote an artifact and how it was configured; everything in the manifest that the writer cannot know.
@@ -37,8 +38,13 @@ pub const PARTIAL_MARKER: &str = ".partial-";
 /// Builds an artifact directory under a temporary sibling name and renames it into place on [`commit`].
 ///
 /// Dropping the writer without committing removes the temporary directory; a killed process leaves only a
-/// hidden `.NAME.partial-*` directory that has no manifest and is never read as an artifact. An existing artifact
-/// at the destination stays intact until the new one is complete.
+/// hidden `.NAME.partial-*` directory that has no manifest and is never read as an artifact, and that the next
+/// writer of the same output removes once the process is gone. An existing artifact at the destination stays
+/// intact until the new one is complete. The writer replaces only an artifact or an empty folder, and holds the
+/// lock file `.NAME.lock` beside the destination from [`create`] until commit or drop, so that a second writer
+/// of the same output fails at once.
+///
+/// [`create`]: ArtifactWriter::create
 ///
 /// [`commit`]: ArtifactWriter::commit
 #[derive(Debug)]
@@ -51,10 +57,16 @@ pub struct ArtifactWriter {
     outputs: Vec<FileRecord>,
     fit_splits: Vec<String>,
     committed: bool,
+    /// Held until the writer is dropped, after the temporary directory is gone or renamed.
+    _lock: OutputLock,
 }
 
 impl ArtifactWriter {
     /// Starts an artifact that will live at `dest` once committed.
+    ///
+    /// Before anything is written: takes the lock of `dest` (an error naming the holder's pid when another
+    /// writer has it), removes the partial directories of writers of `dest` that are gone, and checks that
+    /// `dest` is absent, an empty folder or an artifact ([`check_replaceable`](crate::check_replaceable)).
     pub fn create(dest: impl Into<PathBuf>, info: StageInfo) -> Result<Self> {
         let dest = dest.into();
         let name = dest
@@ -72,6 +84,9 @@ impl ArtifactWriter {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
+        let lock = OutputLock::acquire(&dest)?;
+        clean_stale(&dest);
+        check_replaceable(&dest)?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -91,6 +106,7 @@ impl ArtifactWriter {
             outputs: Vec::new(),
             fit_splits: Vec::new(),
             committed: false,
+            _lock: lock,
         })
     }
 
@@ -308,23 +324,7 @@ impl ArtifactWriter {
         std::fs::write(&manifest_path, text).map_err(io("writing", &manifest_path))?;
         sync_file(&manifest_path)?;
 
-        let old = self.dest.with_file_name(format!(
-            ".{}.old-{}",
-            self.dest
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("artifact"),
-            std::process::id()
-        ));
-        let replaced = self.dest.exists();
-        if replaced {
-            std::fs::rename(&self.dest, &old).map_err(io("moving aside", &self.dest))?;
-        }
-        std::fs::rename(&self.tmp, &self.dest).map_err(io("renaming into place", &self.dest))?;
-        self.committed = true;
-        if replaced {
-            std::fs::remove_dir_all(&old).map_err(io("removing", &old))?;
-        }
+        self.move_into_place()?;
         if let Some(parent) = self.dest.parent() {
             // Persist the rename itself; best effort, not every filesystem allows syncing a directory.
             if let Ok(dir) = File::open(parent) {
@@ -333,6 +333,47 @@ impl ArtifactWriter {
         }
         tracing::info!(dest = %self.dest.display(), content_hash = %manifest.content_hash, "artifact committed");
         Ok(manifest)
+    }
+}
+
+impl ArtifactWriter {
+    /// Renames the finished temporary directory to the destination, moving an older artifact aside first and
+    /// deleting it only once the new one is in place. If the rename fails, the older artifact is put back.
+    fn move_into_place(&mut self) -> Result<()> {
+        // Checked again: something may have appeared at the destination while the stage worked.
+        check_replaceable(&self.dest)?;
+        let name = self
+            .dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifact");
+        let old = self
+            .dest
+            .with_file_name(format!(".{name}{OLD_MARKER}{}", std::process::id()));
+        let replaced = std::fs::symlink_metadata(&self.dest).is_ok();
+        if replaced {
+            std::fs::rename(&self.dest, &old).map_err(io("moving aside", &self.dest))?;
+        }
+        if let Err(e) = std::fs::rename(&self.tmp, &self.dest) {
+            let back = if replaced {
+                std::fs::rename(&old, &self.dest)
+            } else {
+                Ok(())
+            };
+            if let Err(back) = back {
+                tracing::error!(old = %old.display(), dest = %self.dest.display(), error = %back,
+                    "could not move the older artifact back; it is intact under the old name");
+            }
+            return Err(io("renaming into place", &self.dest)(e));
+        }
+        self.committed = true;
+        if replaced {
+            // The new artifact is in place; a leftover older copy is removed by the next writer, so not an error.
+            if let Err(e) = std::fs::remove_dir_all(&old) {
+                tracing::warn!(old = %old.display(), error = %e, "could not remove the replaced artifact");
+            }
+        }
+        Ok(())
     }
 }
 

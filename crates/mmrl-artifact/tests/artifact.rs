@@ -1,5 +1,7 @@
 //! The artifact contract: round trips, atomic commits, and the errors a damaged artifact gets.
 
+#![allow(clippy::unwrap_used)] // test helpers: a setup that fails should stop the test
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -96,8 +98,8 @@ fn round_trip_records_hashes_rows_and_schema() {
         })
         .collect();
     assert_eq!(xs, [1.0, 2.0, 3.0, 9.0]);
-    // Only the artifact is left in the parent: no temporary directories.
-    assert_eq!(entries(tmp.path()), ["a"]);
+    // Only the artifact and its lock file are left in the parent: no temporary directories.
+    assert_eq!(entries(tmp.path()), [".a.lock", "a"]);
 }
 
 #[test]
@@ -121,7 +123,7 @@ fn abandoned_write_leaves_nothing_and_keeps_the_old_artifact() {
         t.write(&batch(&[5.0, 6.0])).unwrap();
         // Dropped mid-table, as on an error return.
     }
-    assert_eq!(entries(tmp.path()), ["a"]);
+    assert_eq!(entries(tmp.path()), [".a.lock", "a"]);
     assert_eq!(
         Artifact::open(&dest).unwrap().manifest().content_hash,
         old.content_hash
@@ -191,7 +193,16 @@ fn damaged_artifacts_get_errors_naming_the_file() {
         bytes[3] ^= 1;
         std::fs::write(&p, bytes).unwrap();
     };
-    check_damage(flip, true, &["report.json", "blake3 is"]);
+    // A flipped byte keeps the size: only the hash finds it, and `open` checks it.
+    check_damage(flip, false, &["report.json", "blake3 is"]);
+    let flip_table = |d: &Path| {
+        let p = d.join("samples.parquet");
+        let mut bytes = std::fs::read(&p).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x5a;
+        std::fs::write(&p, bytes).unwrap();
+    };
+    check_damage(flip_table, false, &["samples.parquet", "blake3 is"]);
     check_damage(
         |d| std::fs::remove_file(d.join("samples.parquet")).unwrap(),
         false,
@@ -296,4 +307,262 @@ fn folder_outputs_are_hashed_and_checked() {
         err.contains("dataset") && err.contains("blake3 is"),
         "{err}"
     );
+}
+
+/// What `ArtifactWriter::create` says about an output path prepared by `setup`: `Ok` or an error containing
+/// every fragment; and whatever was there is untouched when it is refused.
+fn check_replace(setup: impl FnOnce(&Path), expected: Result<(), &[&str]>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("out");
+    setup(&dest);
+    let mut before = snapshot(tmp.path());
+    before.remove(".out.lock");
+    match (ArtifactWriter::create(&dest, info(1)), expected) {
+        (Ok(w), Ok(())) => {
+            w.commit().unwrap();
+            Artifact::open(&dest).unwrap();
+        }
+        (Err(e), Err(fragments)) => {
+            let err = e.to_string();
+            assert!(matches!(e, ArtifactError::NotReplaceable { .. }), "{err}");
+            for f in fragments {
+                assert!(err.contains(f), "error {err:?} lacks {f:?}");
+            }
+            // Refused before any work: only the lock file was added beside the output.
+            let mut after = snapshot(tmp.path());
+            after.remove(".out.lock");
+            assert_eq!(after, before);
+        }
+        (Ok(_), Err(_)) => panic!("replaced what is not an artifact"),
+        (Err(e), Ok(())) => panic!("refused: {e}"),
+    }
+}
+
+/// Every file under `dir` with the hash of its content, by relative path (folders and links as empty entries).
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                out.insert(format!("{rel}/"), String::new());
+                walk(root, &path, out);
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                out.insert(rel, mmrl_artifact::hash::hash_bytes(&bytes));
+            } else {
+                out.insert(format!("{rel}@"), String::new());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn writer_replaces_only_artifacts_and_empty_folders() {
+    check_replace(|_| {}, Ok(()));
+    check_replace(|d| std::fs::create_dir(d).unwrap(), Ok(()));
+    check_replace(
+        |d| {
+            write(d, &[1.0]);
+        },
+        Ok(()),
+    );
+    // A damaged artifact is still ours to replace.
+    check_replace(
+        |d| {
+            write(d, &[1.0]);
+            std::fs::write(d.join("samples.parquet"), "x").unwrap();
+        },
+        Ok(()),
+    );
+    check_replace(
+        |d| std::fs::write(d, "a user's file").unwrap(),
+        Err(&["out", "a file"]),
+    );
+    check_replace(
+        |d| {
+            std::fs::create_dir_all(d.join("images")).unwrap();
+            std::fs::write(d.join("manifest.csv"), "id\n").unwrap();
+        },
+        Err(&["out", "not an artifact", "no manifest.json"]),
+    );
+    check_replace(
+        |d| {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join(MANIFEST_FILE), "{ \"name\": \"my package\" }").unwrap();
+        },
+        Err(&["not an artifact", "not an mmrl manifest"]),
+    );
+    check_replace(
+        |d| {
+            write(d, &[1.0]);
+            let p = d.join(MANIFEST_FILE);
+            let text = std::fs::read_to_string(&p)
+                .unwrap()
+                .replace("\"format_version\": 1", "\"format_version\": 7");
+            std::fs::write(&p, text).unwrap();
+        },
+        Err(&["format_version 7"]),
+    );
+    check_replace(
+        |d| {
+            let target = d.with_file_name("elsewhere");
+            write(&target, &[1.0]);
+            std::os::unix::fs::symlink(&target, d).unwrap();
+        },
+        Err(&["a symbolic link"]),
+    );
+}
+
+#[test]
+fn commit_refuses_what_appeared_at_the_destination_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("out");
+    let mut w = ArtifactWriter::create(&dest, info(1)).unwrap();
+    w.write_table("samples", Role::Data, schema(), &[batch(&[1.0])])
+        .unwrap();
+    std::fs::write(&dest, "written by someone else").unwrap();
+    let err = w.commit().unwrap_err().to_string();
+    assert!(err.contains("a file"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&dest).unwrap(),
+        "written by someone else"
+    );
+    assert_eq!(entries(tmp.path()), [".out.lock", "out"]);
+}
+
+#[test]
+fn a_second_writer_of_one_output_fails_naming_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("out");
+    let first = ArtifactWriter::create(&dest, info(1)).unwrap();
+    // Another spelling of the same path shares the lock.
+    let other = tmp.path().join(".").join("out");
+    let err = ArtifactWriter::create(&other, info(2)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ArtifactError::Locked { holder: Some(pid), .. } if pid == std::process::id()),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())) && text.contains(".out.lock"),
+        "{text}"
+    );
+    first.commit().unwrap();
+    // Released at commit: the next writer proceeds and replaces the artifact.
+    ArtifactWriter::create(&dest, info(2))
+        .unwrap()
+        .commit()
+        .unwrap();
+    assert_eq!(Artifact::open(&dest).unwrap().manifest().seed, Some(2));
+}
+
+#[test]
+fn a_claimed_output_is_written_by_one_writer_of_this_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("out");
+    mmrl_artifact::claim_output(&dest).unwrap();
+    mmrl_artifact::claim_output(&dest).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join(".out.lock")).unwrap(),
+        std::process::id().to_string()
+    );
+    let w = ArtifactWriter::create(&dest, info(1)).unwrap();
+    assert!(matches!(
+        ArtifactWriter::create(&dest, info(1)),
+        Err(ArtifactError::Locked { .. })
+    ));
+    w.commit().unwrap();
+    ArtifactWriter::create(&dest, info(1))
+        .unwrap()
+        .commit()
+        .unwrap();
+}
+
+/// An artifact at `aside`, as a commit moves the older artifact aside (no lock file of its own beside it).
+fn moved_aside(aside: &Path, values: &[f64]) -> mmrl_artifact::Manifest {
+    let dir = tempfile::tempdir().unwrap();
+    let built = dir.path().join("built");
+    let m = write(&built, values);
+    std::fs::rename(&built, aside).unwrap();
+    m
+}
+
+/// The pid of a process that has exited.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[test]
+fn leftovers_of_writers_that_are_gone_are_cleaned_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("out");
+    write(&dest, &[1.0]);
+    let dead = dead_pid();
+    let stale = tmp
+        .path()
+        .join(format!(".out.partial-{dead}-{}", now_nanos()));
+    let live = tmp.path().join(format!(
+        ".out.partial-{}-{}",
+        std::process::id(),
+        now_nanos()
+    ));
+    let other_output = tmp
+        .path()
+        .join(format!(".outer.partial-{dead}-{}", now_nanos()));
+    for dir in [&stale, &live, &other_output] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("samples.parquet"), b"half").unwrap();
+    }
+    // An older artifact moved aside by a writer killed after its commit's first rename, and a user's file
+    // that an earlier version hid under the same kind of name.
+    let aside = tmp.path().join(format!(".out.old-{dead}"));
+    moved_aside(&aside, &[2.0]);
+    let hidden = tmp.path().join(format!(".out.old-{}", dead_pid()));
+    std::fs::write(&hidden, "a user's file").unwrap();
+
+    ArtifactWriter::create(&dest, info(3))
+        .unwrap()
+        .commit()
+        .unwrap();
+    assert!(!stale.exists() && !aside.exists());
+    assert!(live.exists(), "a live writer's directory was removed");
+    assert!(
+        other_output.exists(),
+        "another output's directory was removed"
+    );
+    assert!(
+        hidden.is_file(),
+        "a file that is not an artifact was removed"
+    );
+}
+
+#[test]
+fn an_artifact_moved_aside_by_a_killed_commit_is_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("out");
+    let aside = tmp.path().join(format!(".out.old-{}", dead_pid()));
+    let old = moved_aside(&aside, &[2.0]);
+    // The next writer finds the destination missing and the older artifact beside it: it puts it back, and
+    // that artifact stays if the new write fails.
+    drop(ArtifactWriter::create(&dest, info(3)).unwrap());
+    assert_eq!(
+        Artifact::open(&dest).unwrap().manifest().content_hash,
+        old.content_hash
+    );
+    assert_eq!(entries(tmp.path()), [".out.lock", "out"]);
 }

@@ -95,7 +95,8 @@ fn main() -> anyhow::Result<()> {
                 ..cfg
             };
             let inputs = inputs(&args)?;
-            let output = args.output().map_err(|e| anyhow!(e))?;
+            // A folder of reports, written into and never replaced: not an artifact output.
+            let output = args.folder_output().map_err(|e| anyhow!(e))?;
             std::fs::create_dir_all(output)
                 .with_context(|| format!("creating {}", output.display()))?;
             let mut variants = compare::default_variants(&cfg);
