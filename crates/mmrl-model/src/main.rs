@@ -45,7 +45,7 @@ enum Command {
         /// Threads the shards run on (0: every core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// Device: cpu, or vulkan (needs `--features vulkan`).
+        /// Device: cpu, vulkan (needs `--features vulkan`) or cuda (needs `--features cuda`).
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let device: sft::DeviceKind =
                 serde_json::from_value(serde_json::Value::String(device.clone()))
-                    .map_err(|_| anyhow!("--device must be cpu or vulkan, got {device:?}"))?;
+                    .map_err(|_| anyhow!("--device must be cpu, vulkan or cuda, got {device:?}"))?;
             let preset: Preset = serde_json::from_value(serde_json::Value::String(preset.clone()))
                 .map_err(|_| anyhow!("--preset must be tiny, small or base, got {preset:?}"))?;
             let cfg = bench::BenchConfig {

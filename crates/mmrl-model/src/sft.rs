@@ -51,22 +51,55 @@ pub enum DeviceKind {
     Cpu,
     /// burn's wgpu backend on Vulkan (feature `vulkan`).
     Vulkan,
+    /// burn's cuda backend on the first NVIDIA GPU (feature `cuda`).
+    Cuda,
 }
 
 impl DeviceKind {
-    /// The burn device (plain, without autodiff).
+    /// The burn device (plain, without autodiff); a GPU kind this binary was built without is a config
+    /// error that names the feature.
     pub fn device(self) -> Result<Device> {
         match self {
             DeviceKind::Cpu => Ok(Device::flex()),
             #[cfg(feature = "vulkan")]
             DeviceKind::Vulkan => Ok(Device::vulkan(Default::default())),
-            #[cfg(not(feature = "vulkan"))]
-            DeviceKind::Vulkan => Err(config_err(
-                "device",
-                "\"vulkan\" needs mmrl-model built with `--features vulkan`; use \"cpu\"",
-            )),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => Ok(Device::cuda(0)),
+            #[allow(unreachable_patterns)]
+            gpu => Err(config_err("device", missing_feature(gpu))),
         }
     }
+
+    /// The name configs and `--device` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Vulkan => "vulkan",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this binary was built with the feature the device needs.
+    pub fn is_built(self) -> bool {
+        match self {
+            DeviceKind::Cpu => true,
+            DeviceKind::Vulkan => cfg!(feature = "vulkan"),
+            DeviceKind::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+}
+
+/// What to do about a GPU device whose feature this binary lacks.
+fn missing_feature(kind: DeviceKind) -> String {
+    let name = kind.name();
+    let setup = if kind == DeviceKind::Cuda {
+        " (after scripts/setup-cuda-llvm.sh)"
+    } else {
+        ""
+    };
+    format!(
+        "\"{name}\" needs the stage built with `--features {name}`{setup}; this binary has no {name} backend, use \"cpu\""
+    )
 }
 
 /// Parameters of the sft stage (`[stages.sft.params]`).
