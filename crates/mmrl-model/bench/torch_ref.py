@@ -4,12 +4,24 @@
 AdamW; global grad-norm clipping 1.0).
 
     TORCH_THREADS=2 python3 torch_ref.py [d_model enc_layers dec_layers heads batch steps]
+    TORCH_DEVICE=cuda python3 torch_ref.py 256 6 2 8 128 20   # the base preset on the GPU
+
+On a GPU the model and the inputs live on the device (created there once), and the clock is read after
+`torch.cuda.synchronize()`.
 """
 import json, os, sys, time
 import torch, torch.nn as nn, torch.nn.functional as F
 
 if os.environ.get("TORCH_THREADS"):
     torch.set_num_threads(int(os.environ["TORCH_THREADS"]))
+dev = torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
+torch.set_default_device(dev)
+
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
 d, enc_layers, dec_layers, heads, batch, steps = [int(a) for a in (sys.argv[1:7] + ["64", "2", "1", "4", "32", "20"][len(sys.argv[1:7]):])]
 QV, AV, LQ, P, MELS, FR, PF, NUM, LA = 40, 30, 8, 8, 32, 32, 4, 6, 3
 drop = 0.1
@@ -93,7 +105,7 @@ class Model(nn.Module):
         return self.head(self.dn(y))
 
 
-m = Model()
+m = Model().to(dev)
 print(sum(p.numel() for p in m.parameters()), "parameters", file=sys.stderr)
 opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01)
 q = torch.randint(2, QV, (batch, LQ)); img = torch.rand(batch, 3, 32, 32) * 2 - 1; aud = torch.rand(batch, MELS, FR) * 2 - 1
@@ -104,11 +116,13 @@ bias = torch.zeros(batch, 1, 1, n_tok)
 causal = torch.triu(torch.full((LA, LA), -1e9), 1).reshape(1, 1, LA, LA)
 for step in range(2 + steps):
     if step == 2:
+        sync()
         t0, c0 = time.perf_counter(), time.process_time()
     opt.zero_grad(set_to_none=True)
     logits = m(q, img, aud, num, cat, dec_in, bias, causal)
     loss = F.cross_entropy(logits.reshape(-1, AV), tgt.reshape(-1))
     loss.backward(); torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0); opt.step()
+sync()
 dt, dc = time.perf_counter() - t0, time.process_time() - c0
 train, train_cpu = steps * batch / dt, steps * batch / dc
 
@@ -155,7 +169,8 @@ ROUNDS = 10
 t0, c0 = time.perf_counter(), time.process_time()
 for _ in range(ROUNDS):
     generate()
+sync()
 infer, infer_cpu = ROUNDS * IB / (time.perf_counter() - t0), ROUNDS * IB / (time.process_time() - c0)
-print(json.dumps({"impl": f"torch-{torch.__version__}", "d": d, "batch": batch,
+print(json.dumps({"impl": f"torch-{torch.__version__}", "device": str(dev), "d": d, "batch": batch,
                   "train_samples_per_s": round(train, 1), "infer_samples_per_s": round(infer, 1),
                   "train_samples_per_cpu_s": round(train_cpu, 1), "infer_samples_per_cpu_s": round(infer_cpu, 1)}))

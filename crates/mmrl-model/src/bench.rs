@@ -5,12 +5,15 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::AdamWConfig;
+use burn::optim::ModuleOptimizer;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::model::{Batch, Decoding, Dropout, ModalityBatch, ModelConfig, Preset, TabularBatch};
+use crate::model::{
+    Batch, Decoding, Dropout, ModalityBatch, ModelConfig, MultimodalModel, Preset, TabularBatch,
+};
 use crate::sft::{DeviceKind, clip_global_norm};
 
 /// What to measure.
@@ -76,6 +79,58 @@ pub struct BenchResult {
     pub infer_samples_per_cpu_s: Option<f64>,
     /// Peak resident memory of the process (VmHWM), MiB; `None` off Linux.
     pub peak_rss_mib: Option<f64>,
+    /// Where a timed train step's wall time goes, ms per step (see [`TrainPhases`]).
+    pub train_phases_ms: TrainPhases,
+}
+
+/// Wall time per train step by phase, in ms. On the CPU each phase computes. On a GPU the host only
+/// enqueues kernels until something reads a result: `forward` and `backward` are then the host's dispatch
+/// cost, and `clip` also holds the wait for the device to finish the step (its norm is read back), so a
+/// step bound by per-op dispatch shows most time in `forward` + `backward`, one bound by the device in `clip`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct TrainPhases {
+    /// Building the forward graph (`nll`), dropout masks and input uploads included.
+    pub forward: f64,
+    /// The backward pass and collecting its gradients.
+    pub backward: f64,
+    /// The global gradient norm (read back: waits for the device) and clipping.
+    pub clip: f64,
+    /// Reading the losses back, after the norm (the device is done by then).
+    pub loss_read: f64,
+    /// The AdamW update.
+    pub optimizer: f64,
+}
+
+impl TrainPhases {
+    fn add(&mut self, other: &TrainPhases) {
+        self.forward += other.forward;
+        self.backward += other.backward;
+        self.clip += other.clip;
+        self.loss_read += other.loss_read;
+        self.optimizer += other.optimizer;
+    }
+
+    fn per_step(mut self, steps: usize) -> Self {
+        let n = steps.max(1) as f64;
+        for v in [
+            &mut self.forward,
+            &mut self.backward,
+            &mut self.clip,
+            &mut self.loss_read,
+            &mut self.optimizer,
+        ] {
+            *v *= 1000.0 / n;
+        }
+        self
+    }
+}
+
+/// Waits until `device` has run everything queued, so a clock read after it covers that work (a no-op on
+/// the CPU, whose ops run when called).
+fn sync(device: &burn::tensor::Device) {
+    if let Err(e) = device.sync() {
+        tracing::warn!(error = ?e, "device sync failed: timings may be short");
+    }
 }
 
 /// CPU time (user + system, all threads) this process has used, in seconds (Linux `/proc/self/stat`).
@@ -161,27 +216,21 @@ pub fn run(bench: &BenchConfig) -> Result<BenchResult> {
     let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
     let mut start = Instant::now();
     let mut cpu_start = cpu_seconds();
+    let mut phases = TrainPhases::default();
     for step in 0..bench.steps + 2 {
         if step == 2 {
+            sync(&base);
             start = Instant::now();
             cpu_start = cpu_seconds();
+            phases = TrainPhases::default();
         }
         let seeds: Vec<u64> = (0..shards).map(|_| rng.random()).collect();
-        let (mut grads, _) = crate::parallel::sharded_grads(&model, shards, threads, |m, i| {
-            let (batch, answers) = &parts[i];
-            let mut shard_rng = ChaCha8Rng::seed_from_u64(seeds[i]);
-            let loss = m.nll(
-                batch,
-                answers,
-                normalizer,
-                &mut Dropout::train(&mut shard_rng, config.dropout),
-            );
-            let value = loss.clone().into_scalar::<f32>();
-            Ok::<_, crate::Error>((loss, value))
-        })?;
-        clip_global_norm(&model, &mut grads, 1.0);
-        model = optim.step(1e-3, model, grads);
+        let (step_phases, next) =
+            train_step(model, &mut optim, &parts, &seeds, normalizer, &config, threads)?;
+        phases.add(&step_phases);
+        model = next;
     }
+    sync(&base);
     let train_s = start.elapsed().as_secs_f64();
     let train_cpu = cpu_seconds().zip(cpu_start).map(|(end, start)| end - start);
     let valid = model.valid();
@@ -205,5 +254,65 @@ pub fn run(bench: &BenchConfig) -> Result<BenchResult> {
         train_samples_per_cpu_s: per(bench.steps * bench.batch, train_cpu),
         infer_samples_per_cpu_s: per(rounds * bench.infer_batch, infer_cpu),
         peak_rss_mib: peak_rss_mib(),
+        train_phases_ms: phases.per_step(bench.steps),
     })
+}
+
+/// One timed training step as sft takes it (forward, backward, clip to norm 1, AdamW), except that the
+/// losses are read back after the gradient norm rather than before the backward pass: reading a value
+/// waits for the device, and a wait between forward and backward keeps the host from queueing the
+/// backward while the device runs the forward.
+fn train_step(
+    model: MultimodalModel,
+    optim: &mut ModuleOptimizer,
+    parts: &[(Batch, Vec<Vec<u32>>)],
+    seeds: &[u64],
+    normalizer: f32,
+    config: &ModelConfig,
+    threads: usize,
+) -> Result<(TrainPhases, MultimodalModel)> {
+    let t = Instant::now();
+    let (mut grads, outputs) =
+        crate::parallel::sharded_grads(&model, parts.len(), threads, |m, i| {
+            let forward = Instant::now();
+            let (batch, answers) = &parts[i];
+            let mut shard_rng = ChaCha8Rng::seed_from_u64(seeds[i]);
+            let loss = m.nll(
+                batch,
+                answers,
+                normalizer,
+                &mut Dropout::train(&mut shard_rng, config.dropout),
+            );
+            let value = loss.clone().detach();
+            Ok::<_, crate::Error>((loss, (value, forward.elapsed().as_secs_f64())))
+        })?;
+    let total = t.elapsed().as_secs_f64();
+    let forward: f64 = outputs.iter().map(|(_, s)| s).sum();
+    let t = Instant::now();
+    clip_global_norm(&model, &mut grads, 1.0);
+    let clip = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let loss: f32 = outputs
+        .into_iter()
+        .map(|(l, _)| l.into_scalar::<f32>())
+        .sum();
+    let loss_read = t.elapsed().as_secs_f64();
+    if !loss.is_finite() {
+        return Err(crate::Error::Diverged {
+            step: 0,
+            message: format!("bench loss is {loss}"),
+        });
+    }
+    let t = Instant::now();
+    let next = optim.step(1e-3, model, grads);
+    Ok((
+        TrainPhases {
+            forward,
+            backward: (total - forward).max(0.0),
+            clip,
+            loss_read,
+            optimizer: t.elapsed().as_secs_f64(),
+        },
+        next,
+    ))
 }

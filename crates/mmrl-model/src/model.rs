@@ -19,7 +19,7 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::{Device, Int, Tensor, TensorData, activation, module as ops};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData, activation, module as ops};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -387,6 +387,14 @@ impl<'a> Dropout<'a> {
         let n: usize = dims.iter().product();
         let keep = 1.0 - self.p;
         let scale = (1.0 / keep) as f32;
+        let device = x.device();
+        if device != Device::flex() {
+            // On a GPU the mask is drawn where the tensor lives, seeded from `rng`: drawing it here and
+            // uploading it cost more than the layer itself (a host pass and a copy per dropout site).
+            device.seed(rng.random());
+            let mask = x.random_like(Distribution::Bernoulli(keep)).mul_scalar(scale);
+            return x * mask;
+        }
         // One u32 per element, kept when below `keep * 2^32`: a quarter of the ChaCha output that
         // `random_bool` (one u64 per element) draws, and a branch-free map.
         let threshold = (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32;
@@ -1157,7 +1165,12 @@ impl MultimodalModel {
         decoding: Decoding,
         rng: &mut ChaCha8Rng,
     ) -> Vec<Generated> {
-        let chunk = GENERATE_CHUNK;
+        // A GPU runs the whole batch at once: chunks only help the CPU's caches.
+        let chunk = if self.device() == Device::flex() {
+            GENERATE_CHUNK
+        } else {
+            batch.size.max(1)
+        };
         if batch.size <= chunk {
             return self.generate_chunk(batch, decoding, rng);
         }
