@@ -1,31 +1,49 @@
-//! The ingest stage: a dataset folder (`manifest.csv` + media) becomes the first artifact, every row validated.
+//! The ingest stage: a dataset (a `manifest.csv` folder, a Hugging Face ImageFolder/AudioFolder, or `datasets`
+//! Parquet files; see [`crate::source`]) becomes the first artifact, every row validated.
 //!
 //! Accepted rows go to `samples.parquet` (images and audio as their encoded bytes, features typed), refused rows
-//! to `rejects.parquet` with a stable reason code and a message. Nothing is dropped silently, and the stage fails
-//! without writing anything when more than `max_reject_fraction` of the rows are refused.
+//! to `rejects.parquet` with a stable reason code and a message naming the file and line. Nothing is dropped
+//! silently, and the stage fails without writing anything when more than `max_reject_fraction` of the rows are
+//! refused. [`read`] does all of this but the writing, for callers such as a dataset profiler.
+//!
+//! A sample's `source_line` is the line of its CSV or JSONL file (the CSV header is line 1) or its row index + 1
+//! in its Parquet file. With several source files (split folders, Parquet shards) that number repeats across
+//! files; reject details and derived ids name the file too.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Cursor;
-use std::path::{Component, Path, PathBuf};
+mod columns;
+mod media;
+pub mod qtype;
+mod rows;
+
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, Float64Builder, RecordBatch, StringBuilder, UInt64Builder,
 };
-use mmrl_artifact::sample::{self, FeatureKind, Rejects, Split};
+use mmrl_artifact::sample::{self, FeatureKind, Rejects};
 use mmrl_artifact::{ArtifactWriter, InputKind, InputRecord, Role, StageInfo};
 use serde::{Deserialize, Serialize};
 
+pub use columns::{ColumnReport, IgnoredColumn};
+pub use media::{AUDIO_EXTENSIONS, IMAGE_EXTENSIONS};
+pub use qtype::{DerivedQtypes, TemplateCount};
+
+use crate::source::{self, Format, Table};
 use crate::{Error, Result};
+use rows::{Checked, Checker, MediaSource};
 
-/// The file every dataset folder must have.
-pub const MANIFEST_CSV: &str = "manifest.csv";
+/// The file that makes a folder a `manifest.csv` dataset.
+pub const MANIFEST_CSV: &str = source::MANIFEST_CSV;
 
-/// Columns of `manifest.csv` with a fixed meaning; every other column is a tabular feature.
+/// The roles a column can play; every other scalar column is a tabular feature. In `manifest.csv` they are the
+/// column names; `columns` in the params maps them to other names.
 pub const RESERVED_COLUMNS: [&str; 8] = [
     "id", "image", "audio", "question", "answer", "split", "task", "qtype",
 ];
 
+/// Roles every dataset needs; `id` only in `manifest.csv` (other formats derive `<file>:<line>`).
 const REQUIRED_COLUMNS: [&str; 3] = ["id", "question", "answer"];
 
 /// Parameters of the ingest stage (`[stages.ingest.params]`).
@@ -41,6 +59,13 @@ pub struct IngestConfig {
     /// Feature column types that override inference. Without an entry, a column is numeric when every
     /// non-empty cell parses as a number, categorical otherwise.
     pub column_types: BTreeMap<String, FeatureKind>,
+    /// Which data column plays which role, as AutoTrain's column mapping: `{ question = "prompt", answer =
+    /// "label", image = "img" }`. Keys are [`RESERVED_COLUMNS`]; a role not mapped is read from the column of its
+    /// own name.
+    pub columns: BTreeMap<String, String>,
+    /// Without a `qtype` column, question types are derived from the question text, coarsened until at most this
+    /// many remain (see [`qtype`]).
+    pub max_derived_qtypes: usize,
 }
 
 impl Default for IngestConfig {
@@ -50,6 +75,8 @@ impl Default for IngestConfig {
             max_file_bytes: 32 << 20,
             max_image_pixels: 4096 * 4096,
             column_types: BTreeMap::new(),
+            columns: BTreeMap::new(),
+            max_derived_qtypes: 20,
         }
     }
 }
@@ -73,6 +100,9 @@ impl IngestConfig {
         if self.max_image_pixels == 0 {
             return Err(config("max_image_pixels", "must be at least 1".into()));
         }
+        if self.max_derived_qtypes == 0 {
+            return Err(config("max_derived_qtypes", "must be at least 1".into()));
+        }
         if let Some(name) = self
             .column_types
             .keys()
@@ -83,6 +113,31 @@ impl IngestConfig {
                 "is a reserved column, not a tabular feature".into(),
             ));
         }
+        let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
+        for (role, column) in &self.columns {
+            let field = format!("columns.{role}");
+            if !RESERVED_COLUMNS.contains(&role.as_str()) {
+                return Err(config(
+                    &field,
+                    format!("{role:?} is not a role; expected one of {RESERVED_COLUMNS:?}"),
+                ));
+            }
+            if column.trim().is_empty() {
+                return Err(config(&field, "names no column".into()));
+            }
+            if let Some(other) = targets.insert(column, role) {
+                return Err(config(
+                    &field,
+                    format!("column {column:?} is already mapped to columns.{other}"),
+                ));
+            }
+            if self.column_types.contains_key(column) {
+                return Err(config(
+                    &format!("column_types.{column}"),
+                    format!("is mapped to columns.{role}, not a tabular feature"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -90,7 +145,7 @@ impl IngestConfig {
 /// What ingest did, also written as `report.json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IngestSummary {
-    /// Data rows in `manifest.csv`.
+    /// Data rows read.
     pub rows: usize,
     /// Rows written to `samples`.
     pub accepted: usize,
@@ -100,17 +155,32 @@ pub struct IngestSummary {
     pub rejects_by_reason: BTreeMap<String, usize>,
     /// The tabular features and their inferred or declared types.
     pub features: Vec<(String, FeatureKind)>,
-    /// Samples without an image / without audio.
+    /// Samples without an image.
     pub missing_image: usize,
     /// Samples without audio.
     pub missing_audio: usize,
+    /// The layout read: `manifest_csv`, `hf_folder_csv`, `hf_folder_jsonl` or `parquet`.
+    pub format: Format,
+    /// The files rows were read from, relative to the dataset root.
+    pub source_files: Vec<String>,
+    /// Which column played which role, derived ids, auto media columns, ignored columns.
+    pub columns: ColumnReport,
+    /// `column` when question types come from a `qtype` column, `derived` when from the question text.
+    pub qtype_source: &'static str,
+    /// The derivation rule applied (absent with a `qtype` column).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qtype_rule: Option<String>,
+    /// The derived question types and their accepted rows (empty with a `qtype` column).
+    pub qtype_templates: Vec<TemplateCount>,
 }
 
-/// A refused row: stable reason code plus a message for people.
+/// A refused row: stable reason code plus a message for people naming the file and line.
 #[derive(Debug, Clone, PartialEq)]
-struct Reject {
-    reason: &'static str,
-    detail: String,
+pub struct Reject {
+    /// The stable reason code (`missing_media`, `unsupported_format`, ...).
+    pub reason: &'static str,
+    /// What is wrong, where, and what was expected.
+    pub detail: String,
 }
 
 fn reject(reason: &'static str, detail: impl Into<String>) -> Reject {
@@ -120,9 +190,74 @@ fn reject(reason: &'static str, detail: impl Into<String>) -> Reject {
     }
 }
 
-/// Runs the stage: reads the folder `dataset`, writes the artifact at `output`.
+/// One accepted sample, before it becomes Arrow columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Unique id (from the data, or `<file>:<line>`).
+    pub id: String,
+    /// `train`, `val`, `test`, or none yet.
+    pub split: Option<String>,
+    /// The task, if the data has one.
+    pub task: Option<String>,
+    /// The question type: the `qtype` column's, or derived from the question.
+    pub qtype: Option<String>,
+    /// The question text.
+    pub question: String,
+    /// The answer text.
+    pub answer: String,
+    /// Encoded PNG or JPEG.
+    pub image: Option<Vec<u8>>,
+    /// Encoded WAV.
+    pub audio: Option<Vec<u8>>,
+    /// One value per feature of [`Ingested::features`].
+    pub features: Vec<FeatureValue>,
+}
+
+/// A tabular feature value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureValue {
+    /// A numeric feature; `None` when missing.
+    Num(Option<f64>),
+    /// A categorical feature; `None` when missing.
+    Cat(Option<String>),
+}
+
+/// One source row after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestedRow {
+    /// The line (CSV, JSONL) or row index + 1 (Parquet) in its source file.
+    pub line: u64,
+    /// The row's id, when it has one.
+    pub id: Option<String>,
+    /// The sample, or why it was refused.
+    pub outcome: std::result::Result<Sample, Reject>,
+}
+
+/// A dataset validated but not written: what [`run`] writes, for callers that only want to look.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ingested {
+    /// The layout read.
+    pub format: Format,
+    /// The source files, relative to the dataset root.
+    pub source_files: Vec<String>,
+    /// The tabular features and their types.
+    pub features: Vec<(String, FeatureKind)>,
+    /// Every row, in source order.
+    pub rows: Vec<IngestedRow>,
+    /// Content hash of the source files and the media files they name.
+    pub content_hash: String,
+    /// Bytes of the source files and media files.
+    pub bytes: u64,
+    /// How the columns were read.
+    pub columns: ColumnReport,
+    /// Derived question types; `None` when the data has a `qtype` column.
+    pub derived_qtypes: Option<DerivedQtypes>,
+    /// The path errors about the whole dataset name: its one source file, or its root.
+    pub path: std::path::PathBuf,
+}
+
+/// Runs the stage: reads the dataset at `dataset` (a folder or a Parquet file), writes the artifact at `output`.
 pub fn run(config: &IngestConfig, dataset: &Path, output: &Path) -> Result<IngestSummary> {
-    config.validate()?;
     let info = StageInfo {
         stage: "ingest".into(),
         crate_name: env!("CARGO_PKG_NAME").into(),
@@ -131,277 +266,105 @@ pub fn run(config: &IngestConfig, dataset: &Path, output: &Path) -> Result<Inges
             .map_err(|e| Error::Other(format!("serializing config: {e}")))?,
         seed: None,
     };
-    let parsed = read_dataset(config, dataset)?;
-    let total = parsed.rows.len();
-    let rejected = parsed.rows.iter().filter(|r| r.outcome.is_err()).count();
-    let mut by_reason = BTreeMap::new();
-    for row in &parsed.rows {
-        if let Err(r) = &row.outcome {
-            *by_reason.entry(r.reason.to_owned()).or_insert(0) += 1;
-        }
-    }
-    let manifest_path = dataset.join(MANIFEST_CSV);
-    if rejected as f64 > config.max_reject_fraction * total as f64 {
-        let first = parsed
-            .rows
-            .iter()
-            .filter_map(|r| {
-                r.outcome
-                    .as_ref()
-                    .err()
-                    .map(|e| format!("line {}: {}", r.line, e.detail))
-            })
-            .take(3)
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(Error::TooManyRejects {
-            path: manifest_path,
-            rejected,
-            total,
-            max_fraction: config.max_reject_fraction,
-            by_reason: format!("{by_reason:?}"),
-            first,
-        });
-    }
-
-    let mut writer = ArtifactWriter::create(output, info)?;
-    writer.input(InputRecord {
-        name: "dataset".into(),
-        path: dataset.display().to_string(),
-        kind: InputKind::Folder,
-        content_hash: parsed.content_hash.clone(),
-        bytes: parsed.bytes,
-        rows: Some(total as u64),
-        stage: None,
-        lineage_fit_splits: Vec::new(),
-    });
-    let schema = sample::sample_schema(&parsed.features);
-    let mut summary = IngestSummary {
-        rows: total,
-        accepted: total - rejected,
-        rejected,
-        rejects_by_reason: by_reason,
-        features: parsed.features.clone(),
-        missing_image: 0,
-        missing_audio: 0,
-    };
-    {
-        let mut table = writer.table("samples", Role::Data, schema.clone())?;
-        let accepted: Vec<_> = parsed
-            .rows
-            .iter()
-            .filter_map(|r| r.outcome.as_ref().ok().map(|s| (r.line, s)))
-            .collect();
-        for chunk in accepted.chunks(512) {
-            summary.missing_image += chunk.iter().filter(|(_, s)| s.image.is_none()).count();
-            summary.missing_audio += chunk.iter().filter(|(_, s)| s.audio.is_none()).count();
-            table.write(&samples_batch(&schema, &parsed.features, chunk)?)?;
-        }
-        table.finish()?;
-    }
-    let mut rejects = Rejects::new("ingest");
-    for row in &parsed.rows {
-        if let Err(r) = &row.outcome {
-            rejects.push(row.line, row.id.as_deref(), r.reason, &r.detail);
-        }
-    }
-    writer.write_table(
-        "rejects",
-        Role::Rejects,
-        sample::rejects_schema(),
-        &[rejects.finish()?],
-    )?;
-    writer.write_json("report.json", Role::Report, &summary)?;
-    writer.commit()?;
+    let ingested = read(config, dataset)?;
+    let summary = summarize(&ingested);
+    check_reject_fraction(config, &ingested, &summary)?;
+    write(&ingested, &summary, info, dataset, output)?;
     tracing::info!(
-        rows = total,
+        format = ingested.format.as_str(),
+        rows = summary.rows,
         accepted = summary.accepted,
-        rejected,
+        rejected = summary.rejected,
+        qtype_source = summary.qtype_source,
         "ingest done"
     );
     Ok(summary)
 }
 
-/// One accepted sample, before it becomes Arrow columns.
-#[derive(Debug)]
-struct Sample {
-    id: String,
-    split: Option<String>,
-    task: Option<String>,
-    qtype: Option<String>,
-    question: String,
-    answer: String,
-    image: Option<Vec<u8>>,
-    audio: Option<Vec<u8>>,
-    features: Vec<Cell>,
-}
-
-#[derive(Debug)]
-enum Cell {
-    Num(Option<f64>),
-    Cat(Option<String>),
-}
-
-#[derive(Debug)]
-struct ParsedRow {
-    line: u64,
-    id: Option<String>,
-    outcome: std::result::Result<Sample, Reject>,
-}
-
-struct Parsed {
-    features: Vec<(String, FeatureKind)>,
-    rows: Vec<ParsedRow>,
-    content_hash: String,
-    bytes: u64,
-}
-
-/// Column positions of the reserved columns in the header.
-struct Columns {
-    index: HashMap<String, usize>,
-    width: usize,
-}
-
-impl Columns {
-    fn get<'r>(&self, record: &'r csv::StringRecord, name: &str) -> Option<&'r str> {
-        self.index
-            .get(name)
-            .and_then(|&i| record.get(i))
-            .map(str::trim)
-    }
-}
-
-fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
-    let manifest_path = dataset.join(MANIFEST_CSV);
-    let dataset_error = |message: String| Error::Dataset {
-        path: manifest_path.clone(),
-        message,
-    };
-    if !dataset.is_dir() {
+/// Reads and validates every row of the dataset at `dataset`: the format is detected, columns mapped, media
+/// read and decoded, question types derived when absent. Nothing is written and no reject limit applies.
+pub fn read(config: &IngestConfig, dataset: &Path) -> Result<Ingested> {
+    config.validate()?;
+    let mut table = source::read(dataset)?;
+    if table.rows.is_empty() {
         return Err(Error::Dataset {
-            path: dataset.to_path_buf(),
-            message: "not a directory; a dataset folder holds manifest.csv and its media".into(),
+            path: match table.layout.files.as_slice() {
+                [one] => one.path.clone(),
+                _ => table.layout.root.clone(),
+            },
+            message: "has a header but no rows".into(),
         });
     }
-    let manifest_bytes = std::fs::read(&manifest_path).map_err(|source| Error::Io {
-        action: "reading the dataset manifest",
-        path: manifest_path.clone(),
-        source,
-    })?;
-    let root = dataset.canonicalize().map_err(|source| Error::Io {
-        action: "resolving",
-        path: dataset.to_path_buf(),
-        source,
-    })?;
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(manifest_bytes.as_slice());
-    let header = reader
-        .headers()
-        .map_err(|e| dataset_error(format!("unreadable header: {e}")))?
-        .clone();
-    let mut index = HashMap::new();
-    for (i, name) in header.iter().enumerate() {
-        let name = name.trim();
-        if name.is_empty() {
-            return Err(dataset_error(format!("column {} has an empty name", i + 1)));
-        }
-        if index.insert(name.to_owned(), i).is_some() {
-            return Err(dataset_error(format!(
-                "column {name:?} appears twice in the header"
-            )));
-        }
-    }
-    if let Some(missing) = REQUIRED_COLUMNS.iter().find(|c| !index.contains_key(**c)) {
-        return Err(dataset_error(format!(
-            "missing required column {missing:?}; expected at least {REQUIRED_COLUMNS:?} and optionally image, audio, split, task, qtype"
-        )));
-    }
-    for name in config.column_types.keys() {
-        if !index.contains_key(name) {
-            return Err(Error::Config {
-                field: format!("column_types.{name}"),
-                message: format!("no such column in {}", manifest_path.display()),
-            });
-        }
-    }
-    let columns = Columns {
-        index,
-        width: header.len(),
+    let plan = columns::plan(config, &table)?;
+    let source_rows = std::mem::take(&mut table.rows);
+    let checked = check_rows(&table, &plan, source_rows)?;
+    let (mut rows, media_hashes) = load_rows(config, checked, &table)?;
+    let derived_qtypes = match plan.role("qtype") {
+        Some(_) => None,
+        None => Some(derive_qtypes(config, &mut rows)),
     };
-    let records = reader
-        .records()
-        .enumerate()
-        .map(|(i, r)| (i as u64 + 2, r))
-        .collect::<Vec<_>>();
-    if records.is_empty() {
-        return Err(dataset_error("has a header but no rows".into()));
+    let mut bytes = 0;
+    let mut hashed: Vec<(String, String)> = Vec::new();
+    for (rel, hash, size) in &table.file_hashes {
+        bytes += size;
+        hashed.push((rel.clone(), hash.clone()));
     }
-
-    // Feature columns in header order, typed by declaration or by inference over the well-formed rows.
-    let feature_cols: Vec<(String, usize)> = header
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.trim().to_owned(), i))
-        .filter(|(n, _)| !RESERVED_COLUMNS.contains(&n.as_str()))
-        .collect();
-    let features: Vec<(String, FeatureKind, usize)> = feature_cols
-        .into_iter()
-        .map(|(name, i)| {
-            let kind = config.column_types.get(&name).copied().unwrap_or_else(|| {
-                let numeric = records
-                    .iter()
-                    .filter_map(|(_, r)| r.as_ref().ok())
-                    .all(|r| {
-                        let cell = r.get(i).map(str::trim).unwrap_or("");
-                        cell.is_empty() || cell.parse::<f64>().is_ok()
-                    });
-                if numeric {
-                    FeatureKind::Numeric
-                } else {
-                    FeatureKind::Categorical
-                }
-            });
-            (name, kind, i)
-        })
-        .collect();
-
-    // Cheap per-row checks first, sequentially (duplicate ids need the order).
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    let mut rows: Vec<(u64, Option<String>, std::result::Result<Pending, Reject>)> =
-        Vec::with_capacity(records.len());
-    for (line, record) in records {
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                rows.push((
-                    line,
-                    None,
-                    Err(reject("malformed_row", format!("line {line}: {e}"))),
-                ));
-                continue;
-            }
-        };
-        let id = columns.get(&record, "id").unwrap_or("").to_owned();
-        let id_opt = (!id.is_empty()).then(|| id.clone());
-        let outcome = check_row(&columns, &features, &root, &record, line, &id, &mut seen);
-        rows.push((line, id_opt, outcome));
+    for (rel, (hash, size)) in media_hashes {
+        bytes += size;
+        hashed.push((rel, hash));
     }
+    let content_hash =
+        mmrl_artifact::hash::combine(hashed.iter().map(|(r, h)| (r.as_str(), h.as_str())));
+    Ok(Ingested {
+        format: table.layout.format,
+        source_files: table.layout.files.iter().map(|f| f.rel.clone()).collect(),
+        features: plan
+            .features
+            .iter()
+            .map(|(n, k, _)| (n.clone(), *k))
+            .collect(),
+        rows,
+        content_hash,
+        bytes,
+        columns: plan.report.clone(),
+        derived_qtypes,
+        path: match table.layout.files.as_slice() {
+            [one] => one.path.clone(),
+            _ => table.layout.root.clone(),
+        },
+    })
+}
 
-    // Media: read, hash and decode in parallel; order is preserved.
+/// Cheap per-row checks, in order (duplicate ids need it).
+fn check_rows(table: &Table, plan: &columns::Plan, rows: Vec<source::Row>) -> Result<Vec<Checked>> {
+    let mut checker = Checker::new(table, plan)?;
+    Ok(rows.into_iter().map(|row| checker.check(row)).collect())
+}
+
+/// Media file hashes and sizes by root-relative path.
+type MediaHashes = BTreeMap<String, (String, u64)>;
+/// One media file's root-relative path, hash and size.
+type MediaHash = (String, (String, u64));
+
+/// Reads, hashes and decodes media in parallel; order is preserved.
+fn load_rows(
+    config: &IngestConfig,
+    mut checked: Vec<Checked>,
+    table: &Table,
+) -> Result<(Vec<IngestedRow>, MediaHashes)> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let chunk = rows.len().div_ceil(threads).max(1);
-    let mut loaded: Vec<ParsedRow> = Vec::with_capacity(rows.len());
-    let mut media_hashes: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    let expected = rows.len();
+    let chunk = checked.len().div_ceil(threads).max(1);
+    let expected = checked.len();
     let mut parts = Vec::new();
-    while rows.len() > chunk {
-        let rest = rows.split_off(chunk);
-        parts.push(std::mem::replace(&mut rows, rest));
+    while checked.len() > chunk {
+        let rest = checked.split_off(chunk);
+        parts.push(std::mem::replace(&mut checked, rest));
     }
-    parts.push(rows);
+    parts.push(checked);
+    let mut loaded = Vec::with_capacity(expected);
+    let mut media_hashes = MediaHashes::new();
     std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .into_iter()
@@ -426,345 +389,177 @@ fn read_dataset(config: &IngestConfig, dataset: &Path) -> Result<Parsed> {
     if loaded.len() != expected {
         return Err(Error::Other(format!(
             "{}: a media decoder panicked",
-            manifest_path.display()
+            table.layout.root.display()
         )));
     }
-    let manifest_hash = mmrl_artifact::hash::hash_bytes(&manifest_bytes);
-    let mut bytes = manifest_bytes.len() as u64;
-    let mut all = vec![(MANIFEST_CSV.to_owned(), manifest_hash)];
-    for (rel, (hash, size)) in media_hashes {
-        bytes += size;
-        all.push((rel, hash));
-    }
-    let content_hash =
-        mmrl_artifact::hash::combine(all.iter().map(|(r, h)| (r.as_str(), h.as_str())));
-    Ok(Parsed {
-        features: features.into_iter().map(|(n, k, _)| (n, k)).collect(),
-        rows: loaded,
-        content_hash,
-        bytes,
-    })
+    Ok((loaded, media_hashes))
 }
 
-/// A row that passed the cheap checks; its media still need reading and decoding.
-#[derive(Debug)]
-struct Pending {
-    sample: Sample,
-    image: Option<(String, PathBuf)>,
-    audio: Option<(String, PathBuf)>,
-}
-
-fn check_row(
-    columns: &Columns,
-    features: &[(String, FeatureKind, usize)],
-    root: &Path,
-    record: &csv::StringRecord,
-    line: u64,
-    id: &str,
-    seen: &mut HashMap<String, u64>,
-) -> std::result::Result<Pending, Reject> {
-    if record.len() != columns.width {
-        return Err(reject(
-            "malformed_row",
-            format!(
-                "line {line}: {} fields, the header has {}",
-                record.len(),
-                columns.width
-            ),
-        ));
-    }
-    if id.is_empty() {
-        return Err(reject("empty_id", format!("line {line}: empty id")));
-    }
-    if let Some(first) = seen.get(id) {
-        return Err(reject(
-            "duplicate_id",
-            format!("line {line}: id {id:?} already used on line {first}"),
-        ));
-    }
-    seen.insert(id.to_owned(), line);
-    let text = |name: &str| {
-        columns
-            .get(record, name)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
-    let question = text("question")
-        .ok_or_else(|| reject("empty_question", format!("line {line}: empty question")))?;
-    let answer = text("answer")
-        .ok_or_else(|| reject("empty_answer", format!("line {line}: empty answer")))?;
-    let split = text("split");
-    if let Some(s) = &split {
-        if Split::parse(s).is_none() {
-            return Err(reject(
-                "invalid_split",
-                format!("line {line}: split {s:?} is not one of train, val, test"),
-            ));
-        }
-    }
-    let mut cells = Vec::with_capacity(features.len());
-    for (name, kind, i) in features {
-        let cell = record.get(*i).map(str::trim).unwrap_or("");
-        cells.push(match kind {
-            FeatureKind::Categorical => Cell::Cat((!cell.is_empty()).then(|| cell.to_owned())),
-            FeatureKind::Numeric if cell.is_empty() => Cell::Num(None),
-            FeatureKind::Numeric => match cell.parse::<f64>() {
-                Ok(v) if v.is_finite() => Cell::Num(Some(v)),
-                Ok(_) => {
-                    return Err(reject(
-                        "non_finite_number",
-                        format!("line {line}: column {name:?} holds {cell:?}; expected a finite number or an empty cell"),
-                    ));
-                }
-                Err(_) => {
-                    return Err(reject(
-                        "unparsable_number",
-                        format!("line {line}: column {name:?} holds {cell:?}; expected a number or an empty cell"),
-                    ));
-                }
-            },
-        });
-    }
-    let media = |column: &str| -> std::result::Result<Option<(String, PathBuf)>, Reject> {
-        match columns.get(record, column).filter(|s| !s.is_empty()) {
-            None => Ok(None),
-            Some(rel) => resolve_media(root, rel, line, column).map(|p| Some((rel.to_owned(), p))),
-        }
-    };
-    let image = media("image")?;
-    let audio = media("audio")?;
-    Ok(Pending {
-        sample: Sample {
-            id: id.to_owned(),
-            split,
-            task: text("task"),
-            qtype: text("qtype"),
-            question,
-            answer,
-            image: None,
-            audio: None,
-            features: cells,
-        },
-        image,
-        audio,
-    })
-}
-
-/// Resolves a media path relative to the dataset root, refusing anything that leaves it.
-fn resolve_media(
-    root: &Path,
-    rel: &str,
-    line: u64,
-    column: &str,
-) -> std::result::Result<PathBuf, Reject> {
-    let path = Path::new(rel);
-    let escapes = path.is_absolute()
-        || path.components().any(|c| {
-            matches!(
-                c,
-                Component::ParentDir | Component::RootDir | Component::Prefix(_)
-            )
-        });
-    if escapes {
-        return Err(reject(
-            "path_escapes_folder",
-            format!(
-                "line {line}: {column} path {rel:?} must be relative to the dataset folder, without '..'"
-            ),
-        ));
-    }
-    let joined = root.join(path);
-    let resolved = match joined.canonicalize() {
-        Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(reject(
-                "missing_media",
-                format!("line {line}: {column} file {rel:?} does not exist"),
-            ));
-        }
-        Err(e) => {
-            return Err(reject(
-                "unreadable_media",
-                format!("line {line}: {column} file {rel:?}: {e}"),
-            ));
-        }
-    };
-    if !resolved.starts_with(root) {
-        return Err(reject(
-            "path_escapes_folder",
-            format!(
-                "line {line}: {column} path {rel:?} resolves outside the dataset folder (a symlink?)"
-            ),
-        ));
-    }
-    if !resolved.is_file() {
-        return Err(reject(
-            "unreadable_media",
-            format!("line {line}: {column} path {rel:?} is not a file"),
-        ));
-    }
-    Ok(resolved)
-}
-
-type MediaHashes = Vec<(String, (String, u64))>;
-
-fn load_row(
-    config: &IngestConfig,
-    (line, id, pending): (u64, Option<String>, std::result::Result<Pending, Reject>),
-) -> (ParsedRow, MediaHashes) {
+/// Reads and decodes one row's media; a file's hash is recorded under its root-relative path.
+fn load_row(config: &IngestConfig, (line, id, pending): Checked) -> (IngestedRow, Vec<MediaHash>) {
     let mut hashes = Vec::new();
     let outcome = pending.and_then(|p| {
         let mut sample = p.sample;
-        if let Some((rel, path)) = &p.image {
-            let bytes = read_media(config, rel, path, line, "image", &mut hashes)?;
-            check_image(config, &bytes, rel, line)?;
+        let mut load =
+            |source: MediaSource, column: &str| -> std::result::Result<(Vec<u8>, String), Reject> {
+                match source {
+                    MediaSource::File { rel, path } => {
+                        let bytes = media::read_media(config, &rel, &path, &p.loc, column)?;
+                        hashes.push((
+                            rel.clone(),
+                            (mmrl_artifact::hash::hash_bytes(&bytes), bytes.len() as u64),
+                        ));
+                        Ok((bytes, rel))
+                    }
+                    MediaSource::Bytes { name, bytes } => {
+                        media::check_size(config, bytes.len() as u64, &name, &p.loc, column)?;
+                        Ok((bytes, name))
+                    }
+                }
+            };
+        if let Some(source) = p.image {
+            let (bytes, name) = load(source, "image")?;
+            media::check_image(config, &bytes, &name, &p.loc)?;
             sample.image = Some(bytes);
         }
-        if let Some((rel, path)) = &p.audio {
-            let bytes = read_media(config, rel, path, line, "audio", &mut hashes)?;
-            check_audio(&bytes, rel, line)?;
+        if let Some(source) = p.audio {
+            let (bytes, name) = load(source, "audio")?;
+            media::check_audio(&bytes, &name, &p.loc)?;
             sample.audio = Some(bytes);
         }
         Ok(sample)
     });
-    (ParsedRow { line, id, outcome }, hashes)
+    (IngestedRow { line, id, outcome }, hashes)
 }
 
-fn read_media(
-    config: &IngestConfig,
-    rel: &str,
-    path: &Path,
-    line: u64,
-    column: &str,
-    hashes: &mut MediaHashes,
-) -> std::result::Result<Vec<u8>, Reject> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| {
-            reject(
-                "unreadable_media",
-                format!("line {line}: {column} file {rel:?}: {e}"),
-            )
-        })?
-        .len();
-    if size > config.max_file_bytes {
-        return Err(reject(
-            "file_too_large",
-            format!(
-                "line {line}: {column} file {rel:?} has {size} bytes, over max_file_bytes {}",
-                config.max_file_bytes
-            ),
-        ));
+/// Gives every accepted sample a question type derived from its question (no `qtype` column).
+fn derive_qtypes(config: &IngestConfig, rows: &mut [IngestedRow]) -> DerivedQtypes {
+    let questions: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().ok().map(|s| s.question.as_str()))
+        .collect();
+    let (types, derived) = qtype::derive(&questions, config.max_derived_qtypes);
+    let accepted = rows.iter_mut().filter_map(|r| r.outcome.as_mut().ok());
+    for (sample, qtype) in accepted.zip(types) {
+        sample.qtype = Some(qtype);
     }
-    let bytes = std::fs::read(path).map_err(|e| {
-        reject(
-            "unreadable_media",
-            format!("line {line}: {column} file {rel:?}: {e}"),
-        )
-    })?;
-    hashes.push((
-        rel.to_owned(),
-        (mmrl_artifact::hash::hash_bytes(&bytes), bytes.len() as u64),
-    ));
-    Ok(bytes)
+    derived
 }
 
-/// Decodes the whole image (a truncated file fails here), refusing formats other than PNG and JPEG and images
-/// over the pixel limit before allocating for them.
-fn check_image(
-    config: &IngestConfig,
-    bytes: &[u8],
-    rel: &str,
-    line: u64,
-) -> std::result::Result<(), Reject> {
-    let undecodable = |e: &dyn std::fmt::Display| {
-        reject(
-            "undecodable_image",
-            format!("line {line}: image {rel:?}: {e}"),
-        )
-    };
-    let reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| undecodable(&e))?;
-    match reader.format() {
-        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
-        Some(other) => {
-            return Err(reject(
-                "unsupported_format",
-                format!("line {line}: image {rel:?} is {other:?}; expected PNG or JPEG"),
-            ));
-        }
-        None => {
-            return Err(reject(
-                "unsupported_format",
-                format!(
-                    "line {line}: image {rel:?} is not a PNG or JPEG file (unrecognized signature)"
-                ),
-            ));
+fn summarize(ingested: &Ingested) -> IngestSummary {
+    let mut by_reason = BTreeMap::new();
+    let (mut accepted, mut missing_image, mut missing_audio) = (0, 0, 0);
+    for row in &ingested.rows {
+        match &row.outcome {
+            Ok(s) => {
+                accepted += 1;
+                missing_image += usize::from(s.image.is_none());
+                missing_audio += usize::from(s.audio.is_none());
+            }
+            Err(r) => *by_reason.entry(r.reason.to_owned()).or_insert(0) += 1,
         }
     }
-    let (width, height) = reader.into_dimensions().map_err(|e| undecodable(&e))?;
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels == 0 {
-        return Err(reject(
-            "undecodable_image",
-            format!("line {line}: image {rel:?} has zero size"),
-        ));
+    IngestSummary {
+        rows: ingested.rows.len(),
+        accepted,
+        rejected: ingested.rows.len() - accepted,
+        rejects_by_reason: by_reason,
+        features: ingested.features.clone(),
+        missing_image,
+        missing_audio,
+        format: ingested.format,
+        source_files: ingested.source_files.clone(),
+        columns: ingested.columns.clone(),
+        qtype_source: if ingested.derived_qtypes.is_some() {
+            "derived"
+        } else {
+            "column"
+        },
+        qtype_rule: ingested.derived_qtypes.as_ref().map(|d| d.rule.clone()),
+        qtype_templates: ingested
+            .derived_qtypes
+            .as_ref()
+            .map(|d| d.templates.clone())
+            .unwrap_or_default(),
     }
-    if pixels > config.max_image_pixels {
-        return Err(reject(
-            "image_too_large",
-            format!(
-                "line {line}: image {rel:?} is {width}x{height}, over max_image_pixels {}",
-                config.max_image_pixels
-            ),
-        ));
-    }
-    let mut reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| undecodable(&e))?;
-    let mut limits = image::Limits::default();
-    // 16-bit RGBA is 8 bytes a pixel; leave room for the decoder's own buffers.
-    limits.max_alloc = Some(pixels.saturating_mul(16).max(1 << 20));
-    reader.limits(limits);
-    reader.decode().map_err(|e| undecodable(&e))?;
-    Ok(())
 }
 
-/// Reads every sample of a WAV file (a truncated file fails here).
-fn check_audio(bytes: &[u8], rel: &str, line: u64) -> std::result::Result<(), Reject> {
-    let undecodable = |e: String| {
-        reject(
-            "undecodable_audio",
-            format!("line {line}: audio {rel:?}: {e}"),
-        )
-    };
-    let reader =
-        hound::WavReader::new(Cursor::new(bytes)).map_err(|e| undecodable(e.to_string()))?;
-    let spec = reader.spec();
-    let expected = reader.len() as usize;
-    if spec.channels == 0 || spec.sample_rate == 0 {
-        return Err(undecodable(format!(
-            "{} channels at {} Hz",
-            spec.channels, spec.sample_rate
-        )));
+/// Fails, naming the first rejects, when more than `max_reject_fraction` of the rows were refused.
+fn check_reject_fraction(
+    config: &IngestConfig,
+    ingested: &Ingested,
+    summary: &IngestSummary,
+) -> Result<()> {
+    if summary.rejected as f64 <= config.max_reject_fraction * summary.rows as f64 {
+        return Ok(());
     }
-    if expected == 0 {
-        return Err(undecodable("no samples".into()));
+    let first = ingested
+        .rows
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().err().map(|e| e.detail.clone()))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(Error::TooManyRejects {
+        path: ingested.path.clone(),
+        rejected: summary.rejected,
+        total: summary.rows,
+        max_fraction: config.max_reject_fraction,
+        by_reason: format!("{:?}", summary.rejects_by_reason),
+        first,
+    })
+}
+
+/// Writes `samples`, `rejects` and `report.json` as one atomic artifact.
+fn write(
+    ingested: &Ingested,
+    summary: &IngestSummary,
+    info: StageInfo,
+    dataset: &Path,
+    output: &Path,
+) -> Result<()> {
+    let mut writer = ArtifactWriter::create(output, info)?;
+    writer.input(InputRecord {
+        name: "dataset".into(),
+        path: dataset.display().to_string(),
+        kind: if dataset.is_dir() {
+            InputKind::Folder
+        } else {
+            InputKind::File
+        },
+        content_hash: ingested.content_hash.clone(),
+        bytes: ingested.bytes,
+        rows: Some(summary.rows as u64),
+        stage: None,
+        lineage_fit_splits: Vec::new(),
+    });
+    let schema = sample::sample_schema(&ingested.features);
+    {
+        let mut table = writer.table("samples", Role::Data, schema.clone())?;
+        let accepted: Vec<_> = ingested
+            .rows
+            .iter()
+            .filter_map(|r| r.outcome.as_ref().ok().map(|s| (r.line, s)))
+            .collect();
+        for chunk in accepted.chunks(512) {
+            table.write(&samples_batch(&schema, &ingested.features, chunk)?)?;
+        }
+        table.finish()?;
     }
-    let read = match spec.sample_format {
-        hound::SampleFormat::Int => reader
-            .into_samples::<i32>()
-            .try_fold(0usize, |n, s| s.map(|_| n + 1)),
-        hound::SampleFormat::Float => reader
-            .into_samples::<f32>()
-            .try_fold(0usize, |n, s| s.map(|_| n + 1)),
+    let mut rejects = Rejects::new("ingest");
+    for row in &ingested.rows {
+        if let Err(r) = &row.outcome {
+            rejects.push(row.line, row.id.as_deref(), r.reason, &r.detail);
+        }
     }
-    .map_err(|e| undecodable(e.to_string()))?;
-    if read != expected {
-        return Err(undecodable(format!(
-            "truncated: {read} of {expected} samples"
-        )));
-    }
+    writer.write_table(
+        "rejects",
+        Role::Rejects,
+        sample::rejects_schema(),
+        &[rejects.finish()?],
+    )?;
+    writer.write_json("report.json", Role::Report, summary)?;
+    writer.commit()?;
     Ok(())
 }
 
@@ -808,15 +603,15 @@ fn samples_batch(
                 let mut b = Float64Builder::with_capacity(rows.len());
                 for (_, s) in rows {
                     b.append_option(match &s.features[i] {
-                        Cell::Num(v) => *v,
-                        Cell::Cat(_) => None,
+                        FeatureValue::Num(v) => *v,
+                        FeatureValue::Cat(_) => None,
                     });
                 }
                 Arc::new(b.finish())
             }
             FeatureKind::Categorical => strings(&|s| match &s.features[i] {
-                Cell::Cat(v) => v.as_deref(),
-                Cell::Num(_) => None,
+                FeatureValue::Cat(v) => v.as_deref(),
+                FeatureValue::Num(_) => None,
             }),
         });
     }

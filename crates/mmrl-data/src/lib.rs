@@ -10,5 +10,6 @@ mod error;
 pub mod generate;
 pub mod ingest;
 pub mod select;
+pub mod source;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! Ingest on small folders built in code: every kind of bad row is rejected with its reason, good rows keep
 //! their content and types, and dataset-level problems fail with a message naming the file.
+#![allow(clippy::unwrap_used)] // test setup that fails should stop the test
 
 use std::collections::BTreeMap;
 use std::path::Path;
