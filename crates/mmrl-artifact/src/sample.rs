@@ -31,6 +31,13 @@ pub const AUDIO: &str = "audio";
 /// The line of the source `manifest.csv` the sample came from (the header is line 1).
 pub const SOURCE_LINE: &str = "source_line";
 
+/// Optional annotation (Utf8, not a feature): the modalities the answer depends on, e.g. `image` or
+/// `image audio`, as the dataset declares them. Models mask the others; select derives [`RATIONALE`] from it.
+pub const MODALITIES: &str = "modalities";
+/// Optional column select writes (Utf8, train rows only): intermediate answer tokens a model writes before the
+/// answer (the answers of the single-modality questions about the same media), derived from train labels.
+pub const RATIONALE: &str = "rationale";
+
 /// Field metadata key that marks a tabular feature column; its value is a [`FeatureKind`] name.
 pub const FEATURE_KEY: &str = "mmrl.feature";
 

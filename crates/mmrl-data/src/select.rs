@@ -3,7 +3,8 @@
 //! Order of work: filters (each reports the rows it removed), exact-duplicate removal, grouping (samples that
 //! share an image or audio clip, or a `group_by` value, must land in one split), then a seeded split of the
 //! groups stratified by answer (an existing `split` column is respected), then optional oversampling of rare
-//! answers in the train split, recorded as the `repeat` column rather than as copied rows.
+//! answers in the train split, recorded as the `repeat` column rather than as copied rows, and, where the data
+//! declares which modalities each question needs, the `rationale` column of train rows that need two.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -148,6 +149,19 @@ pub struct SplitConfig {
     pub respect_existing: bool,
     /// Answers with fewer rows than this get a warning: they cannot be stratified well.
     pub min_class_rows: usize,
+    /// Rows whose declared split differs from that of rows they share an image, a clip or a group with.
+    pub on_conflict: OnConflict,
+}
+
+/// What to do with a group of rows (shared media or `group_by` value) whose declared splits disagree. Either way
+/// no content straddles two splits; the report says how many rows were concerned, and from which splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnConflict {
+    /// Reject the rows whose declared split is not the group's (reason `split_conflict`).
+    Reject,
+    /// Keep them all, moved into the group's split.
+    Regroup,
 }
 
 impl Default for SplitConfig {
@@ -160,6 +174,7 @@ impl Default for SplitConfig {
             group_by: None,
             respect_existing: true,
             min_class_rows: 10,
+            on_conflict: OnConflict::Reject,
         }
     }
 }
@@ -303,6 +318,11 @@ pub struct SelectReport {
     pub shared_media_dropped: usize,
     /// Groups of more than one row that were kept together in one split.
     pub multi_row_groups: usize,
+    /// Rows whose declared split disagreed with their group's, by `declared -> group split`; rejected or moved as
+    /// `split.on_conflict` says.
+    pub split_conflicts: BTreeMap<String, usize>,
+    /// Train rows given intermediate answer tokens ([`RATIONALE`]), by question type.
+    pub rationales: BTreeMap<String, usize>,
     /// Rows per split.
     pub splits: BTreeMap<String, usize>,
     /// Rows per answer and split.
@@ -364,6 +384,8 @@ struct Selection {
     kept: Vec<usize>,
     split: Vec<Split>,
     repeat: Vec<u32>,
+    /// Intermediate answer tokens per kept row, when the data declares `modalities`.
+    rationale: Option<Vec<Option<String>>>,
     rejects: RecordBatch,
     report: SelectReport,
 }
@@ -385,241 +407,471 @@ fn strings<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a St
         })
 }
 
+/// Selection in its steps: filters, duplicates, groups, splits, balance, rationales.
 fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) -> Result<Selection> {
-    let n = batch.num_rows();
-    let ids = strings(batch, sample::ID, path)?;
-    let answers = strings(batch, sample::ANSWER, path)?;
-    let lines = column(batch, sample::SOURCE_LINE, path)?
-        .as_any()
-        .downcast_ref::<UInt64Array>()
-        .ok_or_else(|| Error::Dataset {
-            path: path.to_path_buf(),
-            message: "source_line is not UInt64".into(),
-        })?;
-    let mut rejects = Rejects::new("select");
-    let mut alive = vec![true; n];
-    let mut report = SelectReport {
-        rows_in: n,
-        rows_out: 0,
-        filters: Vec::new(),
-        exact_duplicates: 0,
-        shared_media_dropped: 0,
-        multi_row_groups: 0,
-        splits: BTreeMap::new(),
-        answers: BTreeMap::new(),
-        train_weight: BTreeMap::new(),
-        warnings: Vec::new(),
-    };
+    let mut rows = Rows::new(batch, path)?;
+    apply_filters(config, &mut rows)?;
+    let media = MediaHashes::of(batch, path)?;
+    drop_duplicates(config, &mut rows, &media)?;
+    let groups = group_rows(config, &rows, &media)?;
+    let split = assign_groups(config, seed, &mut rows, &groups)?;
+    let mut repeat = vec![1u32; rows.n()];
+    if config.balance.oversample {
+        oversample(config, seed, rows.answers, &rows.alive, &split, &mut repeat);
+    }
+    let rationale = derive_rationales(&mut rows, &split, &media)?;
+    finish(config, rows, &split, &repeat, rationale)
+}
 
-    // 1. Filters.
+/// What the steps of [`select`] share: the columns they read, which rows are still in, the rejects and the report.
+struct Rows<'a> {
+    batch: &'a RecordBatch,
+    path: &'a Path,
+    ids: &'a StringArray,
+    answers: &'a StringArray,
+    lines: &'a UInt64Array,
+    alive: Vec<bool>,
+    rejects: Rejects,
+    report: SelectReport,
+}
+
+impl<'a> Rows<'a> {
+    fn new(batch: &'a RecordBatch, path: &'a Path) -> Result<Self> {
+        let lines = column(batch, sample::SOURCE_LINE, path)?
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or_else(|| Error::Dataset {
+                path: path.to_path_buf(),
+                message: "source_line is not UInt64".into(),
+            })?;
+        let n = batch.num_rows();
+        Ok(Self {
+            batch,
+            path,
+            ids: strings(batch, sample::ID, path)?,
+            answers: strings(batch, sample::ANSWER, path)?,
+            lines,
+            alive: vec![true; n],
+            rejects: Rejects::new("select"),
+            report: SelectReport {
+                rows_in: n,
+                rows_out: 0,
+                filters: Vec::new(),
+                exact_duplicates: 0,
+                shared_media_dropped: 0,
+                multi_row_groups: 0,
+                split_conflicts: BTreeMap::new(),
+                rationales: BTreeMap::new(),
+                splits: BTreeMap::new(),
+                answers: BTreeMap::new(),
+                train_weight: BTreeMap::new(),
+                warnings: Vec::new(),
+            },
+        })
+    }
+
+    fn n(&self) -> usize {
+        self.alive.len()
+    }
+
+    /// Takes `row` out with a reason code and a message.
+    fn reject(&mut self, row: usize, reason: &str, detail: String) {
+        self.alive[row] = false;
+        self.rejects
+            .push(self.lines.value(row), Some(self.ids.value(row)), reason, detail);
+    }
+
+    fn id(&self, row: usize) -> &'a str {
+        self.ids.value(row)
+    }
+}
+
+/// Step 1: the filters, in order, each counting the rows it removed. A filter naming a value its column never
+/// holds is an error listing what the column holds.
+fn apply_filters(config: &SelectConfig, rows: &mut Rows) -> Result<()> {
     for (i, filter) in config.filters.iter().enumerate() {
+        check_filter_values(filter, i, rows.batch, rows.path)?;
         let label = filter.label();
-        let keep = evaluate(filter, batch, i, path)?;
+        let keep = evaluate(filter, rows.batch, i, rows.path)?;
         let mut removed = 0;
-        for row in 0..n {
-            if alive[row] && !keep[row] {
-                alive[row] = false;
+        for row in 0..rows.n() {
+            if rows.alive[row] && !keep[row] {
                 removed += 1;
-                rejects.push(
-                    lines.value(row),
-                    Some(ids.value(row)),
-                    "filtered",
-                    format!("removed by filter {label:?}"),
-                );
+                rows.reject(row, "filtered", format!("removed by filter {label:?}"));
             }
         }
-        report.filters.push(FilterCount {
+        rows.report.filters.push(FilterCount {
             filter: label,
             removed,
         });
     }
-    if !alive.iter().any(|a| *a) {
+    if !rows.alive.iter().any(|a| *a) {
         return Err(Error::Other(format!(
             "{}: the filters removed every row ({:?})",
-            path.display(),
-            report.filters
+            rows.path.display(),
+            rows.report.filters
         )));
     }
+    Ok(())
+}
 
-    // 2. Exact duplicates and shared media.
-    let media_hash = |name: &str| -> Result<Vec<Option<blake3::Hash>>> {
-        let col = column(batch, name, path)?;
-        let bin = col
-            .as_any()
-            .downcast_ref::<BinaryArray>()
-            .ok_or_else(|| Error::Dataset {
-                path: path.to_path_buf(),
-                message: format!("column {name:?} is not Binary"),
-            })?;
-        Ok((0..n)
-            .map(|r| bin.is_valid(r).then(|| blake3::hash(bin.value(r))))
-            .collect())
+/// Refuses `in`/`not_in` values that the filter's string column never holds: a typo or another dataset's
+/// vocabulary, which would silently keep nothing or remove nothing.
+fn check_filter_values(filter: &Filter, index: usize, batch: &RecordBatch, path: &Path) -> Result<()> {
+    let (Some(name), Some((key, wanted))) = (
+        filter.column.as_deref(),
+        filter
+            .one_of
+            .as_ref()
+            .map(|v| ("in", v))
+            .or_else(|| filter.not_in.as_ref().map(|v| ("not_in", v))),
+    ) else {
+        return Ok(());
     };
-    let image_hash = media_hash(sample::IMAGE)?;
-    let audio_hash = media_hash(sample::AUDIO)?;
+    let Some(values) = batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+    else {
+        return Ok(()); // a missing or non-string column is reported by `evaluate`
+    };
+    let present: std::collections::BTreeSet<&str> = values.iter().flatten().collect();
+    if let Some(missing) = wanted.iter().find(|v| !present.contains(v.as_str())) {
+        let shown: Vec<&str> = present.iter().take(20).copied().collect();
+        return Err(Error::Config {
+            field: format!("filters[{index}].{key}"),
+            message: format!(
+                "{missing:?} is not a value of column {name:?} in {}; the data has {} value(s): {}{}",
+                path.display(),
+                present.len(),
+                shown.join(", "),
+                if present.len() > shown.len() { ", ..." } else { "" }
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Content hashes of each row's image and audio (`None` where absent), computed once.
+struct MediaHashes {
+    image: Vec<Option<blake3::Hash>>,
+    audio: Vec<Option<blake3::Hash>>,
+}
+
+impl MediaHashes {
+    fn of(batch: &RecordBatch, path: &Path) -> Result<Self> {
+        let hash = |name: &str| -> Result<Vec<Option<blake3::Hash>>> {
+            let bin = column(batch, name, path)?
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(|| Error::Dataset {
+                    path: path.to_path_buf(),
+                    message: format!("column {name:?} is not Binary"),
+                })?;
+            Ok((0..batch.num_rows())
+                .map(|r| bin.is_valid(r).then(|| blake3::hash(bin.value(r))))
+                .collect())
+        };
+        Ok(Self {
+            image: hash(sample::IMAGE)?,
+            audio: hash(sample::AUDIO)?,
+        })
+    }
+}
+
+/// Step 2: exact duplicates (everything but id, split and line equal), then rows that repeat an earlier row's
+/// image or clip where the policy is `drop`.
+fn drop_duplicates(config: &SelectConfig, rows: &mut Rows, media: &MediaHashes) -> Result<()> {
     if config.dedup.exact {
-        let mut first: HashMap<blake3::Hash, usize> = HashMap::new();
         let content = content_hashes(
-            batch,
-            &[(sample::IMAGE, &image_hash), (sample::AUDIO, &audio_hash)],
+            rows.batch,
+            &[(sample::IMAGE, &media.image), (sample::AUDIO, &media.audio)],
         )?;
-        for row in 0..n {
-            if !alive[row] {
+        let mut first: HashMap<blake3::Hash, usize> = HashMap::new();
+        for row in 0..rows.n() {
+            if !rows.alive[row] {
                 continue;
             }
-            if let Some(&kept) = first.get(&content[row]) {
-                alive[row] = false;
-                report.exact_duplicates += 1;
-                rejects.push(
-                    lines.value(row),
-                    Some(ids.value(row)),
-                    "duplicate",
-                    format!("same content as {:?}", ids.value(kept)),
-                );
-            } else {
-                first.insert(content[row], row);
+            match first.get(&content[row]) {
+                Some(&kept) => {
+                    rows.report.exact_duplicates += 1;
+                    let detail = format!("same content as {:?}", rows.id(kept));
+                    rows.reject(row, "duplicate", detail);
+                }
+                None => {
+                    first.insert(content[row], row);
+                }
             }
         }
     }
     for (policy, hashes, what) in [
-        (config.dedup.same_image, &image_hash, "image"),
-        (config.dedup.same_audio, &audio_hash, "audio"),
+        (config.dedup.same_image, &media.image, "image"),
+        (config.dedup.same_audio, &media.audio, "audio"),
     ] {
         if policy != SharedMedia::Drop {
             continue;
         }
         let mut first: HashMap<blake3::Hash, usize> = HashMap::new();
-        for row in 0..n {
-            let Some(h) = hashes[row].filter(|_| alive[row]) else {
+        for row in 0..rows.n() {
+            let Some(h) = hashes[row].filter(|_| rows.alive[row]) else {
                 continue;
             };
-            if let Some(&kept) = first.get(&h) {
-                alive[row] = false;
-                report.shared_media_dropped += 1;
-                rejects.push(
-                    lines.value(row),
-                    Some(ids.value(row)),
-                    "duplicate",
-                    format!("same {what} as {:?}", ids.value(kept)),
-                );
-            } else {
-                first.insert(h, row);
-            }
-        }
-    }
-
-    // 3. Groups that must share a split.
-    let mut groups = UnionFind::new(n);
-    let group_values = match &config.split.group_by {
-        Some(name) => Some(group_keys(batch, name, path)?),
-        None => None,
-    };
-    for (policy, hashes) in [
-        (config.dedup.same_image, &image_hash),
-        (config.dedup.same_audio, &audio_hash),
-    ] {
-        if policy == SharedMedia::Group {
-            link_equal(
-                &mut groups,
-                &alive,
-                hashes.iter().map(|h| h.map(|h| *h.as_bytes())),
-            );
-        }
-    }
-    if let Some(values) = &group_values {
-        link_equal(&mut groups, &alive, values.iter().cloned());
-    }
-
-    // 4. Splits.
-    let existing = strings(batch, sample::SPLIT, path)?;
-    let mut split: Vec<Option<Split>> = vec![None; n];
-    let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for row in (0..n).filter(|r| alive[*r]) {
-        members.entry(groups.find(row)).or_default().push(row);
-    }
-    report.multi_row_groups = members.values().filter(|m| m.len() > 1).count();
-    let mut free_groups = Vec::new();
-    for rows in members.values() {
-        let declared: Vec<Split> = if config.split.respect_existing {
-            rows.iter()
-                .filter(|r| existing.is_valid(**r))
-                .filter_map(|r| Split::parse(existing.value(*r)))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        match declared.first() {
-            None => free_groups.push(rows.clone()),
-            Some(&s) => {
-                for &row in rows {
-                    let own = (config.split.respect_existing && existing.is_valid(row))
-                        .then(|| Split::parse(existing.value(row)))
-                        .flatten();
-                    match own {
-                        Some(o) if o != s => {
-                            alive[row] = false;
-                            rejects.push(
-                                lines.value(row),
-                                Some(ids.value(row)),
-                                "split_conflict",
-                                format!(
-                                    "declared split {} but shares content or a group with rows declared {}",
-                                    o.as_str(),
-                                    s.as_str()
-                                ),
-                            );
-                        }
-                        _ => split[row] = Some(s),
-                    }
+            match first.get(&h) {
+                Some(&kept) => {
+                    rows.report.shared_media_dropped += 1;
+                    let detail = format!("same {what} as {:?}", rows.id(kept));
+                    rows.reject(row, "duplicate", detail);
+                }
+                None => {
+                    first.insert(h, row);
                 }
             }
         }
     }
-    assign_splits(config, seed, answers, &free_groups, &mut split);
+    Ok(())
+}
 
-    // 5. Balance.
-    let mut repeat = vec![1u32; n];
-    if config.balance.oversample {
-        oversample(config, seed, answers, &alive, &split, &mut repeat);
+/// Step 3: the groups of rows that must share a split (shared image or clip under `group`, equal `group_by`
+/// values), each listed by its rows in order, keyed by its first row.
+fn group_rows(
+    config: &SelectConfig,
+    rows: &Rows,
+    media: &MediaHashes,
+) -> Result<BTreeMap<usize, Vec<usize>>> {
+    let mut groups = UnionFind::new(rows.n());
+    for (policy, hashes) in [
+        (config.dedup.same_image, &media.image),
+        (config.dedup.same_audio, &media.audio),
+    ] {
+        if policy == SharedMedia::Group {
+            link_equal(
+                &mut groups,
+                &rows.alive,
+                hashes.iter().map(|h| h.map(|h| *h.as_bytes())),
+            );
+        }
     }
+    if let Some(name) = &config.split.group_by {
+        let values = group_keys(rows.batch, name, rows.path)?;
+        link_equal(&mut groups, &rows.alive, values.into_iter());
+    }
+    let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for row in (0..rows.n()).filter(|r| rows.alive[*r]) {
+        members.entry(groups.find(row)).or_default().push(row);
+    }
+    Ok(members)
+}
 
-    let kept: Vec<usize> = (0..n).filter(|r| alive[*r]).collect();
+/// Step 4: splits. A group with declared splits takes the one most of its rows declare (ties go to test, then
+/// val: the user's evaluation rows stay where they were put); rows that declared another are rejected or moved
+/// (`split.on_conflict`). Groups without a declared split are split by seed, stratified by answer.
+fn assign_groups(
+    config: &SelectConfig,
+    seed: u64,
+    rows: &mut Rows,
+    groups: &BTreeMap<usize, Vec<usize>>,
+) -> Result<Vec<Option<Split>>> {
+    let existing = strings(rows.batch, sample::SPLIT, rows.path)?;
+    let declared = |row: usize| {
+        (config.split.respect_existing && existing.is_valid(row))
+            .then(|| Split::parse(existing.value(row)))
+            .flatten()
+    };
+    let mut split: Vec<Option<Split>> = vec![None; rows.n()];
+    rows.report.multi_row_groups = groups.values().filter(|m| m.len() > 1).count();
+    let mut free_groups = Vec::new();
+    for members in groups.values() {
+        let Some(chosen) = group_split(members.iter().filter_map(|&r| declared(r))) else {
+            free_groups.push(members.clone());
+            continue;
+        };
+        for &row in members {
+            match declared(row) {
+                Some(own) if own != chosen => {
+                    *rows
+                        .report
+                        .split_conflicts
+                        .entry(format!("{} -> {}", own.as_str(), chosen.as_str()))
+                        .or_default() += 1;
+                    if config.split.on_conflict == OnConflict::Reject {
+                        rows.reject(
+                            row,
+                            "split_conflict",
+                            format!(
+                                "declared split {} but shares an image, a clip or a group with rows declared {}; \
+                                 split.on_conflict = \"regroup\" keeps it in {}",
+                                own.as_str(),
+                                chosen.as_str(),
+                                chosen.as_str()
+                            ),
+                        );
+                    } else {
+                        split[row] = Some(chosen);
+                    }
+                }
+                _ => split[row] = Some(chosen),
+            }
+        }
+    }
+    if !rows.report.split_conflicts.is_empty() {
+        let n: usize = rows.report.split_conflicts.values().sum();
+        rows.report.warnings.push(format!(
+            "{n} rows declared a split other than rows they share an image, a clip or a group with ({:?}); {}",
+            rows.report.split_conflicts,
+            match config.split.on_conflict {
+                OnConflict::Reject => "they were rejected as split_conflict; split.on_conflict = \"regroup\" keeps them, moved into their group's split",
+                OnConflict::Regroup => "they were moved into their group's split",
+            }
+        ));
+    }
+    assign_splits(config, seed, rows.answers, &free_groups, &mut split);
+    Ok(split)
+}
+
+/// The split a group of declared splits takes: the most declared, ties broken towards test, then val.
+fn group_split(declared: impl Iterator<Item = Split>) -> Option<Split> {
+    let mut counts = [0usize; 3];
+    for s in declared {
+        counts[Split::ALL.iter().position(|x| *x == s).unwrap_or(0)] += 1;
+    }
+    (0..3)
+        .filter(|&i| counts[i] > 0)
+        .max_by_key(|&i| (counts[i], i))
+        .map(|i| Split::ALL[i])
+}
+
+/// Step 6: intermediate answer tokens for train rows whose `modalities` declare two media: the answers of the
+/// train rows about the same image that need the image alone, then of those about the same clip that need the
+/// audio alone. sft trains on "rationale, separator, answer", so the model learns to read each modality before
+/// it composes; only train labels are used, so nothing leaks. `None` when the data declares no `modalities`.
+fn derive_rationales(
+    rows: &mut Rows,
+    split: &[Option<Split>],
+    media: &MediaHashes,
+) -> Result<Option<Vec<Option<String>>>> {
+    let Some(declared) = rows.batch.column_by_name(sample::MODALITIES) else {
+        return Ok(None);
+    };
+    let declared = declared
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| Error::Dataset {
+            path: rows.path.to_path_buf(),
+            message: format!("column {:?} is not Utf8", sample::MODALITIES),
+        })?;
+    let qtypes = strings(rows.batch, sample::QTYPE, rows.path)?;
+    // The media a row declares it needs (tabular features do not count: they are no media to read).
+    let needs = |row: usize| -> Vec<&str> {
+        let mut m: Vec<&str> = if declared.is_valid(row) {
+            declared
+                .value(row)
+                .split([' ', '|', ','])
+                .filter(|w| matches!(*w, "image" | "audio"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        m.sort_unstable();
+        m.dedup();
+        m
+    };
+    let train = |row: usize| rows.alive[row] && split[row] == Some(Split::Train);
+    // Single-modality train answers per media hash, ordered by question type.
+    let mut known: [HashMap<blake3::Hash, BTreeMap<String, String>>; 2] = Default::default();
+    for row in (0..rows.n()).filter(|&r| train(r)) {
+        for (slot, (name, hashes)) in [("image", &media.image), ("audio", &media.audio)].iter().enumerate() {
+            if let (Some(h), [only]) = (hashes[row], needs(row).as_slice())
+                && only == name
+            {
+                known[slot]
+                    .entry(h)
+                    .or_default()
+                    .entry(qtypes.value(row).to_owned())
+                    .or_insert_with(|| rows.answers.value(row).to_owned());
+            }
+        }
+    }
+    let mut out = vec![None; rows.n()];
+    for row in (0..rows.n()).filter(|&r| train(r)) {
+        if !(needs(row).contains(&"image") && needs(row).contains(&"audio")) {
+            continue;
+        }
+        let parts: Vec<&str> = [&media.image, &media.audio]
+            .iter()
+            .zip(&known)
+            .filter_map(|(hashes, table)| hashes[row].and_then(|h| table.get(&h)))
+            .flat_map(|answers| answers.values().map(String::as_str))
+            .collect();
+        if !parts.is_empty() {
+            *rows
+                .report
+                .rationales
+                .entry(qtypes.value(row).to_owned())
+                .or_default() += 1;
+            out[row] = Some(parts.join(" "));
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Step 7: the kept rows with their split, the per-split and per-answer counts, and the warnings.
+fn finish(
+    config: &SelectConfig,
+    mut rows: Rows,
+    split: &[Option<Split>],
+    repeat: &[u32],
+    rationale: Option<Vec<Option<String>>>,
+) -> Result<Selection> {
+    let kept: Vec<usize> = (0..rows.n()).filter(|r| rows.alive[*r]).collect();
     let mut out_split = Vec::with_capacity(kept.len());
+    let report = &mut rows.report;
     for &row in &kept {
-        let s = split[row]
-            .ok_or_else(|| Error::Other(format!("row {} was given no split", ids.value(row))))?;
+        let s = split[row].ok_or_else(|| {
+            Error::Other(format!("row {} was given no split", rows.ids.value(row)))
+        })?;
         out_split.push(s);
+        let answer = rows.answers.value(row);
         *report.splits.entry(s.as_str().to_owned()).or_default() += 1;
         *report
             .answers
-            .entry(answers.value(row).to_owned())
+            .entry(answer.to_owned())
             .or_default()
             .entry(s.as_str().to_owned())
             .or_default() += 1;
         if s == Split::Train {
-            *report
-                .train_weight
-                .entry(answers.value(row).to_owned())
-                .or_default() += u64::from(repeat[row]);
+            *report.train_weight.entry(answer.to_owned()).or_default() += u64::from(repeat[row]);
         }
     }
     report.rows_out = kept.len();
     if report.splits.get("train").copied().unwrap_or(0) == 0 {
         return Err(Error::Other(format!(
             "{}: the train split is empty after selection ({} rows kept); statistics need train rows",
-            path.display(),
+            rows.path.display(),
             kept.len()
         )));
     }
+    warn_small_splits_and_classes(config, report, kept.len());
+    let repeat_out = kept.iter().map(|r| repeat[*r]).collect();
+    let rationale = rationale.map(|r| kept.iter().map(|&row| r[row].clone()).collect());
+    Ok(Selection {
+        kept,
+        split: out_split,
+        repeat: repeat_out,
+        rationale,
+        rejects: rows.rejects.finish()?,
+        report: rows.report,
+    })
+}
+
+/// Warnings for empty val/test splits and answers too rare to stratify.
+fn warn_small_splits_and_classes(config: &SelectConfig, report: &mut SelectReport, kept: usize) {
     for (s, fraction) in [
         (Split::Val, config.split.val),
         (Split::Test, config.split.test),
     ] {
         if fraction > 0.0 && report.splits.get(s.as_str()).copied().unwrap_or(0) == 0 {
             report.warnings.push(format!(
-                "the {} split is empty: too few rows ({}) for the fractions",
+                "the {} split is empty: too few rows ({kept}) for the fractions",
                 s.as_str(),
-                kept.len()
             ));
         }
     }
@@ -643,14 +895,6 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
             }
         ));
     }
-    let repeat_out = kept.iter().map(|r| repeat[*r]).collect();
-    Ok(Selection {
-        kept,
-        split: out_split,
-        repeat: repeat_out,
-        rejects: rejects.finish()?,
-        report,
-    })
 }
 
 /// Whether each row passes filter number `index`.
@@ -938,6 +1182,10 @@ fn output_batch(batch: &RecordBatch, selection: &Selection) -> Result<(SchemaRef
     }
     fields.push(Field::new(REPEAT, DataType::UInt32, false));
     columns.push(Arc::new(UInt32Array::from(selection.repeat.clone())));
+    if let Some(rationale) = &selection.rationale {
+        fields.push(Field::new(sample::RATIONALE, DataType::Utf8, true));
+        columns.push(Arc::new(StringArray::from(rationale.clone())));
+    }
     let out_schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
     Ok((
         out_schema.clone(),

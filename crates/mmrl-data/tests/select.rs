@@ -24,6 +24,7 @@ struct Row {
     audio: Option<Vec<u8>>,
     battery: Option<f64>,
     device: Option<String>,
+    modalities: Option<&'static str>,
 }
 
 fn row(i: usize, answer: &str) -> Row {
@@ -71,6 +72,19 @@ fn artifact(dir: &Path, rows: &[Row]) -> std::path::PathBuf {
         )),
         s(&|r| r.device.clone()),
     ];
+    let mut columns = columns;
+    let mut schema = schema;
+    if rows.iter().any(|r| r.modalities.is_some()) {
+        let mut fields: Vec<arrow::datatypes::Field> =
+            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(arrow::datatypes::Field::new(
+            sample::MODALITIES,
+            arrow::datatypes::DataType::Utf8,
+            true,
+        ));
+        schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        columns.push(s(&|r| r.modalities.map(str::to_owned)));
+    }
     let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
     let out = dir.join("ingest");
     let info = StageInfo {
@@ -87,9 +101,10 @@ fn artifact(dir: &Path, rows: &[Row]) -> std::path::PathBuf {
     out
 }
 
-/// The selected rows: id -> (split, repeat), and the rejects as id -> reason.
+/// The selected rows: id -> (split, repeat), their rationales, and the rejects as id -> reason.
 struct Selected {
     rows: BTreeMap<String, (String, u32)>,
+    rationales: BTreeMap<String, String>,
     rejects: BTreeMap<String, String>,
     report: select::SelectReport,
 }
@@ -101,12 +116,24 @@ fn run(rows: &[Row], config: &SelectConfig, seed: u64) -> Selected {
     let art = Artifact::open(tmp.path().join("select")).unwrap();
     assert_eq!(art.manifest().inputs[0].stage.as_deref(), Some("ingest"));
     let (schema, batches) = art.read_table("samples").unwrap();
-    assert_eq!(
-        schema.field(schema.fields().len() - 1).name(),
-        select::REPEAT
+    let last = schema.fields().len() - 1;
+    let repeat_at = schema.index_of(select::REPEAT).unwrap();
+    assert!(
+        repeat_at == last || (repeat_at + 1 == last && schema.field(last).name() == sample::RATIONALE),
+        "select appends repeat, then the rationale when it derives one: {schema:?}"
     );
     let mut out = BTreeMap::new();
+    let mut rationales = BTreeMap::new();
     for b in &batches {
+        if let Some(col) = b.column_by_name(sample::RATIONALE) {
+            let col = col.as_any().downcast_ref::<StringArray>().unwrap();
+            let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            for i in 0..b.num_rows() {
+                if col.is_valid(i) {
+                    rationales.insert(ids.value(i).to_owned(), col.value(i).to_owned());
+                }
+            }
+        }
         let ids = b
             .column_by_name("id")
             .unwrap()
@@ -148,6 +175,7 @@ fn run(rows: &[Row], config: &SelectConfig, seed: u64) -> Selected {
     );
     Selected {
         rows: out,
+        rationales,
         rejects,
         report,
     }
@@ -256,6 +284,88 @@ fn splits_are_seeded_stratified_and_respect_existing() {
     let got = run(&declared, &SelectConfig::default(), 1);
     assert_eq!(got.rows["s0005"].0, "test");
     assert_eq!(got.rows["s0006"].0, "train");
+}
+
+#[test]
+fn split_conflicts_are_counted_and_rejected_or_regrouped() {
+    let mut rows = many(30);
+    // Rows 0-2 share an image: two declare test, one train, so the group is test and row 0 conflicts.
+    for (i, split) in [(0, "train"), (1, "test"), (2, "test")] {
+        rows[i].image = Some(b"shared".to_vec());
+        rows[i].split = Some(split);
+    }
+    // Rows 3-4 share a clip, one train and one val: a tie goes to val.
+    for (i, split) in [(3, "train"), (4, "val")] {
+        rows[i].audio = Some(b"clip".to_vec());
+        rows[i].split = Some(split);
+    }
+    let rejected = run(&rows, &SelectConfig::default(), 1);
+    assert_eq!(rejected.rejects.get("s0000").map(String::as_str), Some("split_conflict"));
+    assert_eq!(rejected.rejects.get("s0003").map(String::as_str), Some("split_conflict"));
+    assert_eq!(rejected.rows["s0004"].0, "val");
+    assert_eq!(
+        rejected.report.split_conflicts,
+        BTreeMap::from([("train -> test".to_owned(), 1), ("train -> val".to_owned(), 1)])
+    );
+    assert!(
+        rejected.report.warnings.iter().any(|w| w.contains("2 rows") && w.contains("regroup")),
+        "{:?}",
+        rejected.report.warnings
+    );
+    let regroup = SelectConfig {
+        split: SplitConfig {
+            on_conflict: select::OnConflict::Regroup,
+            ..SplitConfig::default()
+        },
+        ..SelectConfig::default()
+    };
+    let regrouped = run(&rows, &regroup, 1);
+    assert!(regrouped.rejects.is_empty(), "{:?}", regrouped.rejects);
+    assert_eq!(regrouped.rows["s0000"].0, "test");
+    assert_eq!(regrouped.rows["s0003"].0, "val");
+    assert_eq!(regrouped.report.split_conflicts, rejected.report.split_conflicts);
+}
+
+#[test]
+fn rationales_are_the_single_modality_train_answers_about_the_same_media() {
+    // Pairs of one image and one clip, three questions each: the image alone, the audio alone, both.
+    let mut rows = Vec::new();
+    for p in 0..12 {
+        let split = if p < 10 { "train" } else { "val" };
+        for (task, modalities, answer) in [
+            ("written", "image", format!("a{p}")),
+            ("spoken", "audio tabular", format!("b{p}")),
+            ("sum", "image audio tabular", format!("s{p}")),
+        ] {
+            if p == 9 && task == "spoken" {
+                continue; // this pair's clip has no audio-only question: its rationale is the image's alone
+            }
+            rows.push(Row {
+                id: format!("p{p:02}{task}"),
+                task: Some(task),
+                answer,
+                split: Some(split),
+                image: Some(format!("img{p}").into_bytes()),
+                audio: Some(format!("wav{p}").into_bytes()),
+                modalities: Some(modalities),
+                ..Row::default()
+            });
+        }
+    }
+    let got = run(&rows, &SelectConfig::default(), 1);
+    let expected: BTreeMap<String, String> = (0..10)
+        .map(|p| {
+            let r = if p == 9 { "a9".to_owned() } else { format!("a{p} b{p}") };
+            (format!("p{p:02}sum"), r)
+        })
+        .collect();
+    // Val rows get none (only train labels are used), nor do the single-modality rows.
+    assert_eq!(got.rationales, expected);
+    assert_eq!(got.report.rationales, BTreeMap::from([("q_sum".to_owned(), 10)]));
+    // Without the `modalities` column, no rationale column at all.
+    let plain: Vec<Row> = rows.iter().map(|r| Row { modalities: None, ..r.clone() }).collect();
+    let got = run(&plain, &SelectConfig::default(), 1);
+    assert!(got.rationales.is_empty() && got.report.rationales.is_empty());
 }
 
 #[test]
@@ -383,11 +493,30 @@ fn bad_configs_and_empty_results_get_clear_errors() {
         }),
         &["filters[0]", "numeric"],
     );
+    // A value the column never holds is a typo or another dataset's vocabulary: named, with what the data has.
     check_error(
         &rows,
         &filter(Filter {
             column: Some("task".into()),
             one_of: Some(vec!["x".into()]),
+            ..Filter::default()
+        }),
+        &["filters[0].in", "\"x\" is not a value of column \"task\"", "1 value(s): shapes"],
+    );
+    check_error(
+        &rows,
+        &filter(Filter {
+            column: Some("task".into()),
+            not_in: Some(vec!["shapes".into(), "shapez".into()]),
+            ..Filter::default()
+        }),
+        &["filters[0].not_in", "\"shapez\""],
+    );
+    check_error(
+        &rows,
+        &filter(Filter {
+            column: Some("task".into()),
+            not_in: Some(vec!["shapes".into()]),
             ..Filter::default()
         }),
         &["removed every row"],
