@@ -1,7 +1,8 @@
 //! Loads the select artifact and the optional modality artifacts, joins them by sample id, and builds
 //! host batches.
 //!
-//! Joining rules: a sample missing from a given modality table was dropped by that stage and is excluded;
+//! Joining rules: a sample missing from a given modality table was dropped by that stage and is excluded
+//! (unless [`Dataset::load_keeping`] keeps its split: then it stays with that modality absent);
 //! `<m>_present = false` masks the modality for that sample. Val and test use `view = 0` rows only; train
 //! keeps every view and [`Dataset::epoch_order`] picks one at random per sample and epoch.
 
@@ -382,6 +383,12 @@ fn load_tabular(dir: &Path) -> Result<(TabularStore, HashMap<String, usize>)> {
 impl Dataset {
     /// Reads the samples and joins every modality input given.
     pub fn load(inputs: &InputPaths) -> Result<Self> {
+        Self::load_keeping(inputs, &[])
+    }
+
+    /// As [`Dataset::load`], but a sample of a split in `keep` that a modality stage dropped stays, with that
+    /// modality absent (no rows in its store, so batches mask it): eval scores every test row select wrote.
+    pub fn load_keeping(inputs: &InputPaths, keep: &[Split]) -> Result<Self> {
         let path = &inputs.samples;
         let artifact = Artifact::open(path)?;
         let (schema, batches) = artifact.read_table("samples")?;
@@ -446,7 +453,7 @@ impl Dataset {
                 } else if matches!(tab_row, Some(None)) {
                     drop_reason = Some("tabular");
                 }
-                if let Some(m) = drop_reason {
+                if let Some(m) = drop_reason.filter(|_| !keep.contains(&split)) {
                     *dropped.entry(m.to_owned()).or_default() += 1;
                     continue;
                 }
