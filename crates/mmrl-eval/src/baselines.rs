@@ -1,7 +1,8 @@
 //! Baselines fit on the train split only: the majority answer (overall and per question type) and classical
 //! models (linfa's multinomial logistic regression, a CART decision tree) on simple features: average-pooled
 //! image pixels, per-mel-band audio mean and standard deviation, the cleaned tabular features, modality
-//! presence flags and a one-hot question type.
+//! presence flags, a one-hot question type and a bag of the question's words (the train questions'
+//! vocabulary), so they read the question even where the data has no `qtype` column.
 //!
 //! The decision tree is [`Cart`], not linfa-trees: linfa-trees 0.8.1 sums Gini impurities and picks leaf
 //! classes by iterating `std::collections::HashMap`s, whose order is random per process, so two fits on the
@@ -13,7 +14,7 @@ use linfa::prelude::*;
 use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
 use mmrl_artifact::sample::Split;
 use mmrl_model::data::{Dataset, TensorStore};
-use mmrl_model::vocab::normalize_answer;
+use mmrl_model::vocab::{normalize_answer, words};
 use ndarray::{Array1, Array2};
 
 use crate::error::{Error, Result};
@@ -29,12 +30,15 @@ pub struct ClassicalSettings {
     pub logistic_max_iterations: u64,
     /// Depth limit of the decision tree.
     pub tree_max_depth: usize,
+    /// Most frequent train-question words in the bag of words (words seen once are left out).
+    pub question_words: usize,
 }
 
 /// An answer of a baseline with its confidence, when the baseline has one.
 pub type Answer = (String, Option<f64>);
 
-/// The feature map, fit on train rows: column names, standardization and the qtype one-hot.
+/// The feature map, fit on train rows: column names, standardization, the qtype one-hot and the question
+/// words.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureSpace {
     /// Feature names, in column order.
@@ -45,6 +49,9 @@ pub struct FeatureSpace {
     pub std: Vec<f64>,
     /// Question types seen in train, one-hot in this order.
     pub qtypes: Vec<String>,
+    /// Words of the train questions (the most frequent, each seen at least twice), one presence flag each,
+    /// in this order.
+    pub words: Vec<String>,
     pool: usize,
 }
 
@@ -136,11 +143,17 @@ impl FeatureSpace {
                 .iter()
                 .map(|q| f64::from(u8::from(*q == s.qtype))),
         );
+        let asked: BTreeSet<String> = words(&s.question).into_iter().collect();
+        out.extend(
+            self.words
+                .iter()
+                .map(|w| f64::from(u8::from(asked.contains(w)))),
+        );
         out
     }
 
-    /// Builds the feature map from the train rows of `data`.
-    pub fn fit(data: &Dataset, train: &[usize], pool: usize) -> Self {
+    /// Builds the feature map from the train rows of `data`, with at most `question_words` words.
+    pub fn fit(data: &Dataset, train: &[usize], pool: usize, question_words: usize) -> Self {
         let mut names = Vec::new();
         if let Some(store) = &data.image {
             names.push("image_present".to_owned());
@@ -171,11 +184,14 @@ impl FeatureSpace {
             .into_iter()
             .collect();
         names.extend(qtypes.iter().map(|q| format!("qtype={q}")));
+        let words = question_vocabulary(data, train, question_words);
+        names.extend(words.iter().map(|w| format!("word={w}")));
         let mut space = Self {
             mean: vec![0.0; names.len()],
             std: vec![1.0; names.len()],
             names,
             qtypes,
+            words,
             pool,
         };
         let rows: Vec<Vec<f64>> = train.iter().map(|&i| space.raw(data, i)).collect();
@@ -200,6 +216,22 @@ impl FeatureSpace {
         }
         x
     }
+}
+
+/// The `max` words found in the most train questions (ties: alphabetical), each in at least two, sorted.
+fn question_vocabulary(data: &Dataset, train: &[usize], max: usize) -> Vec<String> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for &i in train {
+        let asked: BTreeSet<String> = words(&data.samples[i].question).into_iter().collect();
+        for w in asked {
+            *counts.entry(w).or_default() += 1;
+        }
+    }
+    let mut ranked: Vec<(String, usize)> = counts.into_iter().filter(|(_, c)| *c >= 2).collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut kept: Vec<String> = ranked.into_iter().take(max).map(|(w, _)| w).collect();
+    kept.sort();
+    kept
 }
 
 /// Most frequent answer and its share; ties go to the alphabetically first answer.
@@ -266,8 +298,8 @@ impl Baselines {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let pool = classical.map_or(4, |c| c.pool);
-        let features = FeatureSpace::fit(data, &train, pool);
+        let (pool, question_words) = classical.map_or((4, 0), |c| (c.pool, c.question_words));
+        let features = FeatureSpace::fit(data, &train, pool, question_words);
         let mut out = Self {
             majority_overall,
             majority_qtype,

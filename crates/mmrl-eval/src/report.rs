@@ -411,11 +411,13 @@ fn order(k: Kind) -> u8 {
     }
 }
 
-/// The headline table as plain text: one line per system (exact match with its interval, cross-modal exact
+/// The headline as plain text: the test rows scored (and those answered without a modality a curation
+/// stage dropped, with the reasons), one line per system (exact match with its interval, cross-modal exact
 /// match, paired-bootstrap p against ours), then the cross-modal verdict. The binary logs it and the
 /// artifact keeps it as `summary.txt`, which the pipeline runner prints last.
 pub fn headline_table(m: &MetricsFile) -> String {
-    let mut out = format!(
+    let mut out = format!("{}\n", m.test_rows.headline());
+    out += &format!(
         "{:<26} {:<11} {:>22} {:>12} {:>9}\n",
         "system", "kind", "exact match [95% CI]", "cross-modal", "p vs ours"
     );
@@ -442,7 +444,12 @@ pub fn headline_table(m: &MetricsFile) -> String {
             p
         ));
     }
-    if m.cross_modal.ours_beats_all {
+    if m.cross_modal.qtypes.is_empty() {
+        out.push_str(&format!(
+            "cross-modal questions: none in the test split (types from {})\n",
+            m.cross_modal.source
+        ));
+    } else if m.cross_modal.ours_beats_all {
         out.push_str("cross-modal questions: ours beats every baseline and ablation\n");
     } else {
         let shown = 4;
@@ -629,6 +636,55 @@ fn cross_modal_table(m: &MetricsFile) -> Table {
     t
 }
 
+fn needs_table(m: &MetricsFile) -> Table {
+    let modalities: Vec<String> = m
+        .modality_needs
+        .values()
+        .flat_map(|n| n.costs.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut header = vec![
+        "question type".to_owned(),
+        "n".to_owned(),
+        "needs".to_owned(),
+    ];
+    header.extend(modalities.iter().map(|x| format!("EM drop without {x}")));
+    let mut t = Table {
+        header,
+        rows: Vec::new(),
+        strong: Vec::new(),
+        best_from: None,
+    };
+    for (q, n) in &m.modality_needs {
+        let mut row = vec![
+            if q.is_empty() {
+                "(none)".into()
+            } else {
+                q.clone()
+            },
+            n.samples.to_string(),
+            n.label(),
+        ];
+        for x in &modalities {
+            row.push(n.costs.get(x).map_or(String::new(), |c| {
+                format!("{}{}", f3(c.drop), ci(Some(&c.ci)))
+            }));
+        }
+        t.rows.push(row);
+        t.strong.push(false);
+    }
+    t
+}
+
+/// `s` with its first letter upper-case.
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
 fn qtype_table(m: &MetricsFile) -> Table {
     let systems = ordered(m);
     let mut header = vec!["question type".to_owned(), "n".to_owned()];
@@ -762,7 +818,10 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
             m.cross_modal.qtypes.join(", ")
         )
     } else if m.cross_modal.qtypes.is_empty() {
-        "No cross-modal question type is in the test split.".to_owned()
+        format!(
+            "No cross-modal question type is in the test split (types from {}).",
+            m.cross_modal.source
+        )
     } else {
         format!(
             "Ours does not beat every baseline and ablation on the cross-modal question types; not beaten: {}.",
@@ -773,12 +832,13 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
         id: "summary",
         title: "Comparison".into(),
         intro: format!(
-            "Headline model **{}** on {} test samples: exact match {}{}. {} \
+            "Headline model **{}** on {} test samples: exact match {}{}. {}. {} \
              Intervals: {} percentile bootstrap resamples; p: paired bootstrap, two-sided, against ours.",
             m.headline,
             ours.samples,
             f3(ours.exact_match),
             ci(ours.exact_match_ci.as_ref()),
+            capitalized(&m.test_rows.headline()),
             verdict,
             config.bootstrap_samples
         ),
@@ -816,11 +876,31 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
     out.push(Section {
         id: "cross-modal",
         title: "Cross-modal questions".into(),
-        intro: "Exact match on the question types whose answer needs two modalities.".into(),
+        intro: format!(
+            "Exact match on the question types whose answer needs two modalities; the types come from {}.",
+            m.cross_modal.source
+        ),
         notes: Vec::new(),
         tables: vec![cross_modal_table(m)],
         figures: Vec::new(),
     });
+    if !m.modality_needs.is_empty() {
+        out.push(Section {
+            id: "needs",
+            title: "Which modality each question type needs".into(),
+            intro: format!(
+                "Measured on the test split: a question type needs a modality when masking that modality for \
+                 every row lowers the headline model's exact match on the type by more than {:.3} \
+                 (needs_threshold) and the {:.0}% paired bootstrap interval of the drop lies above zero. \
+                 Cells: the drop [interval]. \"none\": the question alone suffices, or any one of several modalities.",
+                config.needs_threshold,
+                config.confidence_level * 100.0
+            ),
+            notes: Vec::new(),
+            tables: vec![needs_table(m)],
+            figures: Vec::new(),
+        });
+    }
     out.push(Section {
         id: "qtypes",
         title: "Per question type".into(),
@@ -1031,8 +1111,11 @@ fn md_inline(s: &str) -> String {
 pub fn render(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<(String, String)> {
     let secs = sections(m, history, config)?;
     let mut md = format!(
-        "# Evaluation report\n\nHeadline model: **{}**; split: test ({} samples); seed {}.\n\n",
-        m.headline, m.test.samples, m.seed
+        "# Evaluation report\n\nHeadline model: **{}**; split: test ({} samples); seed {}.\n\n{}.\n\n",
+        m.headline,
+        m.test.samples,
+        m.seed,
+        capitalized(&m.test_rows.headline())
     );
     for s in &secs {
         let _ = writeln!(md, "## {}\n\n{}\n", s.title, s.intro);
@@ -1071,10 +1154,11 @@ pub fn render(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result
     html.push_str("</style></head><body><header><h1>Evaluation report</h1>");
     let _ = write!(
         html,
-        "<p>Headline model <b>{}</b> on the held-out test split ({} samples), seed {}.</p><div class=\"cards\">",
+        "<p>Headline model <b>{}</b> on the held-out test split ({} samples), seed {}.</p><p>{}.</p><div class=\"cards\">",
         esc(&m.headline),
         ours.samples,
-        m.seed
+        m.seed,
+        esc(&capitalized(&m.test_rows.headline()))
     );
     html.push_str(&card(
         format!(

@@ -1,13 +1,14 @@
-//! The eval stage: checks the lineage of every input, decodes the test split with every model (and our
-//! model with each modality masked), fits the baselines on train, scores everything with the metrics of
-//! [`crate::metrics`], and commits `metrics.json`, `predictions.parquet`, `report.md` and `report.html`.
+//! The eval stage: checks the lineage of every input, decodes every test row select wrote with every model
+//! (and our model with modalities masked), fits the baselines on train, measures which question types need
+//! which modality, scores everything with the metrics of [`crate::metrics`], and commits `metrics.json`,
+//! `predictions.parquet`, `report.md`, `report.html` and `summary.txt`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use mmrl_artifact::sample::Split;
 use mmrl_artifact::{Artifact, ArtifactWriter, Role, StageInfo};
 use mmrl_model::data::{Dataset, InputPaths};
@@ -19,11 +20,13 @@ use serde::Serialize;
 use crate::baselines::{Baselines, ClassicalSettings};
 use crate::bootstrap::{Interval, PairedTest, bootstrap_ci, derive_seed, paired_bootstrap};
 use crate::config::EvalConfig;
+use crate::coverage::Coverage;
 use crate::error::{Error, Result, config_err, input_err};
 use crate::metrics::{
     Abstention, Calibration, ClassReport, ExactMatch, Mae, RiskCoverage, Scored, abstention,
     calibration, confusion_matrix, evaluate, mae, risk_coverage, standard_metrics,
 };
+use crate::needs::{Rule, TypeNeeds};
 
 /// Stage name in manifests.
 pub const STAGE: &str = "eval";
@@ -455,8 +458,10 @@ pub struct Comparison {
 pub struct CrossModal {
     /// The question types that need two modalities (present in the test split).
     pub qtypes: Vec<String>,
-    /// Whether ours has a strictly higher exact match than every baseline and single-modality ablation, on
-    /// the cross-modal types together and on each of them.
+    /// Where the list comes from: the `cross_modal` param, or derived from the leave-one-out ablations.
+    pub source: String,
+    /// Whether ours has a strictly higher exact match than every baseline and every ablation that keeps at
+    /// most one modality, on the cross-modal types together and on each of them.
     pub ours_beats_all: bool,
     /// `system: qtype` pairs where ours does not win.
     pub not_beaten: Vec<String>,
@@ -469,6 +474,8 @@ pub struct MetricsFile {
     pub headline: String,
     /// The split scored.
     pub split: String,
+    /// Every test row of select is scored: how many, and which lost a modality to curation and why.
+    pub test_rows: Coverage,
     /// The headline model's figures.
     pub test: SystemReport,
     /// Every other system (checkpoints, ablations, baselines, external predictions).
@@ -477,6 +484,9 @@ pub struct MetricsFile {
     pub comparisons: BTreeMap<String, Comparison>,
     /// The cross-modal verdict.
     pub cross_modal: CrossModal,
+    /// Per question type, the modalities it needs, measured with the leave-one-out ablations (empty without
+    /// ablations).
+    pub modality_needs: BTreeMap<String, TypeNeeds>,
     /// Where each optional report section came from, or why it is absent.
     pub sources: BTreeMap<String, String>,
     /// The resolved config.
@@ -501,11 +511,12 @@ fn subset(rows: &[Scored], test: &[TestRow], keep: impl Fn(&TestRow) -> bool) ->
         .collect()
 }
 
-/// Scores one system.
+/// Scores one system; `cross_modal` lists the cross-modal question types.
 pub fn report_system(
     system: &System,
     test: &[TestRow],
     config: &EvalConfig,
+    cross_modal: &[String],
     seed: u64,
     detail: bool,
 ) -> SystemReport {
@@ -558,7 +569,7 @@ pub fn report_system(
         by_task.insert(k.clone(), crate::metrics::exact_match(&sub));
         by_task_metrics.insert(k.clone(), evaluate(&sub, &metrics));
     }
-    let cross = subset(&rows, test, |t| config.cross_modal.contains(&t.qtype));
+    let cross = subset(&rows, test, |t| cross_modal.contains(&t.qtype));
     let detail = detail.then(|| {
         let classes = ClassReport::new(&rows);
         let labels = classes.labels.clone();
@@ -593,17 +604,18 @@ pub fn report_system(
     }
 }
 
-/// Paired tests of `ours` against `other` (exact match, overall and cross-modal).
+/// Paired tests of `ours` against `other` (exact match, overall and on the `cross_modal` types).
 pub fn compare(
     ours: &System,
     other: &System,
     test: &[TestRow],
     config: &EvalConfig,
+    cross_modal: &[String],
     seed: u64,
 ) -> Comparison {
     let a = scored(&ours.answers, test);
     let b = scored(&other.answers, test);
-    let cross = |rows: &[Scored]| subset(rows, test, |t| config.cross_modal.contains(&t.qtype));
+    let cross = |rows: &[Scored]| subset(rows, test, |t| cross_modal.contains(&t.qtype));
     let test_of = |rows: &[Scored], b: &[Scored], key: &str| {
         paired_bootstrap(
             rows,
@@ -620,22 +632,24 @@ pub fn compare(
     }
 }
 
-/// The cross-modal verdict over every baseline and single-modality ablation.
+/// The cross-modal verdict over every baseline and every ablation that keeps at most one modality (one
+/// that masks a single modality keeps two, and may rightly tie ours on a type that needs only those two).
+/// Its `source` is left empty for the caller.
 pub fn cross_modal_verdict(
     ours: &SystemReport,
     others: &BTreeMap<String, SystemReport>,
-    config: &EvalConfig,
+    cross_modal: &[String],
 ) -> CrossModal {
-    let qtypes: Vec<String> = config
-        .cross_modal
+    let qtypes: Vec<String> = cross_modal
         .iter()
         .filter(|q| ours.by_question.contains_key(*q))
         .cloned()
         .collect();
     let mut not_beaten = Vec::new();
     for (name, r) in others {
-        // Every baseline and every ablation (single modalities and question only).
-        if !matches!(r.kind, Kind::Baseline | Kind::Ablation) {
+        // Every baseline and every keep-one ablation (single modalities and question only).
+        let keeps_one = r.kind == Kind::Ablation && !name.starts_with(&without_name(""));
+        if !(r.kind == Kind::Baseline || keeps_one) {
             continue;
         }
         if let (Some(o), Some(b)) = (ours.cross_modal_exact_match, r.cross_modal_exact_match)
@@ -654,28 +668,57 @@ pub fn cross_modal_verdict(
     CrossModal {
         ours_beats_all: !qtypes.is_empty() && not_beaten.is_empty(),
         qtypes,
+        source: String::new(),
         not_beaten,
     }
 }
 
-fn read_test_rows(data: &Dataset, samples: &Path) -> Result<Vec<TestRow>> {
+/// What eval reads from select's samples table itself, beside the joined dataset.
+#[derive(Debug, Clone, Default)]
+struct SelectRows {
+    /// Task per sample id (rows with a task only).
+    tasks: HashMap<String, String>,
+    /// Every question type of the samples, sorted ("" for rows without one).
+    qtypes: Vec<String>,
+    /// Rows whose split is `test`.
+    test_rows: usize,
+}
+
+/// Reads ids, splits, tasks and question types of every row of select's `samples` table.
+fn read_select(samples: &Path) -> Result<SelectRows> {
     let artifact = Artifact::open(samples)?;
     let (_, batches) = artifact.read_table("samples")?;
-    let mut tasks: HashMap<String, String> = HashMap::new();
+    let mut out = SelectRows::default();
+    let mut qtypes = std::collections::BTreeSet::new();
     for b in &batches {
-        let (Some(ids), Some(task)) = (b.column_by_name("id"), b.column_by_name("task")) else {
-            continue;
+        let utf8 = |name: &str| {
+            b.column_by_name(name)
+                .and_then(|c| c.as_string_opt::<i32>())
         };
-        let (Some(ids), Some(task)) = (ids.as_string_opt::<i32>(), task.as_string_opt::<i32>())
-        else {
-            continue;
-        };
+        let (ids, splits, tasks, types) = (utf8("id"), utf8("split"), utf8("task"), utf8("qtype"));
         for i in 0..b.num_rows() {
-            if ids.is_valid(i) && task.is_valid(i) {
-                tasks.insert(ids.value(i).to_owned(), task.value(i).to_owned());
+            let value = |c| cell(c, i);
+            if value(splits) == Some(Split::Test.as_str()) {
+                out.test_rows += 1;
+            }
+            qtypes.insert(value(types).unwrap_or_default().to_owned());
+            if let (Some(id), Some(task)) = (value(ids), value(tasks)) {
+                out.tasks.insert(id.to_owned(), task.to_owned());
             }
         }
     }
+    out.qtypes = qtypes.into_iter().collect();
+    Ok(out)
+}
+
+/// The value of row `i` of a Utf8 column, `None` when the column is absent or the cell null.
+fn cell(column: Option<&StringArray>, i: usize) -> Option<&str> {
+    column.filter(|c| c.is_valid(i)).map(|c| c.value(i))
+}
+
+/// The test rows of `data`: every test row of select's table (the dataset keeps the test rows a modality
+/// stage dropped, with that modality absent); a count that differs from select's is an error.
+fn read_test_rows(data: &Dataset, samples: &Path, select: &SelectRows) -> Result<Vec<TestRow>> {
     let rows: Vec<TestRow> = data
         .split(Split::Test)
         .into_iter()
@@ -685,7 +728,7 @@ fn read_test_rows(data: &Dataset, samples: &Path) -> Result<Vec<TestRow>> {
                 index: i,
                 id: s.id.clone(),
                 qtype: s.qtype.clone(),
-                task: tasks.get(&s.id).cloned().unwrap_or_default(),
+                task: select.tasks.get(&s.id).cloned().unwrap_or_default(),
                 reference: s.answer.clone(),
             }
         })
@@ -694,6 +737,16 @@ fn read_test_rows(data: &Dataset, samples: &Path) -> Result<Vec<TestRow>> {
         return Err(input_err(
             samples,
             "the test split is empty: eval needs test samples (set split fractions in select so test gets rows)",
+        ));
+    }
+    if rows.len() != select.test_rows {
+        return Err(input_err(
+            samples,
+            format!(
+                "eval would score {} of the {} test rows of table \"samples\"; it scores every test row",
+                rows.len(),
+                select.test_rows
+            ),
         ));
     }
     Ok(rows)
@@ -773,11 +826,106 @@ pub struct Summary {
     pub report_html: PathBuf,
 }
 
+/// An opened input: its name, the artifact, and whether it is a model (or predictions) artifact.
+type Opened = (String, Artifact, bool);
+
 /// Runs eval and commits the artifact at `output`.
 pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -> Result<Summary> {
     config.validate()?;
-    // Hold-out discipline first: nothing is decoded before every input's lineage is checked.
-    let mut opened: Vec<(String, Artifact, bool)> = Vec::new();
+    let opened = open_and_check_inputs(inputs)?;
+    let select = read_select(&inputs.data.samples)?;
+    config.check_against(&select.qtypes)?;
+
+    // Every test row select wrote is scored; one whose media a curation stage dropped keeps that modality absent.
+    let data = Dataset::load_keeping(&inputs.data, &[Split::Test])?;
+    let test = read_test_rows(&data, &inputs.data.samples, &select)?;
+    let indices: Vec<usize> = test.iter().map(|t| t.index).collect();
+    let modality_artifacts: Vec<(&str, &Path)> = [
+        ("image", inputs.data.image.as_deref()),
+        ("audio", inputs.data.audio.as_deref()),
+        ("tabular", inputs.data.tabular.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(m, p)| p.map(|p| (m, p)))
+    .collect();
+    let coverage = Coverage::measure(&data, &indices, select.test_rows, &modality_artifacts)?;
+    tracing::info!(test = test.len(), "test split loaded");
+
+    let mut sources: BTreeMap<String, String> = BTreeMap::new();
+    let decoded = decode_checkpoints(config, inputs, &opened, &data, &test, &mut sources)?;
+    let mut systems = decoded.systems;
+    let mut leave_out: MaskedBy = Vec::new();
+    if config.ablations
+        && let Some(trained) = &decoded.ours
+    {
+        let (ablations, masks) = decode_ablations(config, trained, &data, &test)?;
+        systems.extend(ablations);
+        leave_out = masks;
+    }
+    systems.extend(fit_baselines(config, &data, &indices)?);
+
+    let ours = systems
+        .iter()
+        .find(|s| s.kind == Kind::Ours)
+        .cloned()
+        .ok_or_else(|| input_err(&inputs.model, "the model artifact holds no model"))?;
+    let modality_needs = measure_needs(config, seed, &test, &ours, &systems, &leave_out);
+    let (cross_types, cross_source) = cross_modal_types(config, &modality_needs, &leave_out);
+
+    // Scores.
+    let test_report = report_system(&ours, &test, config, &cross_types, seed, true);
+    let mut others = BTreeMap::new();
+    let mut comparisons = BTreeMap::new();
+    for s in systems.iter().filter(|s| s.kind != Kind::Ours) {
+        others.insert(
+            s.name.clone(),
+            report_system(s, &test, config, &cross_types, seed, false),
+        );
+        comparisons.insert(
+            s.name.clone(),
+            compare(&ours, s, &test, config, &cross_types, seed),
+        );
+    }
+    let mut cross_modal = cross_modal_verdict(&test_report, &others, &cross_types);
+    cross_modal.source = cross_source;
+
+    let history = training_history(&opened, &cross_types, &mut sources);
+    let metrics = MetricsFile {
+        headline: decoded.headline,
+        split: "test".into(),
+        test_rows: coverage,
+        test: test_report,
+        baselines: others,
+        comparisons,
+        cross_modal,
+        modality_needs,
+        sources,
+        config: config.clone(),
+        seed,
+    };
+    let (md, html) = crate::report::render(&metrics, &history, config)?;
+    let predictions = predictions_table(&systems, &test)?;
+    commit(
+        config,
+        &opened,
+        output,
+        seed,
+        &metrics,
+        &predictions,
+        (&md, &html),
+    )?;
+    let used: HashSet<&str> = systems.iter().map(|s| s.name.as_str()).collect();
+    tracing::info!(systems = used.len(), output = %output.display(), "eval committed");
+    Ok(Summary {
+        metrics,
+        report_html: output.join("report.html"),
+    })
+}
+
+/// Opens every input and checks hold-out discipline before anything is decoded: no input's lineage fit on
+/// test, every model records a lineage, and every model was trained on the data eval reads.
+fn open_and_check_inputs(inputs: &EvalInputs) -> Result<Vec<Opened>> {
+    let mut opened: Vec<Opened> = Vec::new();
     let data_inputs: [(&str, Option<&PathBuf>); 4] = [
         ("samples", Some(&inputs.data.samples)),
         ("image", inputs.data.image.as_ref()),
@@ -812,44 +960,59 @@ pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -
             check_trained_on(name, artifact, &data_hashes)?;
         }
     }
+    Ok(opened)
+}
 
-    let data = Dataset::load(&inputs.data)?;
-    let test = read_test_rows(&data, &inputs.data.samples)?;
+/// The trained systems on the test split.
+struct Decoded {
+    /// Ours, every other checkpoint and every predictions input.
+    systems: Vec<System>,
+    /// Our model, for the ablations.
+    ours: Option<Trained>,
+    /// Its name.
+    headline: String,
+}
+
+/// Decodes the test split with the headline model (the first model of its artifact is ours), every other
+/// checkpoint (one that is the same artifact as ours is scored once), and reads every predictions input.
+fn decode_checkpoints(
+    config: &EvalConfig,
+    inputs: &EvalInputs,
+    opened: &[Opened],
+    data: &Dataset,
+    test: &[TestRow],
+    sources: &mut BTreeMap<String, String>,
+) -> Result<Decoded> {
     let indices: Vec<usize> = test.iter().map(|t| t.index).collect();
-    tracing::info!(test = test.len(), "test split loaded");
-
-    // Models: ours first, then every other checkpoint (skipping one that is the same artifact as ours).
-    let mut systems: Vec<System> = Vec::new();
-    let ours_models = load_models(&inputs.model, DeviceKind::Cpu)?;
+    let mut out = Decoded {
+        systems: Vec::new(),
+        ours: None,
+        headline: String::new(),
+    };
     let headline_hash = opened
         .iter()
         .find(|(n, _, _)| n == "model")
         .map(|(_, a, _)| a.manifest().content_hash.clone())
         .unwrap_or_default();
-    let mut ours_trained: Option<Trained> = None;
-    let mut headline = String::new();
-    for (k, (name, trained)) in ours_models.into_iter().enumerate() {
+    for (k, (name, trained)) in load_models(&inputs.model, DeviceKind::Cpu)?
+        .into_iter()
+        .enumerate()
+    {
         data.check_compatible(trained.model.config(), &inputs.data.samples)?;
-        let preds = decode(&trained, &data, &indices, config.batch_size, Keep::ALL);
-        let answers = align(&name, &test, &preds)?;
+        let preds = decode(&trained, data, &indices, config.batch_size, Keep::ALL);
+        let answers = align(&name, test, &preds)?;
         tracing::info!(model = %name, "decoded test split");
+        let kind = if k == 0 { Kind::Ours } else { Kind::Checkpoint };
         if k == 0 {
-            headline = name.clone();
-            systems.push(System {
-                name,
-                kind: Kind::Ours,
-                answers,
-            });
-            ours_trained = Some(trained);
-        } else {
-            systems.push(System {
-                name,
-                kind: Kind::Checkpoint,
-                answers,
-            });
+            out.headline = name.clone();
+            out.ours = Some(trained);
         }
+        out.systems.push(System {
+            name,
+            kind,
+            answers,
+        });
     }
-    let mut sources: BTreeMap<String, String> = BTreeMap::new();
     for (input, path) in &inputs.models {
         let artifact = Artifact::open(path)?;
         if artifact.manifest().content_hash == headline_hash {
@@ -863,16 +1026,16 @@ pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -
         let single = models.len() == 1;
         for (name, trained) in models {
             let name = if single { input.clone() } else { name };
-            let name = if systems.iter().any(|s| s.name == name) {
+            let name = if out.systems.iter().any(|s| s.name == name) {
                 format!("{input}:{name}")
             } else {
                 name
             };
             data.check_compatible(trained.model.config(), &inputs.data.samples)?;
-            let preds = decode(&trained, &data, &indices, config.batch_size, Keep::ALL);
-            let answers = align(&name, &test, &preds)?;
+            let preds = decode(&trained, data, &indices, config.batch_size, Keep::ALL);
+            let answers = align(&name, test, &preds)?;
             tracing::info!(model = %name, "decoded test split");
-            systems.push(System {
+            out.systems.push(System {
                 name,
                 kind: Kind::Checkpoint,
                 answers,
@@ -881,128 +1044,202 @@ pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -
     }
     for (name, path) in &inputs.predictions {
         let preds = read_predictions(name, path)?;
-        let answers = align(name, &test, &preds)?;
-        systems.push(System {
+        let answers = align(name, test, &preds)?;
+        out.systems.push(System {
             name: name.clone(),
             kind: Kind::External,
             answers,
         });
     }
+    Ok(out)
+}
 
-    // Ablations of ours: keep one modality (or none) at a time.
-    if config.ablations
-        && let Some(trained) = &ours_trained
-    {
-        let cfg = trained.model.config();
-        let has = [
-            ("image", cfg.image_shape.is_some() && data.image.is_some()),
-            ("audio", cfg.audio_shape.is_some() && data.audio.is_some()),
-            (
-                "tabular",
-                cfg.numeric_features + cfg.categorical_cardinalities.len() > 0
-                    && data.tabular.is_some(),
-            ),
-        ];
-        let mut variants: Vec<(&str, Keep)> = Vec::new();
-        for (m, present) in has {
-            if present {
-                variants.push((
-                    m,
-                    Keep {
-                        image: m == "image",
-                        audio: m == "audio",
-                        tabular: m == "tabular",
-                    },
-                ));
-            }
-        }
-        variants.push((
-            "question",
-            Keep {
-                image: false,
-                audio: false,
-                tabular: false,
-            },
-        ));
-        for (m, keep) in variants {
-            let name = format!("ablation_{m}_only");
-            let preds = decode(trained, &data, &indices, config.batch_size, keep);
-            let answers = align(&name, &test, &preds)?;
-            tracing::info!(ablation = %name, "decoded test split");
-            systems.push(System {
-                name,
-                kind: Kind::Ablation,
-                answers,
-            });
+/// The name of the ablation that keeps only `modality` (`question`: masks every modality).
+pub fn keep_only_name(modality: &str) -> String {
+    format!("ablation_{modality}_only")
+}
+
+/// The name of the ablation that masks only `modality`.
+pub fn without_name(modality: &str) -> String {
+    format!("ablation_without_{modality}")
+}
+
+/// Per modality, the name of the system that masks exactly that modality.
+type MaskedBy = Vec<(String, String)>;
+
+/// Our model with modalities masked: keeping one at a time (`ablation_X_only`) and none
+/// (`ablation_question_only`), and, when it sees two modalities or more, masking one at a time
+/// (`ablation_without_X`). Also returns, per modality, the system that masks exactly that modality (with a
+/// single modality, the question-only ablation).
+fn decode_ablations(
+    config: &EvalConfig,
+    trained: &Trained,
+    data: &Dataset,
+    test: &[TestRow],
+) -> Result<(Vec<System>, MaskedBy)> {
+    let indices: Vec<usize> = test.iter().map(|t| t.index).collect();
+    let cfg = trained.model.config();
+    let present: Vec<&str> = [
+        ("image", cfg.image_shape.is_some() && data.image.is_some()),
+        ("audio", cfg.audio_shape.is_some() && data.audio.is_some()),
+        (
+            "tabular",
+            cfg.numeric_features + cfg.categorical_cardinalities.len() > 0
+                && data.tabular.is_some(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(m, p)| p.then_some(m))
+    .collect();
+    let keep = |kept: &dyn Fn(&str) -> bool| Keep {
+        image: kept("image"),
+        audio: kept("audio"),
+        tabular: kept("tabular"),
+    };
+    let mut variants: Vec<(String, Keep)> = present
+        .iter()
+        .map(|&m| (keep_only_name(m), keep(&|x| x == m)))
+        .collect();
+    variants.push((keep_only_name("question"), keep(&|_| false)));
+    let mut masks = Vec::new();
+    for &m in &present {
+        if present.len() >= 2 {
+            variants.push((without_name(m), keep(&|x| x != m)));
+            masks.push((m.to_owned(), without_name(m)));
+        } else {
+            masks.push((m.to_owned(), keep_only_name("question")));
         }
     }
+    let mut systems = Vec::new();
+    for (name, keep) in variants {
+        let preds = decode(trained, data, &indices, config.batch_size, keep);
+        let answers = align(&name, test, &preds)?;
+        tracing::info!(ablation = %name, "decoded test split");
+        systems.push(System {
+            name,
+            kind: Kind::Ablation,
+            answers,
+        });
+    }
+    Ok((systems, masks))
+}
 
-    // Baselines, fit on train only.
+/// The majority and classical baselines, fit on the train rows only, answering the test rows.
+fn fit_baselines(config: &EvalConfig, data: &Dataset, indices: &[usize]) -> Result<Vec<System>> {
     let classical = config.classical_baselines.then_some(ClassicalSettings {
         pool: config.pool,
         logistic_alpha: config.logistic_alpha,
         logistic_max_iterations: config.logistic_max_iterations,
         tree_max_depth: config.tree_max_depth,
+        question_words: config.question_words,
     });
-    let baselines = Baselines::fit(&data, classical)?;
-    for (name, answers) in baselines.predict(&data, &indices) {
-        systems.push(System {
+    let baselines = Baselines::fit(data, classical)?;
+    Ok(baselines
+        .predict(data, indices)
+        .into_iter()
+        .map(|(name, answers)| System {
             name,
             kind: Kind::Baseline,
             answers: answers
                 .into_iter()
                 .map(|(a, c)| (a, c.map(f64::ln)))
                 .collect(),
-        });
-    }
+        })
+        .collect())
+}
 
-    // Scores.
-    let ours = systems
+/// Which question types need which modality, from ours against each system of `leave_out` (modality,
+/// system that masks it); empty without ablations.
+fn measure_needs(
+    config: &EvalConfig,
+    seed: u64,
+    test: &[TestRow],
+    ours: &System,
+    systems: &[System],
+    leave_out: &[(String, String)],
+) -> BTreeMap<String, TypeNeeds> {
+    if leave_out.is_empty() {
+        return BTreeMap::new();
+    }
+    let masked: Vec<(&str, Vec<Scored>)> = leave_out
         .iter()
-        .find(|s| s.kind == Kind::Ours)
-        .cloned()
-        .ok_or_else(|| input_err(&inputs.model, "the model artifact holds no model"))?;
-    let test_report = report_system(&ours, &test, config, seed, true);
-    let mut others = BTreeMap::new();
-    let mut comparisons = BTreeMap::new();
-    for s in systems.iter().filter(|s| s.kind != Kind::Ours) {
-        others.insert(s.name.clone(), report_system(s, &test, config, seed, false));
-        comparisons.insert(s.name.clone(), compare(&ours, s, &test, config, seed));
-    }
-    let cross_modal = cross_modal_verdict(&test_report, &others, config);
+        .filter_map(|(m, name)| {
+            let s = systems.iter().find(|s| &s.name == name)?;
+            Some((m.as_str(), scored(&s.answers, test)))
+        })
+        .collect();
+    let qtypes: Vec<&str> = test.iter().map(|t| t.qtype.as_str()).collect();
+    crate::needs::measure(
+        &qtypes,
+        &scored(&ours.answers, test),
+        &masked,
+        Rule {
+            threshold: config.needs_threshold,
+            samples: config.bootstrap_samples,
+            level: config.confidence_level,
+            seed,
+        },
+    )
+}
 
-    // Report sections from the training history.
-    let mut model_artifacts: Vec<(String, Artifact)> = Vec::new();
-    for (name, artifact, is_model) in &opened {
-        if *is_model && !name.starts_with("predictions") {
-            model_artifacts.push((name.clone(), artifact.clone()));
-        }
+/// The cross-modal question types and where they come from: the params' list, or the types measured as
+/// needing two modalities or more.
+fn cross_modal_types(
+    config: &EvalConfig,
+    needs: &BTreeMap<String, TypeNeeds>,
+    leave_out: &[(String, String)],
+) -> (Vec<String>, String) {
+    if let Some(listed) = &config.cross_modal {
+        return (listed.clone(), "the cross_modal param".into());
     }
+    if leave_out.len() < 2 {
+        let why = if !config.ablations {
+            "ablations = false"
+        } else {
+            "the model sees fewer than two modalities"
+        };
+        return (
+            Vec::new(),
+            format!("nowhere: no cross_modal param, and none derived ({why})"),
+        );
+    }
+    let types: Vec<String> = needs
+        .iter()
+        .filter(|(_, n)| n.is_cross_modal())
+        .map(|(q, _)| q.clone())
+        .collect();
+    (
+        types,
+        format!(
+            "the mask-one ablations: the types that need two modalities or more (needs_threshold {:.3})",
+            config.needs_threshold
+        ),
+    )
+}
+
+/// The training-history figures of the model and hpo inputs.
+fn training_history(
+    opened: &[Opened],
+    cross_types: &[String],
+    sources: &mut BTreeMap<String, String>,
+) -> crate::report::History {
+    let model_artifacts: Vec<(String, Artifact)> = opened
+        .iter()
+        .filter(|(name, _, is_model)| *is_model && !name.starts_with("predictions"))
+        .map(|(name, a, _)| (name.clone(), a.clone()))
+        .collect();
     let hpo = opened
         .iter()
         .find(|(n, _, _)| n == "hpo")
         .map(|(_, a, _)| a.clone());
-    let history = crate::report::History::collect(
-        &model_artifacts,
-        hpo.as_ref(),
-        &config.cross_modal,
-        &mut sources,
-    );
+    crate::report::History::collect(&model_artifacts, hpo.as_ref(), cross_types, sources)
+}
 
-    let metrics = MetricsFile {
-        headline,
-        split: "test".into(),
-        test: test_report,
-        baselines: others,
-        comparisons,
-        cross_modal,
-        sources,
-        config: config.clone(),
-        seed,
-    };
-    let (md, html) = crate::report::render(&metrics, &history, config)?;
-
-    // predictions.parquet: one row per (system, test sample).
+/// `predictions.parquet`: one row per (system, test sample).
+fn predictions_table(
+    systems: &[System],
+    test: &[TestRow],
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("model", DataType::Utf8, false),
         Field::new("kind", DataType::Utf8, false),
@@ -1015,49 +1252,52 @@ pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -
         Field::new("correct", DataType::Boolean, false),
     ]));
     let mut batches = Vec::new();
-    for s in &systems {
+    for s in systems {
         let kind = serde_json::to_value(s.kind)?
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        let text =
+            |values: Vec<&str>| -> arrow::array::ArrayRef { Arc::new(StringArray::from(values)) };
+        let of_test = |f: fn(&TestRow) -> &str| test.iter().map(f).collect::<Vec<_>>();
         batches.push(RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(StringArray::from_iter_values(
-                    test.iter().map(|_| s.name.as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    test.iter().map(|_| kind.as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    test.iter().map(|t| t.id.as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    test.iter().map(|t| t.task.as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    test.iter().map(|t| t.qtype.as_str()),
-                )),
+                text(vec![s.name.as_str(); test.len()]),
+                text(vec![kind.as_str(); test.len()]),
+                text(of_test(|t| t.id.as_str())),
+                text(of_test(|t| t.task.as_str())),
+                text(of_test(|t| t.qtype.as_str())),
                 Arc::new(StringArray::from_iter_values(
                     s.answers.iter().map(|(a, _)| a.as_str()),
                 )),
-                Arc::new(StringArray::from_iter_values(
-                    test.iter().map(|t| t.reference.as_str()),
-                )),
+                text(of_test(|t| t.reference.as_str())),
                 Arc::new(Float64Array::from(
                     s.answers.iter().map(|(_, lp)| *lp).collect::<Vec<_>>(),
                 )),
                 Arc::new(BooleanArray::from(
                     s.answers
                         .iter()
-                        .zip(&test)
+                        .zip(test)
                         .map(|((a, _), t)| normalize_answer(a) == normalize_answer(&t.reference))
                         .collect::<Vec<_>>(),
                 )),
             ],
         )?);
     }
+    Ok((schema, batches))
+}
 
+/// Writes the artifact: metrics, predictions, both reports and `summary.txt` (the headline the runner prints).
+fn commit(
+    config: &EvalConfig,
+    opened: &[Opened],
+    output: &Path,
+    seed: u64,
+    metrics: &MetricsFile,
+    (schema, batches): &(SchemaRef, Vec<RecordBatch>),
+    (md, html): (&str, &str),
+) -> Result<()> {
     let info = StageInfo {
         stage: STAGE.into(),
         crate_name: env!("CARGO_PKG_NAME").into(),
@@ -1066,26 +1306,21 @@ pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -
         seed: Some(seed),
     };
     let mut writer = ArtifactWriter::create(output, info)?;
-    for (name, artifact, _) in &opened {
+    for (name, artifact, _) in opened {
         writer.input_artifact(name, artifact);
     }
     // The baselines are fit on train rows; the test split is only scored.
     writer.fit_splits(&["train"]);
-    writer.write_json("metrics.json", Role::Report, &metrics)?;
-    writer.write_table("predictions", Role::Report, schema, &batches)?;
+    writer.write_json("metrics.json", Role::Report, metrics)?;
+    writer.write_table("predictions", Role::Report, schema.clone(), batches)?;
     writer.write_bytes("report.md", Role::Report, md.as_bytes())?;
     writer.write_bytes("report.html", Role::Report, html.as_bytes())?;
     // Paths inside the artifact only: its content must not depend on where it is written.
     let summary = format!(
         "{}report: report.html, report.md, metrics.json in this artifact\n",
-        crate::report::headline_table(&metrics)
+        crate::report::headline_table(metrics)
     );
     writer.write_bytes("summary.txt", Role::Report, summary.as_bytes())?;
     writer.commit()?;
-    let used: HashSet<&str> = systems.iter().map(|s| s.name.as_str()).collect();
-    tracing::info!(systems = used.len(), output = %output.display(), "eval committed");
-    Ok(Summary {
-        metrics,
-        report_html: output.join("report.html"),
-    })
+    Ok(())
 }

@@ -45,7 +45,7 @@ fn fixture() -> &'static Fixture {
 fn quick() -> EvalConfig {
     EvalConfig {
         bootstrap_samples: 200,
-        cross_modal: vec!["both".into()],
+        cross_modal: Some(vec!["both".into()]),
         ..Default::default()
     }
 }
@@ -134,13 +134,20 @@ fn eval_scores_every_system_and_writes_a_deterministic_report() {
     // summary.txt: the headline table (one line per system) and the report's path, for the runner to print.
     let text = std::fs::read_to_string(summary.report_html.with_file_name("summary.txt")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("system"), "{text}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "test rows: {test_rows} of the {test_rows} in select's test split scored; none lost a modality to curation"
+        ),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("system"), "{text}");
     assert_eq!(
         lines.len(),
-        1 + 1 + summary.metrics.baselines.len() + 2,
-        "header, ours, every other system, verdict, report path: {text}"
+        1 + 1 + 1 + summary.metrics.baselines.len() + 2,
+        "test rows, header, ours, every other system, verdict, report path: {text}"
     );
-    assert!(lines[1].starts_with(&summary.metrics.headline), "{text}");
+    assert!(lines[2].starts_with(&summary.metrics.headline), "{text}");
     assert!(
         lines.last().unwrap().starts_with("report: report.html"),
         "{text}"
@@ -309,6 +316,7 @@ fn baselines_are_fit_on_train_rows_only() {
         logistic_alpha: 1.0,
         logistic_max_iterations: 50,
         tree_max_depth: 6,
+        question_words: 50,
     });
     let a = Dataset::load(&f.inputs).unwrap();
     // Same samples, but every test (and val) row gets another answer and other features.
@@ -764,4 +772,176 @@ fn a_non_finite_decoded_logprob_becomes_no_confidence() {
     ] {
         assert_eq!(finite_logprob(lp), want, "{lp}");
     }
+}
+
+#[test]
+fn every_test_row_is_scored_when_the_image_stage_dropped_test_rows() {
+    let f = fixture();
+    let rows = common::rows(200);
+    let test_ids: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.split == "test")
+        .map(|r| r.id.as_str())
+        .collect();
+    // Three test rows and a train row leave the image table, as the image stage drops near-duplicates.
+    let dropped = [
+        (test_ids[0], "near_duplicate"),
+        (test_ids[1], "near_duplicate"),
+        (test_ids[2], "blank"),
+        ("s0000", "blank"),
+    ];
+    let dir = scratch("dropped");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut inputs = eval_inputs(f, &[]);
+    inputs.data.image = Some(common::write_images_dropping(&dir, &rows, &dropped));
+    // The fixture's model records the fixture's image artifact; a copy that records no inputs may score
+    // this one.
+    inputs.model = common::relabel_model(&f.model, &scratch("unrecorded"), &["train"]);
+    // Training leaves the dropped rows out; eval does not.
+    let training_view = Dataset::load(&inputs.data).unwrap();
+    assert_eq!(
+        training_view
+            .split(mmrl_artifact::sample::Split::Test)
+            .len(),
+        test_ids.len() - 3
+    );
+
+    let out = scratch("eval");
+    let summary = mmrl_eval::run(&quick(), &inputs, &out, 5).unwrap();
+    let m = &summary.metrics;
+    assert_eq!(m.test.samples, test_ids.len());
+    assert_eq!(m.test_rows.select_test_rows, test_ids.len());
+    assert_eq!(m.test_rows.scored_rows, test_ids.len());
+    for (name, r) in &m.baselines {
+        assert_eq!(r.samples, test_ids.len(), "{name}");
+    }
+    let lost = &m.test_rows.lost;
+    assert_eq!(lost.keys().collect::<Vec<_>>(), ["image"]);
+    assert_eq!(lost["image"].rows, 3);
+    assert_eq!(
+        lost["image"].by_reason,
+        [("blank".to_owned(), 1), ("near_duplicate".to_owned(), 2)].into()
+    );
+
+    // The headline says it, in summary.txt, report.md, report.html and metrics.json.
+    let line = format!(
+        "test rows: {0} of the {0} in select's test split scored; 3 answered without image \
+         (dropped by the image stage: blank 1, near_duplicate 2)",
+        test_ids.len()
+    );
+    let artifact = Artifact::open(&out).unwrap();
+    let read = |f: &str| std::fs::read_to_string(artifact.file(f).unwrap()).unwrap();
+    assert_eq!(read("summary.txt").lines().next().unwrap(), line);
+    assert!(read("report.md").contains(&line[1..]), "report.md");
+    assert!(read("report.html").contains(&line[1..]), "report.html");
+    let json: serde_json::Value = serde_json::from_str(&read("metrics.json")).unwrap();
+    assert_eq!(
+        json["test_rows"]["lost"]["image"]["by_reason"]["near_duplicate"],
+        2
+    );
+
+    // A dropped row is answered with its image absent: as the ablation that masks every image answers it.
+    let (_, batches) = artifact.read_table("predictions").unwrap();
+    let mut answers: std::collections::BTreeMap<(String, String), String> = Default::default();
+    for b in &batches {
+        use arrow::array::AsArray;
+        let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+        let (model, id, answer) = (col("model"), col("id"), col("answer"));
+        for i in 0..b.num_rows() {
+            answers.insert(
+                (model.value(i).to_owned(), id.value(i).to_owned()),
+                answer.value(i).to_owned(),
+            );
+        }
+    }
+    for (id, _) in &dropped[..3] {
+        let ours = &answers[&(m.headline.clone(), (*id).to_owned())];
+        let masked = &answers[&("ablation_tabular_only".to_owned(), (*id).to_owned())];
+        assert_eq!(ours, masked, "{id}");
+    }
+}
+
+#[test]
+fn without_cross_modal_params_eval_derives_which_types_need_which_modality() {
+    let f = fixture();
+    let config = EvalConfig {
+        bootstrap_samples: 200,
+        ..Default::default()
+    };
+    assert_eq!(config.cross_modal, None);
+    let out = scratch("eval");
+    let summary = mmrl_eval::run(&config, &eval_inputs(f, &[]), &out, 7).unwrap();
+    let m = &summary.metrics;
+    assert_eq!(
+        m.modality_needs.keys().collect::<Vec<_>>(),
+        ["both", "colour", "group", "level"]
+    );
+    for (q, needs) in &m.modality_needs {
+        assert_eq!(
+            needs.costs.keys().collect::<Vec<_>>(),
+            ["image", "tabular"],
+            "{q}"
+        );
+        for (modality, cost) in &needs.costs {
+            let masked = &m.baselines[&format!("ablation_without_{modality}")];
+            let drop = m.test.by_question[q] - masked.by_question[q];
+            assert!((cost.drop - drop).abs() < 1e-12, "{q}/{modality}");
+            assert_eq!(
+                cost.needed,
+                cost.drop > config.needs_threshold && cost.ci.lo > 0.0,
+                "{q}/{modality}: {cost:?}"
+            );
+            assert_eq!(needs.needs.contains(modality), cost.needed, "{q}");
+        }
+    }
+    let derived: Vec<String> = m
+        .modality_needs
+        .iter()
+        .filter(|(_, n)| n.needs.len() >= 2)
+        .map(|(q, _)| q.clone())
+        .collect();
+    assert_eq!(m.cross_modal.qtypes, derived);
+    assert!(
+        m.cross_modal.source.starts_with("the mask-one ablations"),
+        "{}",
+        m.cross_modal.source
+    );
+    // The verdict weighs ablations that keep one modality, not those that mask one.
+    assert!(
+        m.cross_modal
+            .not_beaten
+            .iter()
+            .all(|x| !x.starts_with("ablation_without_")),
+        "{:?}",
+        m.cross_modal.not_beaten
+    );
+    let md =
+        std::fs::read_to_string(Artifact::open(&out).unwrap().file("report.md").unwrap()).unwrap();
+    assert!(
+        md.contains("## Which modality each question type needs"),
+        "{md}"
+    );
+    for (q, n) in &m.modality_needs {
+        assert!(
+            md.contains(&format!("| {q} | {} | {} |", n.samples, n.label())),
+            "{q}"
+        );
+    }
+
+    // A listed type the data lacks: an error naming it and listing the data's types, before any output.
+    let bad = EvalConfig {
+        cross_modal: Some(vec!["both".into(), "digit_and_count".into()]),
+        ..config
+    };
+    let out = scratch("refused");
+    let err = mmrl_eval::run(&bad, &eval_inputs(f, &[]), &out, 7).unwrap_err();
+    let msg = err.to_string();
+    for needle in [
+        "cross_modal",
+        "\"digit_and_count\"",
+        "\"both\", \"colour\", \"group\", \"level\"",
+    ] {
+        assert!(msg.contains(needle), "{msg} lacks {needle:?}");
+    }
+    assert!(!out.exists());
 }

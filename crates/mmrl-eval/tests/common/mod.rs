@@ -181,3 +181,80 @@ pub fn predictions_table(dest: &Path, batch: RecordBatch) -> PathBuf {
     w.commit().unwrap();
     dest.to_path_buf()
 }
+
+/// An image artifact for `rows` without the samples of `dropped` (id, reason code), which its
+/// `rejects` table lists, as the image stage writes a sample its checks dropped.
+pub fn write_images_dropping(dir: &Path, rows: &[Row], dropped: &[(&str, &str)]) -> PathBuf {
+    let kept: Vec<Row> = rows
+        .iter()
+        .filter(|r| !dropped.iter().any(|(id, _)| *id == r.id))
+        .cloned()
+        .collect();
+    let staging = dir.join("image-staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let full = mmrl_artifact::Artifact::open(write_images(&staging, &kept, 1)).unwrap();
+    let (schema, batches) = full.read_table("images").unwrap();
+    let mut rejects = mmrl_artifact::sample::Rejects::new("image");
+    for (k, (id, reason)) in dropped.iter().enumerate() {
+        rejects.push(
+            k as u64 + 2,
+            Some(id),
+            reason,
+            format!("sample {id:?}: {reason}"),
+        );
+    }
+    let path = dir.join("image");
+    let mut w = ArtifactWriter::create(&path, info("image")).unwrap();
+    w.fit_splits(&["train"]);
+    w.write_table("images", Role::Data, schema, &batches)
+        .unwrap();
+    w.write_table(
+        "rejects",
+        Role::Rejects,
+        mmrl_artifact::sample::rejects_schema(),
+        &[rejects.finish().unwrap()],
+    )
+    .unwrap();
+    w.commit().unwrap();
+    path
+}
+
+/// One row of [`write_samples_without_qtype`]: id, split, question, answer.
+pub type PlainRow<'a> = (String, &'a str, String, String);
+
+/// A select-like samples table whose `qtype` is null on every row (a dataset without a qtype column):
+/// (id, split, question, answer) per row, no media, no features.
+pub fn write_samples_without_qtype(dir: &Path, rows: &[PlainRow]) -> PathBuf {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, true),
+        Field::new("task", DataType::Utf8, true),
+        Field::new("qtype", DataType::Utf8, true),
+        Field::new("question", DataType::Utf8, false),
+        Field::new("answer", DataType::Utf8, false),
+        Field::new("repeat", DataType::UInt32, false),
+    ]));
+    let text = |f: &dyn Fn(&PlainRow) -> Option<String>| {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+            as arrow::array::ArrayRef
+    };
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            text(&|r| Some(r.0.clone())),
+            text(&|r| Some(r.1.to_owned())),
+            text(&|_| None),
+            text(&|_| None),
+            text(&|r| Some(r.2.clone())),
+            text(&|r| Some(r.3.clone())),
+            Arc::new(arrow::array::UInt32Array::from(vec![1u32; rows.len()])),
+        ],
+    )
+    .unwrap();
+    let path = dir.join("select");
+    let mut w = ArtifactWriter::create(&path, info("select")).unwrap();
+    w.write_table("samples", Role::Data, schema, &[batch])
+        .unwrap();
+    w.commit().unwrap();
+    path
+}
