@@ -63,6 +63,10 @@ pub struct ImageConfig {
     /// An image whose per-channel standard deviation (0-255 scale, measured on the resized image) is at most
     /// this in every channel is `blank_image`.
     pub blank_max_std: f64,
+    /// The color transparent pixels are composited onto (0-255 RGB; default white): an RGBA or grey+alpha image
+    /// becomes `color * alpha + background * (1 - alpha)`, so dark strokes on a transparent background stay
+    /// visible instead of turning into whatever color the transparent pixels happen to store.
+    pub alpha_background: [u8; 3],
     /// Policy for `undecodable_image`, `unsupported_format` and `image_too_large`.
     pub on_undecodable: Policy,
     /// Policy for `blank_image`.
@@ -74,6 +78,12 @@ pub struct ImageConfig {
     /// A candidate pair is confirmed when their 16x16 RGB thumbnails (each channel centred) correlate at least
     /// this much. Hashes alone pair distinct images that share a coarse layout.
     pub dedup_min_correlation: f64,
+    /// For sources with fewer than 16 pixels across (small scans, icons), where a 16x16 thumbnail only repeats
+    /// the source's pixels and two distinct scans of one character correlate highly: the pair is compared at
+    /// the source's own resolution and is confirmed only when, with each luma thumbnail standardized (mean 0,
+    /// std 1), no pixel differs by more than this many standard deviations. Copies (re-encoded, brightened)
+    /// stay far below it; a stroke drawn one pixel elsewhere does not.
+    pub dedup_small_max_diff: f64,
     /// Also drop near-duplicates inside one split, keeping the first in input order (across splits they are
     /// always dropped from the later split).
     pub dedup_within_split: bool,
@@ -85,6 +95,9 @@ pub struct ImageConfig {
     pub augment: AugmentConfig,
 }
 
+/// The default `dedup_small_max_diff` (standard deviations of the standardized luma thumbnail).
+pub const SMALL_MAX_DIFF: f64 = 0.375;
+
 impl Default for ImageConfig {
     fn default() -> Self {
         Self {
@@ -95,11 +108,13 @@ impl Default for ImageConfig {
             max_pixels: 4096 * 4096,
             max_aspect_ratio: 5.0,
             blank_max_std: 2.0,
+            alpha_background: [255, 255, 255],
             on_undecodable: Policy::Drop,
             on_blank: Policy::Drop,
             on_extreme_aspect: Policy::Drop,
             dedup_max_distance: 8,
             dedup_min_correlation: 0.95,
+            dedup_small_max_diff: SMALL_MAX_DIFF,
             dedup_within_split: false,
             mean: None,
             std: None,
@@ -219,6 +234,12 @@ impl ImageConfig {
             -1.0,
             1.0,
         )?;
+        in_range(
+            "dedup_small_max_diff",
+            self.dedup_small_max_diff,
+            0.0,
+            100.0,
+        )?;
         match (&self.mean, &self.std) {
             (None, None) => {}
             (Some(mean), Some(std)) => {
@@ -295,6 +316,7 @@ mod tests {
         check("blank_max_std = -1.0", Some("blank_max_std"));
         check("dedup_max_distance = 40", Some("dedup_max_distance"));
         check("dedup_min_correlation = 1.5", Some("dedup_min_correlation"));
+        check("dedup_small_max_diff = -0.1", Some("dedup_small_max_diff"));
         check("mean = [0.5, 0.5, 0.5]", Some("std"));
         check(
             "mean = [0.5, 0.5, 0.5]\nstd = [0.2, 0.0, 0.2]",
@@ -323,6 +345,7 @@ mod tests {
         assert!(toml::from_str::<ImageConfig>("sise = 32").is_err());
         assert!(toml::from_str::<ImageConfig>("[augment]\nflip = 0.5").is_err());
         assert!(toml::from_str::<ImageConfig>("on_blank = \"ignore\"").is_err());
+        assert!(toml::from_str::<ImageConfig>("alpha_background = [0, 0, 300]").is_err());
         let config: ImageConfig =
             toml::from_str("fit = \"center_crop\"\non_blank = \"absent\"").unwrap();
         assert_eq!(

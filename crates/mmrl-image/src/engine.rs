@@ -11,7 +11,7 @@ use mmrl_artifact::sample::Split;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::config::Policy;
+use crate::config::{ImageConfig, Policy};
 use crate::dedup;
 use crate::normalize::{ChannelSums, Normalization};
 use crate::process::{Preprocessor, Scratch};
@@ -96,6 +96,8 @@ pub struct DuplicateGroup {
     pub identical_bytes: bool,
     /// The largest hash distance between any two members.
     pub max_distance: u32,
+    /// The split whose members stay: the most protected one present (test, then val, then train).
+    pub kept_split: String,
     /// The members dropped (the rest of the group stays).
     pub dropped: Vec<String>,
 }
@@ -107,6 +109,8 @@ pub struct DuplicateReport {
     pub max_distance: u32,
     /// The thumbnail correlation threshold used.
     pub min_correlation: f32,
+    /// The standardized luma difference threshold used for sources smaller than the thumbnail.
+    pub small_max_diff: f32,
     /// Groups found.
     pub groups: usize,
     /// Images in those groups.
@@ -115,8 +119,10 @@ pub struct DuplicateReport {
     pub identical_bytes_groups: usize,
     /// Groups with members in more than one split.
     pub cross_split_groups: usize,
-    /// Members dropped (from later splits, or within a split with `dedup_within_split`).
+    /// Members dropped (from less protected splits, or within a split with `dedup_within_split`).
     pub dropped: usize,
+    /// Members dropped, per split.
+    pub dropped_by_split: BTreeMap<String, usize>,
     /// Every group.
     pub list: Vec<DuplicateGroup>,
 }
@@ -209,12 +215,7 @@ pub(crate) fn plan(pre: &Preprocessor, source: &dyn Source) -> Result<Plan> {
         Ok(())
     })?;
 
-    let duplicates = deduplicate(
-        &mut rows,
-        config.dedup_max_distance,
-        config.dedup_min_correlation as f32,
-        config.dedup_within_split,
-    );
+    let duplicates = deduplicate(&mut rows, config);
 
     let mut formats = BTreeMap::new();
     let mut split_sums: BTreeMap<Split, (usize, ChannelSums)> = BTreeMap::new();
@@ -284,59 +285,51 @@ pub(crate) fn plan(pre: &Preprocessor, source: &dyn Source) -> Result<Plan> {
 
 /// Groups near-duplicates among the present images, drops the members that straddle splits (and, optionally,
 /// repeats within a split), and reports every group.
-fn deduplicate(
-    rows: &mut [Info],
-    max_distance: u32,
-    min_correlation: f32,
-    within_split: bool,
-) -> DuplicateReport {
+///
+/// A group that straddles splits keeps its members in the most protected split (test, else val) and drops the
+/// others: the evaluation splits select wrote keep every row, and what leaks is removed from the split that
+/// can afford it.
+fn deduplicate(rows: &mut [Info], config: &ImageConfig) -> DuplicateReport {
+    let rule = dedup::Rule {
+        min_correlation: config.dedup_min_correlation as f32,
+        small_max_diff: config.dedup_small_max_diff as f32,
+    };
     let present: Vec<usize> = (0..rows.len())
         .filter(|&i| {
             rows[i].fate == Fate::Present && matches!(rows[i].outcome, Outcome::Checked(_))
         })
         .collect();
-    let checked = |rows: &[Info], i: usize| match &rows[i].outcome {
-        Outcome::Checked(c) => Some((c.fingerprint.clone(), c.digest)),
-        _ => None,
-    };
-    let empty = || {
-        (
+    let checked = |i: usize| match &rows[i].outcome {
+        Outcome::Checked(c) => (c.fingerprint.clone(), c.digest),
+        _ => (
             dedup::Fingerprint {
                 hash: 0,
                 thumb: Vec::new(),
+                detail: 0,
+                small_hash: None,
             },
             [0u8; 32],
-        )
+        ),
     };
-    let prints: Vec<dedup::Fingerprint> = present
-        .iter()
-        .map(|&i| checked(rows, i).unwrap_or_else(empty).0)
-        .collect();
+    let (prints, digests): (Vec<dedup::Fingerprint>, Vec<[u8; 32]>) =
+        present.iter().map(|&i| checked(i)).unzip();
     let mut report = DuplicateReport {
-        max_distance,
-        min_correlation,
+        max_distance: config.dedup_max_distance,
+        min_correlation: rule.min_correlation,
+        small_max_diff: rule.small_max_diff,
         ..DuplicateReport::default()
     };
-    for group in dedup::groups(&prints, max_distance, min_correlation) {
+    for group in dedup::groups(&prints, config.dedup_max_distance, &rule) {
         let members: Vec<usize> = group.iter().map(|&k| present[k]).collect();
-        let info: Vec<(u64, [u8; 32])> = group
-            .iter()
-            .map(|&k| {
-                (
-                    prints[k].hash,
-                    checked(rows, present[k]).unwrap_or_else(empty).1,
-                )
-            })
-            .collect();
-        let earliest = members
+        let kept_split = members
             .iter()
             .map(|&i| rows[i].split)
-            .min()
-            .unwrap_or(Split::Train);
-        // The sample every dropped member is reported against: the first of the earliest split.
+            .max()
+            .unwrap_or(Split::Test);
+        // The sample every dropped member is reported against: the first of the kept split.
         let anchor = members
             .iter()
-            .position(|&i| rows[i].split == earliest)
+            .position(|&i| rows[i].split == kept_split)
             .unwrap_or(0);
         let anchor_id = rows[members[anchor]].id.clone();
         let mut dropped = Vec::new();
@@ -344,21 +337,23 @@ fn deduplicate(
             let split = rows[i].split;
             // Measured against the anchor; a member joined through another member may be further from it.
             let how = format!(
-                "hash distance {}, thumbnail correlation {:.3}",
-                dedup::distance(info[k].0, info[anchor].0),
-                prints[group[k]].similarity(&prints[group[anchor]])
+                "hash distance {}, {}",
+                dedup::distance(prints[group[k]].hash, prints[group[anchor]].hash),
+                prints[group[k]].compare(&prints[group[anchor]], &rule)
             );
-            let reason = if split != earliest {
+            let reason = if split != kept_split {
                 Some((
                     Reason::NearDuplicateAcrossSplits,
                     format!(
-                        "near-duplicate ({how}) of {} sample {anchor_id:?}; {} must not hold near-copies of {} images",
-                        earliest.as_str(),
+                        "near-duplicate ({how}) of {} sample {anchor_id:?}; dropped from {} so that {} keeps \
+                         every row and shares no near-copy with {}",
+                        kept_split.as_str(),
                         split.as_str(),
-                        earliest.as_str()
+                        kept_split.as_str(),
+                        split.as_str()
                     ),
                 ))
-            } else if within_split && k != anchor {
+            } else if config.dedup_within_split && k != anchor {
                 Some((
                     Reason::NearDuplicate,
                     format!("near-duplicate ({how}) of {anchor_id:?}, kept"),
@@ -369,18 +364,22 @@ fn deduplicate(
             if let Some((reason, detail)) = reason {
                 rows[i].fate = Fate::Drop(Reject::new(reason, detail));
                 dropped.push(rows[i].id.clone());
+                *report
+                    .dropped_by_split
+                    .entry(split.as_str().to_owned())
+                    .or_insert(0) += 1;
             }
         }
-        let max = (0..info.len())
-            .flat_map(|a| (a + 1..info.len()).map(move |b| (a, b)))
-            .map(|(a, b)| dedup::distance(info[a].0, info[b].0))
+        let max = (0..group.len())
+            .flat_map(|a| (a + 1..group.len()).map(move |b| (a, b)))
+            .map(|(a, b)| dedup::distance(prints[group[a]].hash, prints[group[b]].hash))
             .max()
             .unwrap_or(0);
         let splits: Vec<String> = members
             .iter()
             .map(|&i| rows[i].split.as_str().to_owned())
             .collect();
-        let identical = info.iter().all(|c| c.1 == info[0].1);
+        let identical = group.iter().all(|&k| digests[k] == digests[group[0]]);
         report.groups += 1;
         report.images_in_groups += members.len();
         report.identical_bytes_groups += usize::from(identical);
@@ -391,6 +390,7 @@ fn deduplicate(
             splits,
             identical_bytes: identical,
             max_distance: max,
+            kept_split: kept_split.as_str().to_owned(),
             dropped,
         });
     }
@@ -477,6 +477,21 @@ pub(crate) fn produce(
         )));
     }
     Ok(())
+}
+
+/// Dropped samples per split and reason code: what each split lost, and why.
+pub(crate) fn drops_by_split(rows: &[Info]) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for row in rows {
+        if let Fate::Drop(r) = &row.fate {
+            *counts
+                .entry(row.split.as_str().to_owned())
+                .or_default()
+                .entry(r.reason.as_str().to_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    counts
 }
 
 /// Counts per reason code, over the rows whose fate matches.

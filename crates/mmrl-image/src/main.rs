@@ -57,8 +57,10 @@ fn main() -> anyhow::Result<()> {
             let output = args.output().map_err(|e| anyhow!(e))?;
             let report = stage::run(&config, args.seed, samples, output)
                 .with_context(|| format!("image stage on {}", samples.display()))?;
-            for (reason, n) in &report.dropped_by_reason {
-                tracing::warn!(reason = %reason, samples = n, "samples dropped");
+            for (split, reasons) in &report.dropped_by_split {
+                for (reason, n) in reasons {
+                    tracing::warn!(split = %split, reason = %reason, samples = n, "samples dropped");
+                }
             }
             for (reason, n) in &report.marked_absent_by_reason {
                 tracing::warn!(reason = %reason, samples = n, "images marked absent");

@@ -9,7 +9,7 @@ use crate::decode::{self, Decoded, Format};
 use crate::dedup::{Fingerprint, PerceptualHasher};
 use crate::normalize::ChannelSums;
 use crate::reject::{Reason, Reject};
-use crate::resize::{self, Canvas, Placement, Region};
+use crate::resize::{self, Canvas, Placement, Region, Style};
 
 /// What the first look at an image found: it passed every check.
 #[derive(Debug, Clone)]
@@ -68,6 +68,15 @@ impl Preprocessor {
         &self.config
     }
 
+    /// How images are drawn: the configured filter, size and alpha background.
+    fn style(&self) -> Style {
+        Style {
+            filter: self.config.filter,
+            size: self.config.size,
+            background: self.config.alpha_background.map(|v| f32::from(v) / 255.0),
+        }
+    }
+
     /// The bytes a decoder may allocate: 8 bytes a pixel (16-bit RGBA) up to the pixel limit, plus slack for the
     /// decoder's own buffers.
     fn max_alloc(&self) -> u64 {
@@ -115,12 +124,12 @@ impl Preprocessor {
         probe.decode_reusing(self.max_alloc(), want, &mut scratch.buffer)
     }
 
-    /// Decodes and renders view 0.
+    /// Decodes and renders view 0; also returns its placement.
     fn view_zero(
         &self,
         scratch: &mut Scratch,
         probe: decode::Probe<'_>,
-    ) -> Result<(Decoded, Canvas), Reject> {
+    ) -> Result<(Decoded, Canvas, Placement), Reject> {
         let placement = Placement::new(
             probe.width,
             probe.height,
@@ -129,20 +138,14 @@ impl Preprocessor {
             self.config.size,
         );
         let image = self.decode(scratch, probe, placement.min_decode_size())?;
-        let canvas = resize::render(
-            &mut scratch.resizer,
-            &image,
-            &placement,
-            self.config.filter,
-            self.config.size,
-        )?;
-        Ok((image, canvas))
+        let canvas = resize::render(&mut scratch.resizer, &image, &placement, &self.style())?;
+        Ok((image, canvas, placement))
     }
 
     /// The view-0 canvas of an image, without the blank check or hash: the fast path the bench measures.
     pub fn canvas(&self, scratch: &mut Scratch, bytes: &[u8]) -> Result<Canvas, Reject> {
         guard(|| {
-            let (image, canvas) = self.view_zero(scratch, self.probe(bytes)?)?;
+            let (image, canvas, _) = self.view_zero(scratch, self.probe(bytes)?)?;
             image.recycle(&mut scratch.buffer);
             Ok(canvas)
         })
@@ -153,7 +156,7 @@ impl Preprocessor {
         guard(|| {
             let probe = self.probe(bytes)?;
             let (format, width, height) = (probe.format, probe.width, probe.height);
-            let (image, canvas) = self.view_zero(scratch, probe)?;
+            let (image, canvas, placement) = self.view_zero(scratch, probe)?;
             let layout = image.pixels.layout();
             image.recycle(&mut scratch.buffer);
             let sums = ChannelSums::of(&canvas);
@@ -167,7 +170,8 @@ impl Preprocessor {
                     ),
                 ));
             }
-            let fingerprint = self.hasher.fingerprint(&canvas);
+            let detail = placement.source_pixels_across(width, height, self.config.size);
+            let fingerprint = self.hasher.fingerprint(&canvas, detail);
             Ok(Analysis {
                 format,
                 layout,
@@ -193,8 +197,8 @@ impl Preprocessor {
         guard(|| {
             let probe = self.probe(bytes)?;
             let (width, height) = (probe.width, probe.height);
-            let (fit, size, filter) = (self.config.fit, self.config.size, self.config.filter);
-            let (image, first) = self.view_zero(scratch, probe)?;
+            let (fit, size, style) = (self.config.fit, self.config.size, self.style());
+            let (image, first, _) = self.view_zero(scratch, probe)?;
             let mut canvases = vec![first];
             if n_views == 0 {
                 image.recycle(&mut scratch.buffer);
@@ -219,8 +223,7 @@ impl Preprocessor {
                 self.decode(scratch, self.probe(bytes)?, want)?
             };
             for (placement, rng) in &mut plans {
-                let mut canvas =
-                    resize::render(&mut scratch.resizer, &source, placement, filter, size)?;
+                let mut canvas = resize::render(&mut scratch.resizer, &source, placement, &style)?;
                 augment::apply(&mut canvas, rng, &self.config.augment);
                 canvases.push(canvas);
             }
@@ -329,10 +332,10 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn with_alpha(v: &[u8], channels: usize, seed: u8) -> Vec<u8> {
+    /// Appends an alpha channel of `alpha` to every pixel.
+    fn with_alpha(v: &[u8], channels: usize, alpha: u8) -> Vec<u8> {
         v.chunks_exact(channels)
-            .enumerate()
-            .flat_map(|(i, p)| p.iter().copied().chain([(i as u8).wrapping_mul(seed)]))
+            .flat_map(|p| p.iter().copied().chain([alpha]))
             .collect()
     }
 
@@ -389,7 +392,7 @@ pub(crate) mod tests {
             &[
                 (
                     "rgba8 png",
-                    png(&with_alpha(&rgb, 3, 7), w, h, ExtendedColorType::Rgba8),
+                    png(&with_alpha(&rgb, 3, 255), w, h, ExtendedColorType::Rgba8),
                     1e-6,
                 ),
                 (
@@ -400,7 +403,7 @@ pub(crate) mod tests {
                 (
                     "rgba16 png",
                     png(
-                        &wide(&with_alpha(&rgb, 3, 9)),
+                        &wide(&with_alpha(&rgb, 3, 255)),
                         w,
                         h,
                         ExtendedColorType::Rgba16,
@@ -420,7 +423,7 @@ pub(crate) mod tests {
             &[
                 (
                     "la8 png",
-                    png(&with_alpha(&l, 1, 3), w, h, ExtendedColorType::La8),
+                    png(&with_alpha(&l, 1, 255), w, h, ExtendedColorType::La8),
                     1e-6,
                 ),
                 (
@@ -442,6 +445,88 @@ pub(crate) mod tests {
             .canvas;
         assert_eq!(canvas.data[..256], canvas.data[256..512]);
         assert_eq!(canvas.data[..256], canvas.data[512..]);
+    }
+
+    #[test]
+    fn transparent_pixels_are_composited_onto_the_configured_background() {
+        // Dark strokes on a transparent background that stores black, as many tools write it: grey+alpha 8 bit,
+        // and RGBA 16 bit with a half-transparent stroke.
+        let (w, h) = (24u32, 20u32);
+        let stroke = |x: u32, y: u32| (x + y) % 7 < 2 || x == 12;
+        let la8: Vec<u8> = (0..w * h)
+            .flat_map(|i| {
+                if stroke(i % w, i / w) {
+                    [40, 255]
+                } else {
+                    [0, 0]
+                }
+            })
+            .collect();
+        let on_white: Vec<u8> = (0..w * h)
+            .map(|i| if stroke(i % w, i / w) { 40 } else { 255 })
+            .collect();
+        let pre = stretch16();
+        check_same(
+            &pre,
+            &png(&on_white, w, h, ExtendedColorType::L8),
+            &[(
+                "la8 on white",
+                png(&la8, w, h, ExtendedColorType::La8),
+                1.0 / 255.0,
+            )],
+        );
+        // Half-transparent black over a grey background is a darker grey.
+        let rgba16: Vec<u8> = (0..w * h)
+            .flat_map(|i| {
+                let a: u16 = if stroke(i % w, i / w) { 65535 } else { 32768 };
+                [0u16, 0, 0, a]
+            })
+            .flat_map(u16::to_ne_bytes)
+            .collect();
+        let background = 200u8;
+        let grey_bg = preprocessor(ImageConfig {
+            alpha_background: [background; 3],
+            ..ImageConfig {
+                size: 16,
+                fit: Fit::Stretch,
+                ..ImageConfig::default()
+            }
+        });
+        let half = (f32::from(background) * (1.0 - 32768.0 / 65535.0)).round() as u8;
+        let expected: Vec<u8> = (0..w * h)
+            .map(|i| if stroke(i % w, i / w) { 0 } else { half })
+            .collect();
+        check_same(
+            &grey_bg,
+            &png(&expected, w, h, ExtendedColorType::L8),
+            &[(
+                "rgba16 on grey",
+                png(&rgba16, w, h, ExtendedColorType::Rgba16),
+                1.5 / 255.0,
+            )],
+        );
+        // The background is the configured one: on black, the same strokes sit on black.
+        let on_black: Vec<u8> = on_white
+            .iter()
+            .map(|&v| if v == 255 { 0 } else { v })
+            .collect();
+        let black = preprocessor(ImageConfig {
+            alpha_background: [0; 3],
+            ..ImageConfig {
+                size: 16,
+                fit: Fit::Stretch,
+                ..ImageConfig::default()
+            }
+        });
+        check_same(
+            &black,
+            &png(&on_black, w, h, ExtendedColorType::L8),
+            &[(
+                "la8 on black",
+                png(&la8, w, h, ExtendedColorType::La8),
+                1.0 / 255.0,
+            )],
+        );
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! Fitting a region of a decoded image into the square output, with `fast_image_resize`.
 //!
 //! The resizer runs on the decoded pixel layout (grey, RGBA, 16-bit, ...) and only its small output is turned
-//! into planar RGB `f32` on the 0-1 scale: grey is replicated, alpha is dropped (as Pillow's `convert("RGB")`),
-//! 16-bit values are divided by 65535. Pixels outside the image (padding) are NaN in the [`Canvas`]; they
-//! normalize to 0 and are left out of every statistic.
+//! into planar RGB `f32` on the 0-1 scale: grey is replicated, 16-bit values are divided by 65535, and alpha is
+//! composited onto the configured background (`alpha_background`, white by default). Resizing an alpha layout
+//! premultiplies it (fast_image_resize's `use_alpha`), so a transparent pixel's stored color never bleeds into
+//! its neighbours, and compositing the resized pixels is then exactly compositing the image before resizing
+//! (both are linear). Pillow's `convert("RGB")` drops alpha instead, which turns dark strokes on a transparent
+//! background into a black image when the transparent pixels store black. Pixels outside the image (padding)
+//! are NaN in the [`Canvas`]; they normalize to 0 and are left out of every statistic.
 
 use fast_image_resize::images::{TypedImage, TypedImageRef};
 use fast_image_resize::pixels::{U8, U8x2, U8x3, U8x4, U16, U16x2, U16x3, U16x4};
@@ -108,6 +112,19 @@ impl Placement {
         }
     }
 
+    /// How many source pixels (of an upright `full_w` x `full_h` image) span the canvas side, along the axis
+    /// with fewer: the real resolution behind a canvas of side `size`. An 8x8 scan padded or stretched onto a
+    /// 32 px canvas has 8; a 640x480 photo has 480 (stretch, centre crop) or 640 (pad).
+    pub fn source_pixels_across(&self, full_w: u32, full_h: u32, size: u32) -> u32 {
+        let across = |src: f64, full: u32, dst: u32| {
+            src * f64::from(full) * f64::from(size) / f64::from(dst.max(1))
+        };
+        let x = across(self.src.w, full_w, self.w);
+        let y = across(self.src.h, full_h, self.h);
+        // The small epsilon keeps 7.9999999 (float rounding of an exact 8) at 8.
+        (x.min(y) + 1e-6).floor().clamp(1.0, f64::from(u32::MAX)) as u32
+    }
+
     /// The smallest decoded size (upright) at which the source region still has at least as many pixels as its
     /// destination, so that a reduced-scale decode never has to be enlarged again.
     pub fn min_decode_size(&self) -> (u32, u32) {
@@ -155,69 +172,86 @@ fn filter_type(filter: Filter) -> FilterType {
     }
 }
 
-/// Values of a pixel as RGB on the 0-1 scale.
+/// Values of a pixel as RGB on the 0-1 scale, alpha composited onto `bg`.
 trait ToRgb: PixelTrait {
-    fn rgb(&self) -> [f32; 3];
+    fn rgb(&self, bg: &[f32; 3]) -> [f32; 3];
 }
 
 const U8_SCALE: f32 = 1.0 / 255.0;
 const U16_SCALE: f32 = 1.0 / 65535.0;
 
+/// `color * alpha + bg * (1 - alpha)` per channel, `alpha` on the 0-1 scale.
+fn over(color: [f32; 3], alpha: f32, bg: &[f32; 3]) -> [f32; 3] {
+    [0, 1, 2].map(|c| color[c] * alpha + bg[c] * (1.0 - alpha))
+}
+
 impl ToRgb for U8 {
-    fn rgb(&self) -> [f32; 3] {
+    fn rgb(&self, _: &[f32; 3]) -> [f32; 3] {
         let v = f32::from(self.0) * U8_SCALE;
         [v, v, v]
     }
 }
 impl ToRgb for U8x2 {
-    fn rgb(&self) -> [f32; 3] {
-        let v = f32::from(self.0[0]) * U8_SCALE;
-        [v, v, v]
+    fn rgb(&self, bg: &[f32; 3]) -> [f32; 3] {
+        let [l, a] = self.0.map(|v| f32::from(v) * U8_SCALE);
+        over([l, l, l], a, bg)
     }
 }
 impl ToRgb for U8x3 {
-    fn rgb(&self) -> [f32; 3] {
+    fn rgb(&self, _: &[f32; 3]) -> [f32; 3] {
         self.0.map(|v| f32::from(v) * U8_SCALE)
     }
 }
 impl ToRgb for U8x4 {
-    fn rgb(&self) -> [f32; 3] {
-        let [r, g, b, _] = self.0;
-        [r, g, b].map(|v| f32::from(v) * U8_SCALE)
+    fn rgb(&self, bg: &[f32; 3]) -> [f32; 3] {
+        let [r, g, b, a] = self.0.map(|v| f32::from(v) * U8_SCALE);
+        over([r, g, b], a, bg)
     }
 }
 impl ToRgb for U16 {
-    fn rgb(&self) -> [f32; 3] {
+    fn rgb(&self, _: &[f32; 3]) -> [f32; 3] {
         let v = f32::from(self.0) * U16_SCALE;
         [v, v, v]
     }
 }
 impl ToRgb for U16x2 {
-    fn rgb(&self) -> [f32; 3] {
-        let v = f32::from(self.0[0]) * U16_SCALE;
-        [v, v, v]
+    fn rgb(&self, bg: &[f32; 3]) -> [f32; 3] {
+        let [l, a] = self.0.map(|v| f32::from(v) * U16_SCALE);
+        over([l, l, l], a, bg)
     }
 }
 impl ToRgb for U16x3 {
-    fn rgb(&self) -> [f32; 3] {
+    fn rgb(&self, _: &[f32; 3]) -> [f32; 3] {
         self.0.map(|v| f32::from(v) * U16_SCALE)
     }
 }
 impl ToRgb for U16x4 {
-    fn rgb(&self) -> [f32; 3] {
-        let [r, g, b, _] = self.0;
-        [r, g, b].map(|v| f32::from(v) * U16_SCALE)
+    fn rgb(&self, bg: &[f32; 3]) -> [f32; 3] {
+        let [r, g, b, a] = self.0.map(|v| f32::from(v) * U16_SCALE);
+        over([r, g, b], a, bg)
     }
 }
 
-/// Resizes the placement's source region of `image` into a new canvas of side `size`.
+/// How a decoded image is drawn onto the canvas: the resampling filter, the canvas side and the color that
+/// transparent pixels are composited onto (RGB, 0-1 scale).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Style {
+    /// The resampling filter.
+    pub filter: Filter,
+    /// The canvas side in pixels.
+    pub size: u32,
+    /// The background under transparent pixels, RGB on the 0-1 scale.
+    pub background: [f32; 3],
+}
+
+/// Resizes the placement's source region of `image` into a new canvas of side `style.size`.
 pub fn render(
     resizer: &mut Resizer,
     image: &Decoded,
     placement: &Placement,
-    filter: Filter,
-    size: u32,
+    style: &Style,
 ) -> Result<Canvas, Reject> {
+    let (filter, size) = (style.filter, style.size);
     let mut canvas = Canvas::empty(size as usize);
     let (w, h) = (f64::from(image.width), f64::from(image.height));
     let src = placement.src;
@@ -226,7 +260,7 @@ pub fn render(
     let top = (src.y * h).clamp(0.0, h - 1.0);
     let options = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(filter_type(filter)))
-        .use_alpha(false)
+        .use_alpha(true)
         .crop(
             left,
             top,
@@ -234,7 +268,7 @@ pub fn render(
             (src.h * h).clamp(1.0, h - top),
         );
     let (iw, ih) = (image.width, image.height);
-    let args = (resizer, &mut canvas, placement, &options);
+    let args = (resizer, &mut canvas, placement, &options, &style.background);
     match &image.pixels {
         Pixels::L8(p) => draw(
             args,
@@ -272,10 +306,11 @@ type DrawArgs<'a> = (
     &'a mut Canvas,
     &'a Placement,
     &'a ResizeOptions,
+    &'a [f32; 3],
 );
 
 fn draw<P: ToRgb>(
-    (resizer, canvas, placement, options): DrawArgs<'_>,
+    (resizer, canvas, placement, options, background): DrawArgs<'_>,
     src: TypedImageRef<'_, P>,
 ) -> Result<(), Reject> {
     let mut dst = TypedImage::<P>::new(placement.w, placement.h);
@@ -292,7 +327,7 @@ fn draw<P: ToRgb>(
     for (row, pixels) in dst.pixels().chunks_exact(w).enumerate() {
         let start = (y0 + row) * size + x0;
         for (x, pixel) in pixels.iter().enumerate() {
-            let rgb = pixel.rgb();
+            let rgb = pixel.rgb(background);
             for (c, v) in rgb.into_iter().enumerate() {
                 canvas.data[c * plane + start + x] = v;
             }
@@ -323,6 +358,17 @@ mod tests {
             (crop.x - 0.25).abs() < 1e-12 && (crop.w - 0.5).abs() < 1e-12 && crop.h == 1.0,
             "{crop:?}"
         );
+        // The real resolution behind the canvas.
+        let across = |full: (u32, u32), fit| {
+            Placement::new(full.0, full.1, Region::FULL, fit, 32)
+                .source_pixels_across(full.0, full.1, 32)
+        };
+        assert_eq!(across((8, 8), Fit::Pad), 8);
+        assert_eq!(across((8, 6), Fit::Pad), 8);
+        assert_eq!(across((8, 6), Fit::Stretch), 6);
+        assert_eq!(across((8, 6), Fit::CenterCrop), 6);
+        assert_eq!(across((640, 480), Fit::Pad), 640);
+        assert_eq!(across((640, 480), Fit::CenterCrop), 480);
         // The whole image must be decoded at least at the destination's resolution.
         assert_eq!(
             Placement::new(640, 320, Region::FULL, Fit::Pad, 64).min_decode_size(),
@@ -345,29 +391,34 @@ mod tests {
         }
     }
 
+    const WHITE: Style = Style {
+        filter: Filter::Bilinear,
+        size: 8,
+        background: [1.0; 3],
+    };
+
     #[test]
     fn every_layout_becomes_the_same_rgb_and_padding_is_nan() {
-        // A 4x2 image of one color (51, 102, 153) in each layout, padded into an 8x8 canvas.
+        // A 4x2 image of one opaque color (51, 102, 153) in each layout, padded into an 8x8 canvas.
         let rgb = [51u8, 102, 153];
         let n = 8;
         let cases = vec![
             decoded(Pixels::Rgb8(rgb.repeat(n)), 4, 2),
-            decoded(Pixels::Rgba8([51, 102, 153, 7].repeat(n)), 4, 2),
+            decoded(Pixels::Rgba8([51, 102, 153, 255].repeat(n)), 4, 2),
             decoded(
                 Pixels::Rgb16(vec![U16x3::new(rgb.map(|v| u16::from(v) * 257)); n]),
                 4,
                 2,
             ),
             decoded(
-                Pixels::Rgba16(vec![U16x4::new([51 * 257, 102 * 257, 153 * 257, 0]); n]),
+                Pixels::Rgba16(vec![U16x4::new([51 * 257, 102 * 257, 153 * 257, 65535]); n]),
                 4,
                 2,
             ),
         ];
         for image in cases {
             let placement = Placement::new(4, 2, Region::FULL, Fit::Pad, 8);
-            let canvas =
-                render(&mut Resizer::new(), &image, &placement, Filter::Bilinear, 8).unwrap();
+            let canvas = render(&mut Resizer::new(), &image, &placement, &WHITE).unwrap();
             for (plane, value) in canvas.data.chunks_exact(64).zip(rgb) {
                 assert!(
                     plane[..16].iter().chain(&plane[48..]).all(|v| v.is_nan()),
@@ -385,7 +436,88 @@ mod tests {
         }
         let grey = decoded(Pixels::L8(vec![128; 16]), 4, 4);
         let placement = Placement::new(4, 4, Region::FULL, Fit::Stretch, 8);
-        let canvas = render(&mut Resizer::new(), &grey, &placement, Filter::Bilinear, 8).unwrap();
+        let canvas = render(&mut Resizer::new(), &grey, &placement, &WHITE).unwrap();
         assert!(canvas.data.iter().all(|v| (v - 128.0 / 255.0).abs() < 1e-4));
+    }
+
+    /// Renders a uniform 4x4 image stretched to 8x8 onto `background` and checks every pixel against
+    /// `expected` (RGB, 0-1 scale).
+    fn check_composite(image: Decoded, background: [f32; 3], expected: [f32; 3]) {
+        let layout = image.pixels.layout();
+        let placement = Placement::new(4, 4, Region::FULL, Fit::Stretch, 8);
+        let style = Style {
+            background,
+            ..WHITE
+        };
+        let canvas = render(&mut Resizer::new(), &image, &placement, &style).unwrap();
+        for (c, plane) in canvas.data.chunks_exact(64).enumerate() {
+            for v in plane {
+                assert!(
+                    (v - expected[c]).abs() < 2e-3,
+                    "{layout} on {background:?}: channel {c} is {v}, expected {}",
+                    expected[c]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn alpha_is_composited_onto_the_background() {
+        let n = 16;
+        // Fully transparent black (how many tools store the background of a transparent PNG) is the
+        // background, whatever color it stores.
+        check_composite(
+            decoded(Pixels::Rgba8([0, 0, 0, 0].repeat(n)), 4, 4),
+            [1.0; 3],
+            [1.0; 3],
+        );
+        check_composite(
+            decoded(Pixels::La8([0, 0].repeat(n)), 4, 4),
+            [0.2, 0.4, 0.6],
+            [0.2, 0.4, 0.6],
+        );
+        // Half-transparent red over white is pink; over black, dark red.
+        let red = Pixels::Rgba8([255, 0, 0, 128].repeat(n));
+        let a = 128.0 / 255.0;
+        check_composite(
+            decoded(red.clone(), 4, 4),
+            [1.0; 3],
+            [1.0, 1.0 - a, 1.0 - a],
+        );
+        check_composite(decoded(red, 4, 4), [0.0; 3], [a, 0.0, 0.0]);
+        check_composite(
+            decoded(Pixels::La16(vec![U16x2::new([0, 32768]); n]), 4, 4),
+            [1.0; 3],
+            [1.0 - 32768.0 / 65535.0; 3],
+        );
+        check_composite(
+            decoded(
+                Pixels::Rgba16(vec![U16x4::new([65535, 65535, 0, 65535]); n]),
+                4,
+                4,
+            ),
+            [0.0; 3],
+            [1.0, 1.0, 0.0],
+        );
+    }
+
+    #[test]
+    fn a_transparent_pixel_does_not_bleed_its_stored_color_into_its_neighbours() {
+        // Left half opaque white, right half transparent but storing pure red. Shrunk to 2x1 on white, the
+        // right pixel must be white: resizing without premultiplying would average the red in.
+        let mut pixels = Vec::new();
+        for _ in 0..4 {
+            pixels.extend([255, 255, 255, 255].repeat(2));
+            pixels.extend([255, 0, 0, 0].repeat(2));
+        }
+        let image = decoded(Pixels::Rgba8(pixels), 4, 4);
+        let placement = Placement::new(4, 4, Region::FULL, Fit::Stretch, 2);
+        let style = Style { size: 2, ..WHITE };
+        let canvas = render(&mut Resizer::new(), &image, &placement, &style).unwrap();
+        assert!(
+            canvas.data.iter().all(|v| (v - 1.0).abs() < 2e-3),
+            "{:?}",
+            canvas.data
+        );
     }
 }

@@ -116,6 +116,9 @@ pub struct ImageReport {
     pub dropped: usize,
     /// Drops per reason code.
     pub dropped_by_reason: BTreeMap<String, usize>,
+    /// Drops per split and reason code: what each split lost, and why (`test` loses rows only to its own
+    /// images' checks, never to a near-duplicate in another split).
+    pub dropped_by_split: BTreeMap<String, BTreeMap<String, usize>>,
     /// Samples kept without image because a check failed and its policy is `absent`.
     pub marked_absent: usize,
     /// Marked absent per reason code.
@@ -352,6 +355,7 @@ pub(crate) fn report(config: &ImageConfig, plan: &engine::Plan, rows_out: usize)
         absent_in_input: count(&|f| *f == Fate::NoImage),
         dropped,
         dropped_by_reason,
+        dropped_by_split: engine::drops_by_split(&plan.rows),
         marked_absent: count(&|f| matches!(f, Fate::Absent(_))),
         marked_absent_by_reason,
         marked_absent_samples: engine::absent_samples(&plan.rows),

@@ -356,15 +356,16 @@ fn each_rejection_reason_is_reported_and_follows_its_policy() -> TestResult {
         .iter()
         .map(|r| (r.0.as_str(), r.1.as_str()))
         .collect();
+    // The copy is in test, so its train original is the one dropped: test keeps every row it can.
     assert_eq!(
         reasons,
         [
+            ("ok", "near_duplicate_across_splits"),
             ("cut", "undecodable_image"),
             ("text", "unsupported_format"),
             ("big", "image_too_large"),
             ("wide", "extreme_aspect"),
             ("blank", "blank_image"),
-            ("copy", "near_duplicate_across_splits"),
         ]
     );
     assert!(
@@ -375,7 +376,7 @@ fn each_rejection_reason_is_reported_and_follows_its_policy() -> TestResult {
         "details name the sample"
     );
     let kept: Vec<&str> = dropped.rows.iter().map(|r| r.0.as_str()).collect();
-    assert_eq!(kept, ["ok", "ok2"]);
+    assert_eq!(kept, ["ok2", "copy"]);
     assert_eq!(
         dropped.report.dropped_by_reason.get("blank_image"),
         Some(&1)
@@ -394,13 +395,13 @@ fn each_rejection_reason_is_reported_and_follows_its_policy() -> TestResult {
     assert_eq!(
         rows,
         [
-            ("ok", true),
             ("ok2", true),
             ("cut", false),
             ("text", false),
             ("big", false),
             ("wide", false),
-            ("blank", false)
+            ("blank", false),
+            ("copy", true)
         ]
     );
     assert_eq!(marked.rejects.len(), 1);
@@ -418,7 +419,7 @@ fn each_rejection_reason_is_reported_and_follows_its_policy() -> TestResult {
 }
 
 #[test]
-fn near_duplicates_never_straddle_splits() -> TestResult {
+fn near_duplicates_never_straddle_splits_and_test_keeps_its_rows() -> TestResult {
     let dir = tempfile::tempdir()?;
     let base = pattern(64, 48, 30);
     let original = png_rgb(&base, 64, 48);
@@ -429,6 +430,7 @@ fn near_duplicates_never_straddle_splits() -> TestResult {
         48,
     );
     let other = png_rgb(&pattern(64, 48, 31), 64, 48);
+    let twin = png_rgb(&pattern(64, 48, 33), 64, 48);
     let samples = write_samples(
         dir.path(),
         &[
@@ -448,6 +450,8 @@ fn near_duplicates_never_straddle_splits() -> TestResult {
                 "test",
                 Some(png_rgb(&pattern(64, 48, 32), 64, 48)),
             ),
+            ("twin-a", "train", Some(twin.clone())),
+            ("twin-b", "train", Some(twin)),
         ],
     );
     let out = run(dir.path(), "image", &small(16), 1, &samples)?;
@@ -456,27 +460,30 @@ fn near_duplicates_never_straddle_splits() -> TestResult {
         .iter()
         .map(|r| (r.0.as_str(), r.1.as_str()))
         .collect();
+    // Each group keeps its members in the most protected split (test, else val); the others are dropped.
     assert_eq!(
         rejects,
         [
             ("val-copy", "near_duplicate_across_splits"),
-            ("test-jpeg", "near_duplicate_across_splits"),
+            ("train-orig", "near_duplicate_across_splits"),
+            ("train-copy", "near_duplicate_across_splits"),
             ("val-bright", "near_duplicate_across_splits"),
-            ("pair-test", "near_duplicate_across_splits"),
+            ("pair-val", "near_duplicate_across_splits"),
         ]
     );
     assert!(
-        out.rejects[0].2.contains("train sample \"train-orig\""),
+        out.rejects[0].2.contains("test sample \"test-jpeg\"")
+            && out.rejects[0].2.contains("from val"),
         "{}",
         out.rejects[0].2
     );
     assert!(
-        out.rejects[3].2.contains("val sample \"pair-val\""),
+        out.rejects[4].2.contains("test sample \"pair-test\""),
         "{}",
-        out.rejects[3].2
+        out.rejects[4].2
     );
     let groups = &out.report.duplicates.list;
-    assert_eq!(groups.len(), 2);
+    assert_eq!(groups.len(), 3);
     assert_eq!(
         groups[0].ids,
         [
@@ -488,19 +495,46 @@ fn near_duplicates_never_straddle_splits() -> TestResult {
         ]
     );
     assert_eq!(groups[0].splits, ["val", "train", "train", "test", "val"]);
+    assert_eq!(groups[0].kept_split, "test");
     assert!(!groups[0].identical_bytes);
-    assert_eq!(groups[0].dropped, ["val-copy", "test-jpeg", "val-bright"]);
+    assert_eq!(
+        groups[0].dropped,
+        ["val-copy", "train-orig", "train-copy", "val-bright"]
+    );
     assert_eq!(groups[1].ids, ["pair-val", "pair-test"]);
     assert!(groups[1].identical_bytes);
+    assert_eq!(
+        (groups[2].ids.as_slice(), groups[2].dropped.len()),
+        (["twin-a".to_owned(), "twin-b".to_owned()].as_slice(), 0)
+    );
     assert_eq!(
         (
             out.report.duplicates.cross_split_groups,
             out.report.duplicates.dropped
         ),
-        (2, 4)
+        (2, 5)
+    );
+    // Every test row select wrote is still there; what each split lost is counted per split and reason.
+    let test_ids: Vec<&str> = out
+        .rows
+        .iter()
+        .filter(|r| r.1 == "test")
+        .map(|r| r.0.as_str())
+        .collect();
+    assert_eq!(test_ids, ["test-jpeg", "unrelated", "pair-test"]);
+    let lost = |split: &str| {
+        out.report
+            .dropped_by_split
+            .get(split)
+            .and_then(|m| m.get("near_duplicate_across_splits"))
+            .copied()
+    };
+    assert_eq!(
+        (lost("train"), lost("val"), lost("test")),
+        (Some(2), Some(3), None)
     );
     // Within one split copies are kept (and reported) unless dedup_within_split asks otherwise.
-    assert!(out.rows.iter().any(|r| r.0 == "train-copy"));
+    assert!(out.rows.iter().any(|r| r.0 == "twin-b"));
     let strict = run(
         dir.path(),
         "strict",
@@ -515,7 +549,7 @@ fn near_duplicates_never_straddle_splits() -> TestResult {
         strict
             .rejects
             .iter()
-            .any(|r| r.0 == "train-copy" && r.1 == "near_duplicate" && r.2.contains("train-orig"))
+            .any(|r| r.0 == "twin-b" && r.1 == "near_duplicate" && r.2.contains("twin-a"))
     );
     // With distance 0 only identical hashes group: the re-encoded JPEG and the brighter copy may escape, the
     // exact copies never do.
@@ -529,8 +563,8 @@ fn near_duplicates_never_straddle_splits() -> TestResult {
         1,
         &samples,
     )?;
-    assert!(exact.rejects.iter().any(|r| r.0 == "val-copy"));
-    assert!(exact.rejects.iter().any(|r| r.0 == "pair-test"));
+    assert!(exact.rejects.iter().any(|r| r.0 == "train-orig"));
+    assert!(exact.rejects.iter().any(|r| r.0 == "pair-val"));
     Ok(())
 }
 
@@ -747,6 +781,154 @@ fn preprocess_turns_a_folder_into_tensors_keyed_by_file_name() -> TestResult {
             &dir.path().join("x.parquet")
         )
         .is_err()
+    );
+    Ok(())
+}
+
+/// An 8x8 grey scan from 0-16 ink levels, as the UCI/scikit-learn handwritten digits store them.
+fn scan(levels: [[u8; 8]; 8]) -> Vec<u8> {
+    levels
+        .iter()
+        .flatten()
+        .map(|&v| (f32::from(v) * 255.0 / 16.0).round() as u8)
+        .collect()
+}
+
+fn png_grey(pixels: &[u8], w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(pixels, w, h, ExtendedColorType::L8)
+        .unwrap();
+    out
+}
+
+fn jpeg_grey(pixels: &[u8], w: u32, h: u32, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .write_image(pixels, w, h, ExtendedColorType::L8)
+        .unwrap();
+    out
+}
+
+/// Two writers' sevens: distinct scans of one character that look alike.
+const SEVEN_A: [[u8; 8]; 8] = [
+    [0, 2, 12, 16, 16, 16, 11, 0],
+    [0, 3, 11, 8, 6, 13, 14, 0],
+    [0, 0, 0, 0, 5, 16, 5, 0],
+    [0, 0, 0, 1, 14, 11, 0, 0],
+    [0, 0, 0, 9, 16, 3, 0, 0],
+    [0, 0, 2, 16, 9, 0, 0, 0],
+    [0, 0, 8, 16, 2, 0, 0, 0],
+    [0, 0, 13, 10, 0, 0, 0, 0],
+];
+const SEVEN_B: [[u8; 8]; 8] = [
+    [0, 1, 10, 16, 16, 16, 13, 1],
+    [0, 2, 9, 8, 7, 14, 12, 0],
+    [0, 0, 0, 0, 8, 16, 3, 0],
+    [0, 0, 0, 3, 16, 9, 0, 0],
+    [0, 0, 0, 11, 15, 2, 0, 0],
+    [0, 0, 4, 16, 7, 0, 0, 0],
+    [0, 0, 10, 15, 1, 0, 0, 0],
+    [0, 0, 12, 8, 0, 0, 0, 0],
+];
+const ZERO: [[u8; 8]; 8] = [
+    [0, 0, 5, 13, 9, 1, 0, 0],
+    [0, 0, 13, 15, 10, 15, 5, 0],
+    [0, 3, 15, 2, 0, 11, 8, 0],
+    [0, 4, 12, 0, 0, 8, 8, 0],
+    [0, 5, 8, 0, 0, 9, 8, 0],
+    [0, 4, 11, 0, 1, 12, 7, 0],
+    [0, 2, 14, 5, 10, 12, 0, 0],
+    [0, 0, 6, 13, 10, 0, 0, 0],
+];
+const ONE: [[u8; 8]; 8] = [
+    [0, 0, 0, 12, 13, 5, 0, 0],
+    [0, 0, 0, 11, 16, 9, 0, 0],
+    [0, 0, 3, 15, 16, 6, 0, 0],
+    [0, 7, 15, 16, 16, 2, 0, 0],
+    [0, 0, 1, 16, 16, 3, 0, 0],
+    [0, 0, 1, 16, 16, 6, 0, 0],
+    [0, 0, 1, 16, 16, 6, 0, 0],
+    [0, 0, 0, 11, 16, 10, 0, 0],
+];
+
+/// On small low-detail scans, distinct scans of one character survive across splits while true copies
+/// (re-encoded, brightened) are still caught, and the copy's train member is the one dropped.
+#[test]
+fn small_scans_are_compared_at_their_own_resolution() -> TestResult {
+    let (seven_a, seven_b) = (scan(SEVEN_A), scan(SEVEN_B));
+    let (zero, one) = (scan(ZERO), scan(ONE));
+    let brighter_one: Vec<u8> = one.iter().map(|v| v.saturating_add(12)).collect();
+    let rows = [
+        ("seven-a", "train", png_grey(&seven_a, 8, 8)),
+        ("seven-b", "test", png_grey(&seven_b, 8, 8)),
+        ("zero", "train", png_grey(&zero, 8, 8)),
+        ("zero-jpeg", "test", jpeg_grey(&zero, 8, 8, 80)),
+        ("one", "train", png_grey(&one, 8, 8)),
+        ("one-bright", "val", png_grey(&brighter_one, 8, 8)),
+        ("photo", "train", picture(70)),
+    ];
+
+    // The old rule (16x16 thumbnails of the upscaled canvas correlating at 0.95) took the two sevens for copies.
+    let config = ImageConfig::default();
+    let pre = mmrl_image::Preprocessor::new(&config)?;
+    let print = |bytes: &[u8]| {
+        pre.analyze(&mut mmrl_image::Scratch::new(), bytes)
+            .map(|a| a.fingerprint)
+    };
+    let (a, b) = (print(&rows[0].2)?, print(&rows[1].2)?);
+    assert!(
+        a.similarity(&b) >= 0.95 && mmrl_image::dedup::distance(a.hash, b.hash) <= 8,
+        "the sevens are a hard case: correlation {}, hash distance {}",
+        a.similarity(&b),
+        mmrl_image::dedup::distance(a.hash, b.hash)
+    );
+
+    let dir = tempfile::tempdir()?;
+    let samples = write_samples(
+        dir.path(),
+        &rows
+            .iter()
+            .map(|(id, split, bytes)| (*id, *split, Some(bytes.clone())))
+            .collect::<Vec<_>>(),
+    );
+    let out = run(dir.path(), "image", &config, 1, &samples)?;
+    let rejects: Vec<(&str, &str)> = out
+        .rejects
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str()))
+        .collect();
+    assert_eq!(
+        rejects,
+        [
+            ("zero", "near_duplicate_across_splits"),
+            ("one", "near_duplicate_across_splits")
+        ],
+        "{:?}",
+        out.rejects
+    );
+    assert!(
+        out.rejects[0].2.contains("8x8 thumbnail") && out.rejects[0].2.contains("\"zero-jpeg\""),
+        "{}",
+        out.rejects[0].2
+    );
+    let kept: Vec<&str> = out.rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        kept,
+        ["seven-a", "seven-b", "zero-jpeg", "one-bright", "photo"]
+    );
+
+    // Turning the pixel check off (any difference allowed) brings the sevens back together: the check is what
+    // tells them apart.
+    let loose = ImageConfig {
+        dedup_small_max_diff: 100.0,
+        ..ImageConfig::default()
+    };
+    let merged = run(dir.path(), "loose", &loose, 1, &samples)?;
+    assert!(
+        merged.rejects.iter().any(|r| r.0 == "seven-a"),
+        "{:?}",
+        merged.rejects
     );
     Ok(())
 }
