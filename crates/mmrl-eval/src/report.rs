@@ -809,6 +809,28 @@ fn class_table(m: &MetricsFile, top: usize) -> Option<Table> {
     Some(t)
 }
 
+/// "Which modality each question type needs", when the ablations measured it.
+fn needs_section(m: &MetricsFile, config: &EvalConfig) -> Option<Section> {
+    if m.modality_needs.is_empty() {
+        return None;
+    }
+    Some(Section {
+        id: "needs",
+        title: "Which modality each question type needs".into(),
+        intro: format!(
+            "Measured on the test split: a question type needs a modality when masking that modality for \
+             every row lowers the headline model's exact match on the type by more than {:.3} \
+             (needs_threshold) and the {:.0}% paired bootstrap interval of the drop lies above zero. \
+             Cells: the drop [interval]. \"none\": the question alone suffices, or any one of several modalities.",
+            config.needs_threshold,
+            config.confidence_level * 100.0
+        ),
+        notes: Vec::new(),
+        tables: vec![needs_table(m)],
+        figures: Vec::new(),
+    })
+}
+
 fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<Vec<Section>> {
     let mut out = Vec::new();
     let ours = &m.test;
@@ -884,23 +906,7 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
         tables: vec![cross_modal_table(m)],
         figures: Vec::new(),
     });
-    if !m.modality_needs.is_empty() {
-        out.push(Section {
-            id: "needs",
-            title: "Which modality each question type needs".into(),
-            intro: format!(
-                "Measured on the test split: a question type needs a modality when masking that modality for \
-                 every row lowers the headline model's exact match on the type by more than {:.3} \
-                 (needs_threshold) and the {:.0}% paired bootstrap interval of the drop lies above zero. \
-                 Cells: the drop [interval]. \"none\": the question alone suffices, or any one of several modalities.",
-                config.needs_threshold,
-                config.confidence_level * 100.0
-            ),
-            notes: Vec::new(),
-            tables: vec![needs_table(m)],
-            figures: Vec::new(),
-        });
-    }
+    out.extend(needs_section(m, config));
     out.push(Section {
         id: "qtypes",
         title: "Per question type".into(),
