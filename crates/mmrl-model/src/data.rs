@@ -108,6 +108,46 @@ pub struct SampleRow {
     pub audio: Vec<usize>,
     /// Row of the tabular store.
     pub tabular: Option<usize>,
+    /// Intermediate answer tokens select derived for this train row (`rationale` column), if any.
+    pub rationale: Option<String>,
+    /// The modalities the dataset declares this row's answer needs (`modalities` column); the others are masked.
+    /// `None` when undeclared: every present modality is seen.
+    pub needs: Option<Needs>,
+}
+
+/// The modalities a row's answer depends on, as declared by the dataset's `modalities` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    /// The image.
+    pub image: bool,
+    /// The audio.
+    pub audio: bool,
+    /// The tabular features.
+    pub tabular: bool,
+}
+
+impl Needs {
+    /// Parses a `modalities` cell: words among `image`, `audio`, `tabular`, separated by spaces, `|` or commas.
+    pub fn parse(cell: &str) -> std::result::Result<Self, String> {
+        let mut needs = Needs {
+            image: false,
+            audio: false,
+            tabular: false,
+        };
+        for word in cell.split([' ', '|', ',']).filter(|w| !w.is_empty()) {
+            match word {
+                "image" => needs.image = true,
+                "audio" => needs.audio = true,
+                "tabular" => needs.tabular = true,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a modality; expected image, audio or tabular"
+                    ));
+                }
+            }
+        }
+        Ok(needs)
+    }
 }
 
 /// One modality table in memory.
@@ -419,6 +459,14 @@ impl Dataset {
             let qtypes = strings(batch, sample::QTYPE, path)?;
             let questions = strings(batch, sample::QUESTION, path)?;
             let answers = strings(batch, sample::ANSWER, path)?;
+            let optional = |name: &str| -> Result<Vec<Option<String>>> {
+                match batch.column_by_name(name) {
+                    Some(_) => strings(batch, name, path),
+                    None => Ok(vec![None; batch.num_rows()]),
+                }
+            };
+            let rationales = optional(sample::RATIONALE)?;
+            let modalities = optional(sample::MODALITIES)?;
             let repeats: Option<Vec<u32>> = batch.column_by_name("repeat").and_then(|c| {
                 c.as_primitive_opt::<UInt32Type>()
                     .map(|a| a.iter().map(|v| v.unwrap_or(1)).collect())
@@ -457,6 +505,13 @@ impl Dataset {
                     *dropped.entry(m.to_owned()).or_default() += 1;
                     continue;
                 }
+                let needs = modalities[r]
+                    .as_deref()
+                    .map(Needs::parse)
+                    .transpose()
+                    .map_err(|e| {
+                        input_err(path, format!("sample {id:?}: column \"modalities\": {e}"))
+                    })?;
                 samples.push(SampleRow {
                     id,
                     split,
@@ -467,6 +522,8 @@ impl Dataset {
                     image: image_rows.unwrap_or_default(),
                     audio: audio_rows.unwrap_or_default(),
                     tabular: tab_row.flatten(),
+                    rationale: rationales[r].clone(),
+                    needs,
                 });
             }
         }
@@ -484,6 +541,20 @@ impl Dataset {
         (0..self.samples.len())
             .filter(|&i| self.samples[i].split == split)
             .collect()
+    }
+
+    /// Decoder steps a target needs beyond its answer: the longest train rationale plus its separator (0 when no
+    /// train row has one, or the vocabulary has no separator).
+    pub fn rationale_len(&self, vocab: &Vocab) -> usize {
+        if vocab.separator().is_none() {
+            return 0;
+        }
+        self.split(Split::Train)
+            .iter()
+            .filter_map(|&i| self.samples[i].rationale.as_deref())
+            .map(|r| vocab.encode_answer(r, usize::MAX).len() + 1)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Fills the data-derived sizes of a model config from this dataset and the vocabulary.
@@ -597,10 +668,14 @@ impl Dataset {
             .collect();
         let answers = items
             .iter()
-            .map(|&(i, _)| vocab.encode_answer(&self.samples[i].answer, config.max_answer_len))
+            .map(|&(i, _)| {
+                let s = &self.samples[i];
+                vocab.encode_target(s.rationale.as_deref(), &s.answer, config.max_answer_len)
+            })
             .collect();
         let mut batch = Batch::new(questions);
-        let mut keep = |present: bool| -> bool {
+        let mut keep = |present: bool, needed: bool| -> bool {
+            let present = present && needed;
             match modality_dropout.as_mut() {
                 Some((rng, p)) if present && *p > 0.0 => !rng.random_bool(*p),
                 _ => present,
@@ -608,7 +683,8 @@ impl Dataset {
         };
         let mut gather = |store: &Option<TensorStore>,
                           wanted: bool,
-                          rows_of: &dyn Fn(&SampleRow) -> &Vec<usize>| {
+                          rows_of: &dyn Fn(&SampleRow) -> &Vec<usize>,
+                          needed: &dyn Fn(&SampleRow) -> bool| {
             let store = store.as_ref().filter(|_| wanted)?;
             let per = store.per();
             let mut m = ModalityBatch {
@@ -621,7 +697,8 @@ impl Dataset {
                     Some(&r) => {
                         m.values
                             .extend_from_slice(&store.values[r * per..(r + 1) * per]);
-                        m.present.push(keep(store.present[r]));
+                        m.present
+                            .push(keep(store.present[r], needed(&self.samples[i])));
                     }
                     None => {
                         m.values.extend(std::iter::repeat_n(0.0, per));
@@ -631,8 +708,18 @@ impl Dataset {
             }
             Some(m)
         };
-        batch.image = gather(&self.image, config.image_shape.is_some(), &|s| &s.image);
-        batch.audio = gather(&self.audio, config.audio_shape.is_some(), &|s| &s.audio);
+        batch.image = gather(
+            &self.image,
+            config.image_shape.is_some(),
+            &|s| &s.image,
+            &|s| s.needs.is_none_or(|n| n.image),
+        );
+        batch.audio = gather(
+            &self.audio,
+            config.audio_shape.is_some(),
+            &|s| &s.audio,
+            &|s| s.needs.is_none_or(|n| n.audio),
+        );
         if let Some(t) = self
             .tabular
             .as_ref()
@@ -651,7 +738,8 @@ impl Dataset {
                             .extend_from_slice(&t.numeric[r * nf..(r + 1) * nf]);
                         tb.categorical
                             .extend_from_slice(&t.categorical[r * nc..(r + 1) * nc]);
-                        tb.present.push(keep(t.present[r]));
+                        let needed = self.samples[i].needs.is_none_or(|n| n.tabular);
+                        tb.present.push(keep(t.present[r], needed));
                     }
                     None => {
                         tb.numeric.extend(std::iter::repeat_n(0.0, nf));
@@ -663,5 +751,70 @@ impl Dataset {
             batch.tabular = Some(tb);
         }
         (batch, answers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Preset;
+
+    fn row(id: &str, needs: Option<&str>, rationale: Option<&str>) -> SampleRow {
+        SampleRow {
+            id: id.into(),
+            split: Split::Train,
+            qtype: String::new(),
+            question: "which".into(),
+            answer: "8".into(),
+            repeat: 1,
+            image: vec![0],
+            audio: vec![0],
+            tabular: None,
+            rationale: rationale.map(str::to_owned),
+            needs: needs.map(|n| Needs::parse(n).unwrap()),
+        }
+    }
+
+    fn store(shape: Vec<usize>) -> TensorStore {
+        let per: usize = shape.iter().product();
+        TensorStore {
+            shape,
+            values: vec![0.5; per],
+            present: vec![true],
+        }
+    }
+
+    #[test]
+    fn declared_needs_mask_the_other_modalities_and_rationales_lead_the_target() {
+        let data = Dataset {
+            samples: vec![
+                row("image only", Some("image"), None),
+                row("undeclared", None, None),
+                row("both", Some("image audio"), Some("3 5")),
+            ],
+            image: Some(store(vec![3, 8, 8])),
+            audio: Some(store(vec![8, 8])),
+            tabular: None,
+            dropped: BTreeMap::new(),
+        };
+        let vocab = Vocab::fit([("which", "8"), ("", "3 5")]).with_separator();
+        let config = data.shape_config(ModelConfig::preset(Preset::Tiny), &vocab);
+        let (batch, targets) = data.batch(&[(0, 0), (1, 0), (2, 0)], &vocab, &config, None);
+        assert_eq!(batch.image.unwrap().present, [true, true, true]);
+        assert_eq!(batch.audio.unwrap().present, [false, true, true]);
+        let sep = vocab.separator().unwrap();
+        assert_eq!(targets[1], vocab.encode_answer("8", 4));
+        assert_eq!(targets[2][2], sep);
+        assert_eq!(vocab.decode_answer(&targets[2]), "8");
+        assert_eq!(
+            data.rationale_len(&vocab),
+            3,
+            "two tokens and the separator"
+        );
+        assert!(
+            Needs::parse("image, sound")
+                .unwrap_err()
+                .contains("\"sound\"")
+        );
     }
 }

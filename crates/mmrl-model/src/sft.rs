@@ -731,13 +731,10 @@ pub fn run(
             message: "the val split is empty; give select a val fraction above 0 (sft needs val for early stopping)".into(),
         });
     }
-    let vocab = Vocab::fit(train.iter().map(|&i| {
-        (
-            data.samples[i].question.as_str(),
-            data.samples[i].answer.as_str(),
-        )
-    }));
-    let model_config = data.shape_config(config.model_config(), &vocab);
+    let vocab = fit_vocab(&data, &train);
+    let mut model_config = data.shape_config(config.model_config(), &vocab);
+    // Room for the intermediate tokens select derived (see `mmrl_artifact::sample::RATIONALE`).
+    model_config.max_answer_len += data.rationale_len(&vocab);
     model_config.check()?;
 
     let key = format!(
@@ -1016,4 +1013,23 @@ pub fn run(
     writer.commit()?;
     std::fs::remove_dir_all(&work).map_err(io("removing", &work))?;
     Ok(Outcome::Done(Box::new(report)))
+}
+
+/// The vocabularies of the train rows: questions, answers and their rationales, with the separator token when
+/// any train row has a rationale.
+pub fn fit_vocab(data: &Dataset, train: &[usize]) -> Vocab {
+    let rows = train.iter().map(|&i| &data.samples[i]);
+    let pairs = rows
+        .clone()
+        .map(|s| (s.question.as_str(), s.answer.as_str()));
+    let rationales = rows
+        .clone()
+        .filter_map(|s| s.rationale.as_deref())
+        .map(|r| ("", r));
+    let vocab = Vocab::fit(pairs.chain(rationales));
+    if rows.clone().any(|s| s.rationale.is_some()) {
+        vocab.with_separator()
+    } else {
+        vocab
+    }
 }

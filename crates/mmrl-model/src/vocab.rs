@@ -16,6 +16,10 @@ pub const EOS: u32 = 3;
 /// The abstention answer: a model that says it is not sure rather than guessing.
 pub const UNSURE: &str = "unsure";
 
+/// The answer token between a rationale (intermediate tokens, see [`Vocab::with_separator`]) and the answer. It
+/// is never a word of the data: [`words`] strips the angle brackets of anything a user writes.
+pub const SEP: &str = "<sep>";
+
 /// Special tokens of the question vocabulary, in id order.
 pub const QUESTION_SPECIALS: [&str; 2] = ["<pad>", "<unk>"];
 /// Special tokens of the answer vocabulary, in id order.
@@ -67,6 +71,36 @@ impl Vocab {
         Self { question, answer }
     }
 
+    /// Adds [`SEP`] as the last answer token (a no-op when present): targets may then hold intermediate tokens
+    /// before the answer, and decoding keeps what follows the last separator.
+    #[must_use]
+    pub fn with_separator(mut self) -> Self {
+        if self.separator().is_none() {
+            self.answer.push(SEP.to_owned());
+        }
+        self
+    }
+
+    /// The id of [`SEP`], when the vocabulary has one.
+    pub fn separator(&self) -> Option<u32> {
+        self.answer.iter().position(|w| w == SEP).map(|i| i as u32)
+    }
+
+    /// A decoder target of at most `max_len` tokens: the rationale's ids, [`SEP`], then the answer's, when all of
+    /// it fits; otherwise (or without a rationale, or without a separator in the vocabulary) just the answer.
+    pub fn encode_target(&self, rationale: Option<&str>, answer: &str, max_len: usize) -> Vec<u32> {
+        let answer = self.encode_answer(answer, max_len);
+        if let (Some(r), Some(sep)) = (rationale, self.separator()) {
+            let mut ids = self.encode_answer(r, max_len);
+            if ids.len() + 1 + answer.len() <= max_len {
+                ids.push(sep);
+                ids.extend(answer);
+                return ids;
+            }
+        }
+        answer
+    }
+
     fn lookup(table: &[String], specials: usize, word: &str) -> u32 {
         // Linear scan over a few dozen words is cheaper than keeping a map in sync with the serialized form.
         table
@@ -98,10 +132,18 @@ impl Vocab {
             .collect()
     }
 
-    /// The answer text of generated ids (special tokens other than `<unk>` are skipped). `unsure` is a
-    /// whole answer: ids that contain the [`UNSURE`] token (an answer word, or the `<unk>` slot an rl
-    /// artifact names so) decode to just `unsure`, whatever greedy decoding emitted around it.
+    /// The answer text of generated ids (special tokens other than `<unk>` are skipped). Intermediate tokens
+    /// up to the last [`SEP`] are not part of the answer. `unsure` is a whole answer: ids that contain the
+    /// [`UNSURE`] token (an answer word, or the `<unk>` slot an rl artifact names so) decode to just `unsure`,
+    /// whatever greedy decoding emitted around it.
     pub fn decode_answer(&self, ids: &[u32]) -> String {
+        let ids = match self.separator() {
+            Some(sep) => ids
+                .iter()
+                .rposition(|&i| i == sep)
+                .map_or(ids, |p| &ids[p + 1..]),
+            None => ids,
+        };
         if ids
             .iter()
             .any(|&i| self.answer.get(i as usize).is_some_and(|w| w == UNSURE))
@@ -109,7 +151,9 @@ impl Vocab {
             return UNSURE.to_owned();
         }
         ids.iter()
-            .filter(|&&i| i == UNK || i as usize >= ANSWER_SPECIALS.len())
+            .filter(|&&i| {
+                (i == UNK || i as usize >= ANSWER_SPECIALS.len()) && Some(i) != self.separator()
+            })
             .map(|&i| self.answer.get(i as usize).map_or("<unk>", String::as_str))
             .collect::<Vec<_>>()
             .join(" ")
@@ -179,6 +223,36 @@ mod tests {
         assert_eq!(v.decode_answer(&ids), "1 2");
         assert_eq!(v.encode_answer("maybe", 4), [UNK]);
         assert_eq!(normalize_answer("  Yes "), "yes");
+    }
+
+    #[test]
+    fn targets_carry_a_rationale_before_the_separator_and_decoding_drops_it() {
+        let v = Vocab::fit([("sum?", "8"), ("", "3 5")]);
+        // Without a separator, a rationale is ignored: the target is the answer.
+        assert_eq!(
+            v.encode_target(Some("3 5"), "8", 4),
+            v.encode_answer("8", 4)
+        );
+        let v = v.with_separator();
+        let sep = v.separator().unwrap();
+        assert_eq!(v.answer[sep as usize], SEP);
+        assert_eq!(v.clone().with_separator(), v, "adding it twice is a no-op");
+        let target = v.encode_target(Some("3 5"), "8", 4);
+        assert_eq!(target.len(), 4);
+        // A rationale that does not fit leaves the answer alone, never a truncated answer.
+        assert_eq!(
+            v.encode_target(Some("3 5"), "8", 3),
+            v.encode_answer("8", 3)
+        );
+        assert_eq!(target[2], sep);
+        assert_eq!(v.decode_answer(&target), "8");
+        // Only what follows the last separator is the answer; without one, everything is.
+        let (three, eight) = (v.encode_answer("3", 1)[0], v.encode_answer("8", 1)[0]);
+        assert_eq!(v.decode_answer(&[three, sep, three, sep, eight]), "8");
+        assert_eq!(v.decode_answer(&[three, eight]), "3 8");
+        assert_eq!(v.decode_answer(&[three, sep]), "");
+        // The separator is no word a user can write.
+        assert_eq!(words("<sep>"), ["sep"]);
     }
 
     #[test]
