@@ -38,10 +38,22 @@ use rows::{Checked, Checker, MediaSource};
 pub const MANIFEST_CSV: &str = source::MANIFEST_CSV;
 
 /// The roles a column can play; every other scalar column is a tabular feature. In `manifest.csv` they are the
-/// column names; `columns` in the params maps them to other names.
-pub const RESERVED_COLUMNS: [&str; 8] = [
-    "id", "image", "audio", "question", "answer", "split", "task", "qtype",
+/// column names; `columns` in the params maps them to other names. `modalities` is the optional annotation of
+/// what each answer needs ([`sample::MODALITIES`]), written after the features and never a feature itself.
+pub const RESERVED_COLUMNS: [&str; 9] = [
+    "id",
+    "image",
+    "audio",
+    "question",
+    "answer",
+    "split",
+    "task",
+    "qtype",
+    "modalities",
 ];
+
+/// The words a `modalities` cell may hold, separated by spaces, `|` or commas.
+pub const MODALITY_WORDS: [&str; 3] = ["image", "audio", "tabular"];
 
 /// Roles every dataset needs; `id` only in `manifest.csv` (other formats derive `<file>:<line>`).
 const REQUIRED_COLUMNS: [&str; 3] = ["id", "question", "answer"];
@@ -211,6 +223,8 @@ pub struct Sample {
     pub audio: Option<Vec<u8>>,
     /// One value per feature of [`Ingested::features`].
     pub features: Vec<FeatureValue>,
+    /// What the answer needs, as the data declares it (`modalities` column), if it does.
+    pub modalities: Option<String>,
 }
 
 /// A tabular feature value.
@@ -252,6 +266,8 @@ pub struct Ingested {
     pub columns: ColumnReport,
     /// Derived question types; `None` when the data has a `qtype` column.
     pub derived_qtypes: Option<DerivedQtypes>,
+    /// Whether the data has a `modalities` column (then `samples` has one too, after the features).
+    pub declares_modalities: bool,
     /// The path errors about the whole dataset name: its one source file, or its root.
     pub path: std::path::PathBuf,
 }
@@ -328,6 +344,7 @@ pub fn read(config: &IngestConfig, dataset: &Path) -> Result<Ingested> {
         bytes,
         columns: plan.report.clone(),
         derived_qtypes,
+        declares_modalities: plan.role("modalities").is_some(),
         path: match table.layout.files.as_slice() {
             [one] => one.path.clone(),
             _ => table.layout.root.clone(),
@@ -533,7 +550,7 @@ fn write(
         stage: None,
         lineage_fit_splits: Vec::new(),
     });
-    let schema = sample::sample_schema(&ingested.features);
+    let schema = samples_schema(ingested);
     {
         let mut table = writer.table("samples", Role::Data, schema.clone())?;
         let accepted: Vec<_> = ingested
@@ -561,6 +578,22 @@ fn write(
     writer.write_json("report.json", Role::Report, summary)?;
     writer.commit()?;
     Ok(())
+}
+
+/// The sample schema with this dataset's features, and its `modalities` annotation when it declares one.
+fn samples_schema(ingested: &Ingested) -> arrow::datatypes::SchemaRef {
+    let schema = sample::sample_schema(&ingested.features);
+    if !ingested.declares_modalities {
+        return schema;
+    }
+    let mut fields: Vec<arrow::datatypes::Field> =
+        schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(arrow::datatypes::Field::new(
+        sample::MODALITIES,
+        arrow::datatypes::DataType::Utf8,
+        true,
+    ));
+    Arc::new(arrow::datatypes::Schema::new(fields))
 }
 
 fn samples_batch(
@@ -614,6 +647,9 @@ fn samples_batch(
                 FeatureValue::Num(_) => None,
             }),
         });
+    }
+    if schema.column_with_name(sample::MODALITIES).is_some() {
+        columns.push(strings(&|s| s.modalities.as_deref()));
     }
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }

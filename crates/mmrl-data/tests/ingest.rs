@@ -368,3 +368,66 @@ fn ingest_is_deterministic() {
     assert_eq!(a.manifest().content_hash, b.manifest().content_hash);
     assert_eq!(a.manifest().inputs, b.manifest().inputs);
 }
+
+#[test]
+fn modalities_column_is_an_annotation_not_a_feature() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("manifest.csv"),
+        "id,question,answer,modalities,battery\n\
+         a,q,x,image,1\n\
+         b,q,y,image audio|tabular,2\n\
+         c,q,z,,3\n\
+         d,q,w,image smell,4\n",
+    )
+    .unwrap();
+    let summary = ingest::run(&config(), &data, &tmp.path().join("out")).unwrap();
+    assert_eq!(
+        summary.rejects_by_reason,
+        BTreeMap::from([("invalid_modalities".to_owned(), 1)])
+    );
+    assert_eq!(
+        summary.features,
+        [("battery".to_owned(), FeatureKind::Numeric)]
+    );
+    let art = Artifact::open(tmp.path().join("out")).unwrap();
+    let (schema, batches) = art.read_table("samples").unwrap();
+    let last = schema.fields().last().unwrap();
+    assert_eq!(
+        (last.name().as_str(), last.metadata().is_empty()),
+        ("modalities", true),
+        "modalities comes after the features and is not one"
+    );
+    let column = batches[0].column(schema.fields().len() - 1);
+    let got: Vec<Option<&str>> = column
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(got, [Some("image"), Some("image audio|tabular"), None]);
+    let (_, rejects) = art.read_table("rejects").unwrap();
+    let detail = rejects[0]
+        .column(4)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert!(
+        detail.value(0).contains("\"smell\" is not a modality"),
+        "{}",
+        detail.value(0)
+    );
+
+    // Without the column, the samples table has none.
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::write(plain.join("manifest.csv"), "id,question,answer\na,q,x\n").unwrap();
+    ingest::run(&config(), &plain, &tmp.path().join("out2")).unwrap();
+    let schema = Artifact::open(tmp.path().join("out2"))
+        .unwrap()
+        .table_schema("samples")
+        .unwrap();
+    assert!(schema.column_with_name("modalities").is_none());
+}

@@ -108,7 +108,7 @@ pub(super) fn plan(config: &IngestConfig, table: &Table) -> Result<Plan> {
         return Err(Error::Dataset {
             path: where_.clone(),
             message: format!(
-                "missing required column {required:?}; expected at least {:?} and optionally image, audio, split, task, qtype; the data has: {}; to read another column as {required}, set columns = {{ {required} = \"...\" }} in the ingest params",
+                "missing required column {required:?}; expected at least {:?} and optionally image, audio, split, task, qtype, modalities; the data has: {}; to read another column as {required}, set columns = {{ {required} = \"...\" }} in the ingest params",
                 required_for(table.layout.format),
                 table.column_names().join(", ")
             ),

@@ -8,7 +8,7 @@ use mmrl_artifact::sample::{FeatureKind, Split};
 
 use super::columns::Plan;
 use super::media::{Sniffed, kind_by_extension, kind_by_signature, resolve_media, supported};
-use super::{FeatureValue, Reject, Sample, reject};
+use super::{FeatureValue, MODALITY_WORDS, Reject, Sample, reject};
 use crate::source::{Format, MediaKind, Row, Table, Value};
 use crate::{Error, Result};
 
@@ -136,6 +136,7 @@ impl<'a> Checker<'a> {
         let split = self.split(row, loc)?;
         let task = self.role_text(row, "task", loc)?;
         let qtype = self.role_text(row, "qtype", loc)?;
+        let modalities = self.modalities(row, loc)?;
         let features = self.features(row, loc)?;
         let (image, audio) = self.media(row, loc)?;
         Ok(Pending {
@@ -149,6 +150,7 @@ impl<'a> Checker<'a> {
                 image: None,
                 audio: None,
                 features,
+                modalities,
             },
             image,
             audio,
@@ -221,6 +223,26 @@ impl<'a> Checker<'a> {
             )),
             (c, f) => Ok(c.or(f).map(|s| s.as_str().to_owned())),
         }
+    }
+
+    /// The `modalities` annotation: words among [`MODALITY_WORDS`], as sft reads them.
+    fn modalities(&self, row: &Row, loc: &str) -> std::result::Result<Option<String>, Reject> {
+        let Some(cell) = self.role_text(row, "modalities", loc)? else {
+            return Ok(None);
+        };
+        let unknown = cell
+            .split([' ', '|', ','])
+            .find(|w| !w.is_empty() && !MODALITY_WORDS.contains(w));
+        if let Some(word) = unknown {
+            return Err(reject(
+                "invalid_modalities",
+                format!(
+                    "{loc}: modalities {cell:?}: {word:?} is not a modality; expected words among {}",
+                    MODALITY_WORDS.join(", ")
+                ),
+            ));
+        }
+        Ok(Some(cell))
     }
 
     fn features(&self, row: &Row, loc: &str) -> std::result::Result<Vec<FeatureValue>, Reject> {
