@@ -161,7 +161,11 @@ impl Drop for OutputLock {
 /// The lock path of `dest` with its folder resolved, so that two spellings of one output share a lock.
 fn lock_key(dest: &Path) -> Result<PathBuf> {
     let lock = lock_path(dest);
-    let parent = lock.parent().unwrap_or(Path::new("."));
+    // A bare relative name (`--output out`) has the empty path as its parent: that is the current folder.
+    let parent = match lock.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
     let parent = parent.canonicalize().map_err(io("resolving", parent))?;
     Ok(match lock.file_name() {
