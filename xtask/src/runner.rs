@@ -1,5 +1,8 @@
 //! Running a pipeline: build the stage binaries, validate every stage's params, then run the stages in DAG
 //! order, skipping those whose inputs, params and code are unchanged (DVC-style, by content hash).
+//!
+//! One run at a time holds an artifacts folder (a lock file with its pid), and a skip is trusted only after the
+//! artifact's files are checked against the lock: size and mtime first, blake3 where those differ (as xvc does).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -87,6 +90,16 @@ struct Lock {
 struct LockEntry {
     key: String,
     content_hash: String,
+    /// Size and mtime of every file of the artifact when it was written or last verified, by relative path.
+    #[serde(default)]
+    files: BTreeMap<String, FileMeta>,
+}
+
+/// The cheap identity of a file: when it still matches, the file is trusted without being read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FileMeta {
+    bytes: u64,
+    mtime_ns: u64,
 }
 
 const LOCK_FILE: &str = "pipeline.lock.json";
@@ -111,6 +124,8 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         .unwrap_or_else(|| opts.workspace.join("artifacts").join(&name));
     let order = pipeline.order()?;
     let selected = select(&pipeline, opts)?;
+    check_inputs_apart(&pipeline, &overrides, &root)?;
+    let _lock = lock_artifacts(&root)?;
 
     let bin_dir = build(opts, &pipeline)?;
     let runner_dir = root.join(".runner");
@@ -229,6 +244,10 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         .to_hex()
         .to_string();
         let current = read_manifest(&output);
+        let disk = match (lock.stages.get(stage), &current) {
+            (Some(entry), Some(m)) if !opts.force => on_disk(entry, &output, m)?,
+            _ => Disk::Unchanged,
+        };
         // In a real run the key already holds the upstream content hashes; a dry run cannot know them yet for
         // upstream stages that would run, so it says so.
         let upstream_runs = pipeline
@@ -245,6 +264,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             (Some(entry), Some(m)) if entry.content_hash != m.content_hash => {
                 Some("artifact changed on disk".to_owned())
             }
+            _ if matches!(disk, Disk::Changed(_)) => Some(disk.describe()),
             (Some(entry), _) if entry.key != key => {
                 Some("params, inputs or code changed".to_owned())
             }
@@ -253,6 +273,13 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         match reason {
             None => {
                 let m = current.ok_or_else(|| anyhow!("stage {stage}: artifact vanished"))?;
+                if let (Disk::Touched(files), Some(entry), false) =
+                    (disk, lock.stages.get_mut(stage), opts.dry_run)
+                {
+                    // Same bytes under new metadata: remember it, so the next run need not hash again.
+                    entry.files = files;
+                    write_lock(&root, &lock)?;
+                }
                 content.insert(stage.clone(), m.content_hash.clone());
                 report.status = Status::Skipped;
                 report.rows_in = m.rows_in();
@@ -309,6 +336,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                             LockEntry {
                                 key,
                                 content_hash: m.content_hash.clone(),
+                                files: file_metas(&output)?,
                             },
                         );
                         write_lock(&root, &lock)?;
@@ -529,6 +557,7 @@ struct InputView {
 struct OutputView {
     file: String,
     role: String,
+    blake3: String,
     bytes: u64,
     rows: Option<u64>,
     #[serde(default)]
@@ -591,6 +620,247 @@ fn hash_file(path: &Path) -> Result<String> {
         .update_reader(file)
         .with_context(|| format!("reading {}", path.display()))?;
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// The lock of an artifacts folder, held by one pipeline run from its start to its end (released on drop).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// The lock file of an artifacts folder, beside the runner's params files.
+const RUN_LOCK: &str = ".runner/run.lock";
+
+/// Takes the lock of the artifacts folder `root` for one run, or stops at once with a message naming the pid
+/// of the run that holds it: two runs on one folder would interleave their writes (params files, stage outputs,
+/// the lock file). A second run stops rather than waits, so that nobody waits on a run they cannot see.
+pub fn lock_artifacts(root: &Path) -> Result<RunLock> {
+    use std::io::{Read, Write};
+    let path = root.join(RUN_LOCK);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            // The holder may not have written its pid yet.
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "pid unknown".to_owned(),
+                pid => format!("pid {pid}"),
+            };
+            bail!(
+                "another pipeline run ({holder}) is using {} (lock {}); wait for it to finish or stop it",
+                root.display(),
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(RunLock { _file: file })
+}
+
+/// Refuses a folder given as an input (`--dataset DIR`, the pipeline's `dataset`, a path) that is, holds or sits
+/// inside the output of a stage of this run: that stage would replace the user's data. Checked before anything
+/// is built or written.
+fn check_inputs_apart(
+    pipeline: &Pipeline,
+    overrides: &BTreeMap<String, Source>,
+    root: &Path,
+) -> Result<()> {
+    let mut folders = BTreeSet::new();
+    for spec in pipeline.stages.values() {
+        for reference in spec.inputs.values() {
+            let source = overrides
+                .get(reference)
+                .cloned()
+                .unwrap_or_else(|| pipeline.source(reference));
+            if let Source::External(path) = source {
+                folders.insert(path);
+            }
+        }
+    }
+    for folder in &folders {
+        let data = resolve(folder);
+        for stage in pipeline.stages.keys() {
+            let output = root.join(stage);
+            let out = resolve(&output);
+            let relation = if data == out {
+                "is"
+            } else if out.starts_with(&data) {
+                "contains"
+            } else if data.starts_with(&out) {
+                "is inside"
+            } else {
+                continue;
+            };
+            bail!(
+                "input folder {} {relation} {}, the output of stage {stage} under --artifacts {}; a stage \
+                 replaces its output, so keep the dataset (--dataset) outside the artifacts folder",
+                folder.display(),
+                output.display(),
+                root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute, with the longest part that exists resolved through symbolic links (the artifacts folder
+/// may not exist yet), so that two spellings of one folder compare equal.
+fn resolve(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |acc, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// An artifact on disk against what its lock entry recorded.
+#[derive(Debug)]
+enum Disk {
+    /// Every file has the recorded size and mtime.
+    Unchanged,
+    /// Some metadata differs, but every output still hashes to its manifest's blake3: these are its files now.
+    Touched(BTreeMap<String, FileMeta>),
+    /// This output's bytes differ from the manifest.
+    Changed(String),
+}
+
+impl Disk {
+    fn describe(&self) -> String {
+        match self {
+            Disk::Changed(file) => {
+                format!("artifact changed on disk: {file} differs from its manifest")
+            }
+            _ => "artifact unchanged".to_owned(),
+        }
+    }
+}
+
+/// Checks an artifact against its lock entry before a skip is trusted: size and mtime of every file (cheap);
+/// where they differ, the outputs they belong to are re-hashed against the manifest's blake3.
+fn on_disk(entry: &LockEntry, dir: &Path, m: &ManifestView) -> Result<Disk> {
+    let now = file_metas(dir)?;
+    if now == entry.files {
+        return Ok(Disk::Unchanged);
+    }
+    let differs = |rel: &String| now.get(rel) != entry.files.get(rel);
+    let changed: BTreeSet<&String> = now
+        .keys()
+        .chain(entry.files.keys())
+        .filter(|r| differs(r))
+        .collect();
+    let touches = |file: &str, is_dir: bool| {
+        changed
+            .iter()
+            .any(|r| r.as_str() == file || (is_dir && r.starts_with(&format!("{file}/"))))
+    };
+    for o in m.outputs.iter().filter(|o| touches(&o.file, o.dir)) {
+        let path = dir.join(&o.file);
+        let hash = if o.dir {
+            hash_dir(&path)?
+        } else {
+            hash_file(&path)?
+        };
+        if hash != o.blake3 {
+            return Ok(Disk::Changed(o.file.clone()));
+        }
+    }
+    let listed = combine(
+        m.outputs
+            .iter()
+            .map(|o| (o.file.clone(), o.blake3.clone()))
+            .collect(),
+    );
+    if touches("manifest.json", false) && listed != m.content_hash {
+        return Ok(Disk::Changed("manifest.json".to_owned()));
+    }
+    Ok(Disk::Touched(now))
+}
+
+/// Size and mtime of every regular file under `dir`, by relative path with `/` (links are not followed, as
+/// mmrl-artifact's folder hashing does not follow them).
+fn file_metas(dir: &Path) -> Result<BTreeMap<String, FileMeta>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", d.display()))?;
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("reading metadata of {}", path.display()))?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let rel = path.strip_prefix(dir).unwrap_or(&path);
+                let rel = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                let mtime_ns = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                out.insert(
+                    rel,
+                    FileMeta {
+                        bytes: meta.len(),
+                        mtime_ns,
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The blake3 of a folder output exactly as mmrl-artifact's `hash::hash_dir` records it: every regular file
+/// hashed, named by relative path, combined independent of order.
+fn hash_dir(dir: &Path) -> Result<String> {
+    let mut items = Vec::new();
+    for rel in file_metas(dir)?.into_keys() {
+        let hash = hash_file(&dir.join(&rel))?;
+        items.push((rel, hash));
+    }
+    Ok(combine(items))
+}
+
+/// mmrl-artifact's `hash::combine`: sorted, each name length-prefixed, then its hash.
+fn combine(mut items: Vec<(String, String)>) -> String {
+    items.sort_unstable();
+    let mut hasher = blake3::Hasher::new();
+    for (name, hash) in items {
+        hasher.update(&(name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update(hash.as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
 }
 
 /// A cheap identity of an external folder: every file's relative path, size and modification time (as DVC and
@@ -737,6 +1007,136 @@ pub fn table(outcome: &Outcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An artifact folder with a file output and a folder output, its manifest view and a lock entry taken now.
+    fn artifact(dir: &Path) -> (ManifestView, LockEntry) {
+        std::fs::create_dir_all(dir.join("data/images")).unwrap();
+        std::fs::write(dir.join("table.bin"), vec![7u8; 1000]).unwrap();
+        std::fs::write(dir.join("data/images/1.png"), [1u8, 2, 3]).unwrap();
+        let outputs = vec![
+            (
+                "table.bin".to_owned(),
+                hash_file(&dir.join("table.bin")).unwrap(),
+            ),
+            ("data".to_owned(), hash_dir(&dir.join("data")).unwrap()),
+        ];
+        let content_hash = combine(outputs.clone());
+        let manifest = serde_json::json!({
+            "content_hash": content_hash,
+            "inputs": [],
+            "outputs": outputs.iter().map(|(file, blake3)| serde_json::json!({
+                "file": file, "role": "data", "blake3": blake3, "bytes": 0, "rows": null, "dir": file == "data",
+            })).collect::<Vec<_>>(),
+        });
+        std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+        let view: ManifestView = serde_json::from_value(manifest).unwrap();
+        let entry = LockEntry {
+            key: "k".into(),
+            content_hash,
+            files: file_metas(dir).unwrap(),
+        };
+        (view, entry)
+    }
+
+    fn touch(path: &Path) {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        let later = file.metadata().unwrap().modified().unwrap() + Duration::from_secs(30);
+        file.set_modified(later).unwrap();
+    }
+
+    fn flip(path: &Path) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[1] ^= 1;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_skip_is_trusted_on_metadata_and_rehashed_where_it_differs() {
+        // (what is done to the artifact, the expected verdict)
+        let check = |damage: &dyn Fn(&Path), expected: &str| {
+            let tmp = tempfile::tempdir().unwrap();
+            let (view, entry) = artifact(tmp.path());
+            damage(tmp.path());
+            let verdict = match on_disk(&entry, tmp.path(), &view).unwrap() {
+                Disk::Unchanged => "unchanged".to_owned(),
+                Disk::Touched(files) => {
+                    assert_eq!(files, file_metas(tmp.path()).unwrap());
+                    "touched".to_owned()
+                }
+                Disk::Changed(file) => format!("changed {file}"),
+            };
+            assert_eq!(verdict, expected);
+        };
+        check(&|_| {}, "unchanged");
+        check(&|d| touch(&d.join("table.bin")), "touched");
+        check(&|d| touch(&d.join("data/images/1.png")), "touched");
+        check(
+            &|d| std::fs::write(d.join("notes.txt"), "x").unwrap(),
+            "touched",
+        );
+        check(&|d| flip(&d.join("table.bin")), "changed table.bin");
+        check(&|d| flip(&d.join("data/images/1.png")), "changed data");
+        check(
+            &|d| std::fs::write(d.join("data/images/2.png"), "new").unwrap(),
+            "changed data",
+        );
+    }
+
+    #[test]
+    fn an_input_folder_overlapping_a_stage_output_is_refused_before_any_work() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("p.toml");
+        std::fs::write(
+            &config,
+            "[pipeline]\nname = \"t\"\n[stages.generate]\nrun = \"mmrl-data generate\"\n\
+             [stages.ingest]\nrun = \"mmrl-data ingest\"\ninputs = { dataset = \"generate/dataset\" }\n",
+        )
+        .unwrap();
+        // As `--dataset` leaves it: the generating stage dropped, its readers pointed at the folder.
+        let mut pipeline = Pipeline::load(&config).unwrap();
+        pipeline.stages.remove("generate");
+        let root = tmp.path().join("art");
+        let check = |dataset: &str, expected: Option<&str>| {
+            let folder = tmp.path().join(dataset);
+            let overrides = BTreeMap::from([(
+                "generate/dataset".to_owned(),
+                Source::External(folder.clone()),
+            )]);
+            match (check_inputs_apart(&pipeline, &overrides, &root), expected) {
+                (Ok(()), None) => {}
+                (Err(e), Some(relation)) => {
+                    let e = e.to_string();
+                    let expected = format!(
+                        "{} {relation} {}",
+                        folder.display(),
+                        root.join("ingest").display()
+                    );
+                    assert!(e.contains(&expected), "{e}");
+                }
+                (got, _) => panic!("{dataset}: {got:?}"),
+            }
+        };
+        check("art/ingest", Some("is"));
+        check("art/ingest/data", Some("is inside"));
+        check("art/./ingest", Some("is"));
+        check(".", Some("contains"));
+        check("art/mydata", None);
+        check("elsewhere", None);
+    }
+
+    #[test]
+    fn a_second_run_on_one_artifacts_folder_is_refused_naming_the_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = lock_artifacts(tmp.path()).unwrap();
+        let err = lock_artifacts(tmp.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id()))
+                && err.contains(&tmp.path().display().to_string()),
+            "{err}"
+        );
+        drop(first);
+        lock_artifacts(tmp.path()).unwrap();
+    }
 
     #[test]
     fn summaries_follow_pipeline_order_and_skip_failed_stages() {
