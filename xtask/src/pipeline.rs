@@ -15,6 +15,10 @@
 //!
 //! A file may start from another with `extends = "other.toml"` at top level: tables are merged key by key, and
 //! this file's values win.
+//!
+//! A pipeline that reads a user's dataset folder names it `$dataset` in its inputs
+//! (`inputs = { dataset = "$dataset" }`); the folder is `[pipeline] dataset = "DIR"` (relative to the pipeline file
+//! given on the command line) or `--dataset DIR`, which wins.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -43,7 +47,13 @@ pub struct Settings {
     pub seed: u64,
     /// The stage whose output `--dataset DIR` replaces.
     pub dataset_stage: Option<String>,
+    /// The dataset folder (or Parquet file) that inputs named [`DATASET_REF`] read, relative to the pipeline file
+    /// given on the command line; `--dataset DIR` overrides it.
+    pub dataset: Option<String>,
 }
+
+/// The input reference that reads the pipeline's dataset folder.
+pub const DATASET_REF: &str = "$dataset";
 
 /// One `[stages.NAME]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -77,6 +87,8 @@ pub enum Source {
     },
     /// A path outside the pipeline (a user's dataset folder).
     External(PathBuf),
+    /// The pipeline's dataset folder (`$dataset`), resolved by the runner.
+    Dataset,
 }
 
 impl StageSpec {
@@ -204,6 +216,9 @@ impl Pipeline {
 
     /// Interprets an input reference.
     pub fn source(&self, reference: &str) -> Source {
+        if reference == DATASET_REF {
+            return Source::Dataset;
+        }
         let (stage, output) = match reference.split_once('/') {
             Some((s, o)) => (s, Some(o.to_owned())),
             None => (reference, None),
@@ -230,6 +245,13 @@ impl Pipeline {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether any stage reads the pipeline's dataset folder (`$dataset`).
+    pub fn reads_dataset(&self) -> bool {
+        self.stages
+            .values()
+            .any(|s| s.inputs.values().any(|r| r == DATASET_REF))
     }
 
     /// Stages in dependency order (ties by name); an error names the stages on a cycle.
@@ -398,6 +420,22 @@ mod tests {
                 output: Some("out".into())
             }
         );
+    }
+
+    #[test]
+    fn dollar_dataset_names_the_pipeline_dataset_folder() {
+        let p = Pipeline::parse(GOOD).unwrap();
+        assert!(!p.reads_dataset());
+        let text = GOOD.replace(
+            "[stages.a]\n        run = \"bin-a gen\"",
+            "[stages.a]\n        run = \"bin-a gen\"\n        inputs = { dataset = \"$dataset\" }",
+        );
+        let p = Pipeline::parse(&text.replace("name = \"t\"", "name = \"t\"\ndataset = \"../d\"")).unwrap();
+        assert!(p.reads_dataset());
+        assert_eq!(p.source("$dataset"), Source::Dataset);
+        assert_eq!(p.pipeline.dataset.as_deref(), Some("../d"));
+        // `$dataset` is no stage: it adds no edge to the DAG.
+        assert_eq!(p.order().unwrap(), ["a", "b", "c"]);
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub const ANSWER: &str = "answer";
 pub const IMAGE: &str = "image";
 /// The encoded audio (WAV bytes); null when the sample has no audio.
 pub const AUDIO: &str = "audio";
-/// The line of the source `manifest.csv` the sample came from (the header is line 1).
+/// Where in its source file the sample came from: the line of a `manifest.csv`, `metadata.csv` or
+/// `metadata.jsonl` (a CSV header is line 1), or the row index + 1 of a Parquet file.
 pub const SOURCE_LINE: &str = "source_line";
 
 /// Optional annotation (Utf8, not a feature): the modalities the answer depends on, e.g. `image` or

@@ -4,7 +4,7 @@
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use mmrl_artifact::cli::{StageArgs, config, init_logging};
-use mmrl_data::{generate, ingest, select};
+use mmrl_data::{generate, ingest, profile, select};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,27 @@ enum Stage {
     Ingest(StageArgs),
     /// Filter, deduplicate and split the ingest artifact (--input samples=DIR).
     Select(StageArgs),
+    /// Profile a dataset folder and write a commented pipeline file for it (`cargo xtask init DIR`).
+    Init(InitArgs),
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// The dataset folder (or Parquet file).
+    #[arg(long)]
+    dataset: std::path::PathBuf,
+    /// The pipeline file to write.
+    #[arg(long)]
+    output: std::path::PathBuf,
+    /// The pipeline's name.
+    #[arg(long)]
+    name: String,
+    /// The shared recipe the file extends.
+    #[arg(long, default_value = "pipelines/recipe.toml")]
+    recipe: std::path::PathBuf,
+    /// Overwrite an existing pipeline file.
+    #[arg(long)]
+    force: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +89,22 @@ fn main() -> anyhow::Result<()> {
             for f in &report.filters {
                 tracing::info!(filter = %f.filter, removed = f.removed, "filter");
             }
+        }
+        Stage::Init(args) => {
+            let profile = profile::init(
+                &args.dataset,
+                &args.output,
+                &args.name,
+                &args.recipe,
+                args.force,
+            )
+            .with_context(|| format!("init {}", args.dataset.display()))?;
+            print!("{}", profile::render(&profile));
+            println!(
+                "\nwrote {}\nrun it with: cargo xtask pipeline --config {}",
+                args.output.display(),
+                args.output.display()
+            );
         }
     }
     Ok(())
