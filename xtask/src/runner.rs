@@ -112,7 +112,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         Some(dir) => format!(
             "{}-{}",
             pipeline.pipeline.name,
-            dir.file_name()
+            dir.file_stem()
                 .and_then(|n| n.to_str())
                 .unwrap_or("dataset")
         ),
@@ -202,6 +202,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                     let id = fingerprint(&path)?;
                     (path, id)
                 }
+                Source::Dataset => bail!("stage {stage}: `$dataset` was not resolved to a folder"),
                 Source::Stage {
                     stage: up,
                     output: sub,
@@ -424,38 +425,98 @@ impl Progress {
     }
 }
 
-/// With `--dataset DIR`, drops the dataset stage and points its readers at DIR.
+/// Resolves the dataset folder: inputs named `$dataset` read `--dataset DIR` or the pipeline's `dataset`
+/// setting; with `--dataset DIR`, a pipeline's `dataset_stage` (the generated data's stage) is dropped and its
+/// readers point at DIR instead.
 fn dataset_override(pipeline: &mut Pipeline, opts: &Options) -> Result<BTreeMap<String, Source>> {
-    let Some(dir) = &opts.dataset else {
-        return Ok(BTreeMap::new());
+    let declared = pipeline
+        .pipeline
+        .dataset
+        .as_ref()
+        .map(|d| opts.config.parent().unwrap_or(Path::new(".")).join(d));
+    let reads_dataset = pipeline.reads_dataset();
+    let (dir, origin) = match (&opts.dataset, declared) {
+        (Some(dir), _) => (dir.clone(), "--dataset".to_owned()),
+        (None, Some(dir)) if reads_dataset => (
+            dir,
+            format!("[pipeline] dataset in {}", opts.config.display()),
+        ),
+        (None, _) if reads_dataset => bail!(
+            "{}: its stages read `$dataset`, but no dataset folder is given; pass --dataset DIR or set `dataset` in [pipeline]",
+            opts.config.display()
+        ),
+        (None, _) => return Ok(BTreeMap::new()),
     };
-    let Some(ds) = pipeline.pipeline.dataset_stage.clone() else {
+    let dataset_stage = pipeline.pipeline.dataset_stage.clone();
+    if dataset_stage.is_none() && !reads_dataset {
         bail!(
-            "{}: --dataset needs `dataset_stage` in [pipeline] to know which stage it replaces",
+            "{}: --dataset needs a stage that reads `$dataset` (or `dataset_stage` in [pipeline]) to know where the folder goes",
             opts.config.display()
         );
-    };
-    if !dir.join("manifest.csv").is_file() {
-        bail!(
-            "--dataset {}: no manifest.csv there; see README 'Your own dataset'",
-            dir.display()
-        );
     }
+    check_dataset_layout(&dir, &origin)?;
     let dir = dir
         .canonicalize()
-        .with_context(|| format!("--dataset {}", dir.display()))?;
+        .with_context(|| format!("{origin} {}", dir.display()))?;
     let mut overrides = BTreeMap::new();
     for spec in pipeline.stages.values() {
         for reference in spec.inputs.values() {
-            if let Source::Stage { stage, .. } = pipeline.source(reference) {
-                if stage == ds {
+            match pipeline.source(reference) {
+                Source::Dataset => {
                     overrides.insert(reference.clone(), Source::External(dir.clone()));
                 }
+                Source::Stage { stage, .. } if Some(&stage) == dataset_stage.as_ref() => {
+                    overrides.insert(reference.clone(), Source::External(dir.clone()));
+                }
+                _ => {}
             }
         }
     }
-    pipeline.stages.remove(&ds);
+    if let Some(ds) = dataset_stage {
+        pipeline.stages.remove(&ds);
+    }
     Ok(overrides)
+}
+
+/// Refuses a dataset path that holds none of the layouts ingest reads (README "Your own dataset"; the same rule
+/// as `mmrl_data::source::detect`, which xtask does not link): a `.parquet` file, or a folder with `manifest.csv`
+/// at its root, or `metadata.csv`, `metadata.jsonl` or `*.parquet` files at most two folders down.
+fn check_dataset_layout(dir: &Path, origin: &str) -> Result<()> {
+    let is_parquet = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+    };
+    if dir.is_file() && is_parquet(dir) {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        bail!("{origin} {}: no such folder", dir.display());
+    }
+    if dir.join("manifest.csv").is_file() {
+        return Ok(());
+    }
+    let mut todo = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = todo.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("{origin} {}", d.display()))? {
+            let path = entry.with_context(|| format!("{origin} {}", d.display()))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                if depth < 2 {
+                    todo.push((path, depth + 1));
+                }
+            } else if name == "metadata.csv" || name == "metadata.jsonl" || is_parquet(&path) {
+                return Ok(());
+            }
+        }
+    }
+    bail!(
+        "{origin} {}: no manifest.csv, and no metadata.csv, metadata.jsonl or Parquet file within two folders; see README 'Your own dataset'",
+        dir.display()
+    )
 }
 
 fn select(pipeline: &Pipeline, opts: &Options) -> Result<BTreeSet<String>> {
@@ -867,25 +928,21 @@ fn combine(mut items: Vec<(String, String)>) -> String {
 /// xvc check metadata before content). The stage itself records the real content hash in its manifest.
 fn fingerprint(dir: &Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
-    let mut stack = vec![dir.to_path_buf()];
     let mut entries = Vec::new();
+    // A dataset may be one Parquet file rather than a folder.
+    let mut stack = if dir.is_file() {
+        entries.push(file_entry(dir)?);
+        Vec::new()
+    } else {
+        vec![dir.to_path_buf()]
+    };
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
             let entry = entry.with_context(|| format!("listing {}", d.display()))?;
-            let meta = std::fs::metadata(entry.path())
-                .with_context(|| format!("reading {}", entry.path().display()))?;
-            if meta.is_dir() {
+            if entry.path().is_dir() {
                 stack.push(entry.path());
             } else {
-                let mtime = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-                entries.push((
-                    entry.path(),
-                    meta.len(),
-                    mtime.map(|d| d.as_nanos()).unwrap_or(0),
-                ));
+                entries.push(file_entry(&entry.path())?);
             }
         }
     }
@@ -901,6 +958,20 @@ fn fingerprint(dir: &Path) -> Result<String> {
         hasher.update(&mtime.to_le_bytes());
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// A file's path, size and modification time (nanoseconds since the epoch; 0 when unknown).
+fn file_entry(path: &Path) -> Result<(PathBuf, u64, u128)> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    Ok((
+        path.to_path_buf(),
+        meta.len(),
+        mtime.map_or(0, |d| d.as_nanos()),
+    ))
 }
 
 /// File a stage may leave in its artifact: a few lines (a headline table, a report's path) the runner prints
