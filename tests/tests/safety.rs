@@ -316,7 +316,13 @@ fn relative_paths_are_checked_like_absolute_ones() {
     Artifact::open(tmp.path().join("again")).unwrap();
     let before = snapshot(&fx.ingest);
     let out = select("./ingest", "ingest");
-    check_refused(&out, Path::new("ingest"), "--input samples", &fx.ingest, &before);
+    check_refused(
+        &out,
+        Path::new("ingest"),
+        "--input samples",
+        &fx.ingest,
+        &before,
+    );
 }
 
 #[test]
@@ -408,6 +414,15 @@ fn every_stage_binary_checks_its_output_before_any_work() {
     std::fs::write(folder.join("keep.txt"), "mine").unwrap();
     let before = snapshot(&folder);
     let f = folder.display().to_string();
+    // hpo's params are invalid without the stage it tunes (the runner fills it in from `tune`).
+    let params_dir = tempfile::tempdir().unwrap();
+    let hpo_params = params(
+        params_dir.path(),
+        "hpo",
+        "objective = { metric = \"val_exact_match\", direction = \"maximize\" }\n\
+         [trial]\nrun = \"mmrl-model sft\"\nparams = { lr = 0.001 }\n\
+         [space]\nlr = { type = \"float\", low = 1e-4, high = 1e-2 }\n",
+    );
     // Each stage of the default pipeline, with the inputs it requires all pointing at the output.
     let stages: &[(&str, &str, &[&str])] = &[
         ("mmrl-data", "generate", &[]),
@@ -425,6 +440,9 @@ fn every_stage_binary_checks_its_output_before_any_work() {
     ];
     for (bin_name, stage, inputs) in stages {
         let mut rest: Vec<OsString> = Vec::new();
+        if *stage == "hpo" {
+            rest.extend(args(&[&"--params", &hpo_params]));
+        }
         for input in *inputs {
             rest.extend(args(&[&"--input", &format!("{input}={f}")]));
         }
