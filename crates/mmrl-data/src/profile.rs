@@ -148,6 +148,19 @@ impl Stats {
             max: values[values.len() - 1],
         })
     }
+
+    fn describe(&self, unit: &str) -> String {
+        if self.min == self.max {
+            return format!("{}{unit} (all)", trim(self.min));
+        }
+        format!(
+            "{}-{}{unit} (median {}, p95 {})",
+            trim(self.min),
+            trim(self.max),
+            trim(self.median),
+            trim(self.p95)
+        )
+    }
 }
 
 /// Profiles `dataset` (ingesting it into a scratch folder under `scratch`, removed afterwards).
@@ -492,7 +505,7 @@ pub fn pipeline_file(profile: &Profile, name: &str, at: &Path, recipe: &Path) ->
         rel(recipe),
         rel(&profile.dataset),
     );
-    let declared_all = profile.splits.get("unassigned").is_none();
+    let declared_all = !profile.splits.contains_key("unassigned");
     let _ = writeln!(
         t,
         "\n[stages.select.params.split]\n\
@@ -612,7 +625,7 @@ pub fn render(p: &Profile) -> String {
     if let Some(i) = &p.images {
         let _ = writeln!(
             t,
-            "images: {} distinct ({} used by several rows), width {}, height {}, {}, {}",
+            "images: {} distinct ({} used by several rows), width {}, height {}, colour {}, format {}",
             i.distinct,
             i.shared,
             i.width.describe(""),
@@ -624,7 +637,7 @@ pub fn render(p: &Profile) -> String {
     if let Some(a) = &p.audio {
         let _ = writeln!(
             t,
-            "audio: {} distinct clips ({} used by several rows), {} Hz, {} channel(s), length {}",
+            "audio: {} distinct clips ({} used by several rows), rate in Hz {}, channels {}, length {}",
             a.distinct,
             a.shared,
             join(&a.sample_rates),
@@ -676,18 +689,6 @@ pub fn render(p: &Profile) -> String {
     t
 }
 
-impl Stats {
-    fn describe(&self, unit: &str) -> String {
-        format!(
-            "{}-{}{unit} (median {}, p95 {})",
-            trim(self.min),
-            trim(self.max),
-            trim(self.median),
-            trim(self.p95)
-        )
-    }
-}
-
 fn trim(v: f64) -> String {
     let s = format!("{v:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
@@ -695,7 +696,7 @@ fn trim(v: f64) -> String {
 
 fn join<K: std::fmt::Display>(m: &BTreeMap<K, usize>) -> String {
     m.iter()
-        .map(|(k, n)| format!("{k} {n}"))
+        .map(|(k, n)| format!("{k} ({n})"))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -28,7 +28,7 @@ use crate::{Error, Result};
 pub const REPEAT: &str = "repeat";
 
 /// Parameters of the select stage (`[stages.select.params]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SelectConfig {
     /// Filters applied in order; a row is kept when it passes every one.
@@ -39,17 +39,6 @@ pub struct SelectConfig {
     pub split: SplitConfig,
     /// Oversampling of rare answers in the train split.
     pub balance: Balance,
-}
-
-impl Default for SelectConfig {
-    fn default() -> Self {
-        Self {
-            filters: Vec::new(),
-            dedup: Dedup::default(),
-            split: SplitConfig::default(),
-            balance: Balance::default(),
-        }
-    }
 }
 
 /// One declarative filter. Give `column` with exactly one of `in`, `not_in`, `min`/`max`, `not_null`,
@@ -236,13 +225,13 @@ impl SelectConfig {
                     ));
                 }
             }
-            if let (Some(lo), Some(hi)) = (f.min, f.max) {
-                if lo > hi {
-                    return Err(config(
-                        format!("{field}.min"),
-                        format!("{lo} is above max {hi}"),
-                    ));
-                }
+            if let (Some(lo), Some(hi)) = (f.min, f.max)
+                && lo > hi
+            {
+                return Err(config(
+                    format!("{field}.min"),
+                    format!("{lo} is above max {hi}"),
+                ));
             }
         }
         let s = &self.split;
@@ -477,8 +466,12 @@ impl<'a> Rows<'a> {
     /// Takes `row` out with a reason code and a message.
     fn reject(&mut self, row: usize, reason: &str, detail: String) {
         self.alive[row] = false;
-        self.rejects
-            .push(self.lines.value(row), Some(self.ids.value(row)), reason, detail);
+        self.rejects.push(
+            self.lines.value(row),
+            Some(self.ids.value(row)),
+            reason,
+            detail,
+        );
     }
 
     fn id(&self, row: usize) -> &'a str {
@@ -494,8 +487,8 @@ fn apply_filters(config: &SelectConfig, rows: &mut Rows) -> Result<()> {
         let label = filter.label();
         let keep = evaluate(filter, rows.batch, i, rows.path)?;
         let mut removed = 0;
-        for row in 0..rows.n() {
-            if rows.alive[row] && !keep[row] {
+        for (row, keep) in keep.into_iter().enumerate() {
+            if rows.alive[row] && !keep {
                 removed += 1;
                 rows.reject(row, "filtered", format!("removed by filter {label:?}"));
             }
@@ -517,7 +510,12 @@ fn apply_filters(config: &SelectConfig, rows: &mut Rows) -> Result<()> {
 
 /// Refuses `in`/`not_in` values that the filter's string column never holds: a typo or another dataset's
 /// vocabulary, which would silently keep nothing or remove nothing.
-fn check_filter_values(filter: &Filter, index: usize, batch: &RecordBatch, path: &Path) -> Result<()> {
+fn check_filter_values(
+    filter: &Filter,
+    index: usize,
+    batch: &RecordBatch,
+    path: &Path,
+) -> Result<()> {
     let (Some(name), Some((key, wanted))) = (
         filter.column.as_deref(),
         filter
@@ -544,7 +542,11 @@ fn check_filter_values(filter: &Filter, index: usize, batch: &RecordBatch, path:
                 path.display(),
                 present.len(),
                 shown.join(", "),
-                if present.len() > shown.len() { ", ..." } else { "" }
+                if present.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
             ),
         });
     }
@@ -587,18 +589,18 @@ fn drop_duplicates(config: &SelectConfig, rows: &mut Rows, media: &MediaHashes) 
             &[(sample::IMAGE, &media.image), (sample::AUDIO, &media.audio)],
         )?;
         let mut first: HashMap<blake3::Hash, usize> = HashMap::new();
-        for row in 0..rows.n() {
+        for (row, content) in content.iter().enumerate() {
             if !rows.alive[row] {
                 continue;
             }
-            match first.get(&content[row]) {
+            match first.get(content) {
                 Some(&kept) => {
                     rows.report.exact_duplicates += 1;
                     let detail = format!("same content as {:?}", rows.id(kept));
                     rows.reject(row, "duplicate", detail);
                 }
                 None => {
-                    first.insert(content[row], row);
+                    first.insert(*content, row);
                 }
             }
         }
@@ -611,8 +613,8 @@ fn drop_duplicates(config: &SelectConfig, rows: &mut Rows, media: &MediaHashes) 
             continue;
         }
         let mut first: HashMap<blake3::Hash, usize> = HashMap::new();
-        for row in 0..rows.n() {
-            let Some(h) = hashes[row].filter(|_| rows.alive[row]) else {
+        for (row, hash) in hashes.iter().enumerate() {
+            let Some(h) = hash.filter(|_| rows.alive[row]) else {
                 continue;
             };
             match first.get(&h) {
@@ -778,7 +780,10 @@ fn derive_rationales(
     // Single-modality train answers per media hash, ordered by question type.
     let mut known: [HashMap<blake3::Hash, BTreeMap<String, String>>; 2] = Default::default();
     for row in (0..rows.n()).filter(|&r| train(r)) {
-        for (slot, (name, hashes)) in [("image", &media.image), ("audio", &media.audio)].iter().enumerate() {
+        for (slot, (name, hashes)) in [("image", &media.image), ("audio", &media.audio)]
+            .iter()
+            .enumerate()
+        {
             if let (Some(h), [only]) = (hashes[row], needs(row).as_slice())
                 && only == name
             {
