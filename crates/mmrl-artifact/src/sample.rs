@@ -38,6 +38,20 @@ pub const MODALITIES: &str = "modalities";
 /// Optional column select writes (Utf8, train rows only): intermediate answer tokens a model writes before the
 /// answer (the answers of the single-modality questions about the same media), derived from train labels.
 pub const RATIONALE: &str = "rationale";
+/// Optional checker column (Utf8, not a feature): the valid answers of a row separated by `|` (a question with
+/// several right answers, or a verifiable one whose demonstration is withheld); rl's rewards read it.
+pub const ACCEPT: &str = "accept";
+/// Prefix of the other checker columns (Utf8, not features), e.g. `check_tolerance`: parameters of rl's checkers.
+pub const CHECK_PREFIX: &str = "check_";
+/// Optional column select writes (Boolean) when a label budget is set: whether a train row keeps its
+/// demonstration. sft trains on labeled rows only; an absent column means every row is labeled.
+pub const LABELED: &str = "labeled";
+
+/// Whether a column is a checker column ([`ACCEPT`] or `check_*`): carried for rl's rewards, never a feature
+/// and never a model input.
+pub fn is_checker_column(name: &str) -> bool {
+    name == ACCEPT || (name.starts_with(CHECK_PREFIX) && name.len() > CHECK_PREFIX.len())
+}
 
 /// Field metadata key that marks a tabular feature column; its value is a [`FeatureKind`] name.
 pub const FEATURE_KEY: &str = "mmrl.feature";

@@ -225,6 +225,8 @@ pub struct Sample {
     pub features: Vec<FeatureValue>,
     /// What the answer needs, as the data declares it (`modalities` column), if it does.
     pub modalities: Option<String>,
+    /// One value per checker column of [`Ingested::checkers`] (`None`: empty cell).
+    pub checks: Vec<Option<String>>,
 }
 
 /// A tabular feature value.
@@ -268,6 +270,8 @@ pub struct Ingested {
     pub derived_qtypes: Option<DerivedQtypes>,
     /// Whether the data has a `modalities` column (then `samples` has one too, after the features).
     pub declares_modalities: bool,
+    /// The checker columns (`accept`, `check_*`) in data order: `samples` has them last, as text.
+    pub checkers: Vec<String>,
     /// The path errors about the whole dataset name: its one source file, or its root.
     pub path: std::path::PathBuf,
 }
@@ -345,6 +349,7 @@ pub fn read(config: &IngestConfig, dataset: &Path) -> Result<Ingested> {
         columns: plan.report.clone(),
         derived_qtypes,
         declares_modalities: plan.role("modalities").is_some(),
+        checkers: plan.checkers.iter().map(|(n, _)| n.clone()).collect(),
         path: match table.layout.files.as_slice() {
             [one] => one.path.clone(),
             _ => table.layout.root.clone(),
@@ -580,19 +585,27 @@ fn write(
     Ok(())
 }
 
-/// The sample schema with this dataset's features, and its `modalities` annotation when it declares one.
+/// The sample schema with this dataset's features, then its `modalities` annotation when it declares one, then
+/// its checker columns: annotations as text, never features.
 fn samples_schema(ingested: &Ingested) -> arrow::datatypes::SchemaRef {
     let schema = sample::sample_schema(&ingested.features);
-    if !ingested.declares_modalities {
+    if !ingested.declares_modalities && ingested.checkers.is_empty() {
         return schema;
     }
     let mut fields: Vec<arrow::datatypes::Field> =
         schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(arrow::datatypes::Field::new(
-        sample::MODALITIES,
-        arrow::datatypes::DataType::Utf8,
-        true,
-    ));
+    let annotations = ingested
+        .declares_modalities
+        .then_some(sample::MODALITIES)
+        .into_iter()
+        .chain(ingested.checkers.iter().map(String::as_str));
+    for name in annotations {
+        fields.push(arrow::datatypes::Field::new(
+            name,
+            arrow::datatypes::DataType::Utf8,
+            true,
+        ));
+    }
     Arc::new(arrow::datatypes::Schema::new(fields))
 }
 
@@ -650,6 +663,14 @@ fn samples_batch(
     }
     if schema.column_with_name(sample::MODALITIES).is_some() {
         columns.push(strings(&|s| s.modalities.as_deref()));
+    }
+    let checkers = schema
+        .fields()
+        .iter()
+        .filter(|f| sample::is_checker_column(f.name()))
+        .count();
+    for k in 0..checkers {
+        columns.push(strings(&|s| s.checks.get(k).and_then(Option::as_deref)));
     }
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }

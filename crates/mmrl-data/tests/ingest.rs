@@ -7,7 +7,7 @@ use std::path::Path;
 
 use arrow::array::{Array, BinaryArray, Float64Array, StringArray};
 use mmrl_artifact::Artifact;
-use mmrl_artifact::sample::FeatureKind;
+use mmrl_artifact::sample::{self, FeatureKind};
 use mmrl_data::Error;
 use mmrl_data::ingest::{self, IngestConfig};
 
@@ -430,4 +430,62 @@ fn modalities_column_is_an_annotation_not_a_feature() {
         .table_schema("samples")
         .unwrap();
     assert!(schema.column_with_name("modalities").is_none());
+}
+
+/// `accept` and `check_*` columns are carried as text after the features (and `modalities`), untagged, so the
+/// tabular stage never treats them as features; a column merely starting with `check` is a feature.
+#[test]
+fn checker_columns_are_annotations_not_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("manifest.csv"),
+        "id,question,answer,accept,check_tolerance,checked,modalities\n\
+         a,q,red,red|blue,,1,image\n\
+         b,q,3,,0.5,2,image\n\
+         c,q,yes,yes,,3,audio\n",
+    )
+    .unwrap();
+    let summary = ingest::run(&config(), &data, &tmp.path().join("out")).unwrap();
+    assert_eq!(
+        summary.features,
+        [("checked".to_owned(), FeatureKind::Numeric)]
+    );
+    let art = Artifact::open(tmp.path().join("out")).unwrap();
+    let (schema, batches) = art.read_table("samples").unwrap();
+    let names: Vec<&str> = schema
+        .fields()
+        .iter()
+        .skip(sample::FIXED_COLUMNS.len())
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["checked", "modalities", "accept", "check_tolerance"]
+    );
+    for name in ["accept", "check_tolerance"] {
+        let field = schema.field_with_name(name).unwrap();
+        assert!(field.metadata().is_empty(), "{name} is tagged a feature");
+        assert_eq!(field.data_type(), &arrow::datatypes::DataType::Utf8);
+    }
+    let text = |name: &str| -> Vec<Option<String>> {
+        batches[0]
+            .column_by_name(name)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .iter()
+            .map(|v| v.map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        text("accept"),
+        [Some("red|blue".to_owned()), None, Some("yes".to_owned())]
+    );
+    assert_eq!(
+        text("check_tolerance"),
+        [None, Some("0.5".to_owned()), None]
+    );
 }

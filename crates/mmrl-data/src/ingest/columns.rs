@@ -17,7 +17,12 @@ use crate::source::{Column, ColumnKind, Format, MediaKind, Table, Value};
 use crate::{Error, Result};
 
 /// Names a feature column cannot take because the sample schema or a later stage uses them.
-const SCHEMA_NAMES: [&str; 2] = [mmrl_artifact::sample::SOURCE_LINE, "repeat"];
+const SCHEMA_NAMES: [&str; 4] = [
+    mmrl_artifact::sample::SOURCE_LINE,
+    "repeat",
+    mmrl_artifact::sample::RATIONALE,
+    mmrl_artifact::sample::LABELED,
+];
 
 /// The roles, the media columns and the features of a table.
 #[derive(Debug)]
@@ -28,6 +33,9 @@ pub(super) struct Plan {
     pub auto_media: Vec<usize>,
     /// Feature columns in data order: name, kind, column index.
     pub features: Vec<(String, FeatureKind, usize)>,
+    /// Checker columns (`accept`, `check_*`) in data order: name, column index. Carried as text for rl's
+    /// rewards, never features.
+    pub checkers: Vec<(String, usize)>,
     /// What goes into `report.json`.
     pub report: ColumnReport,
 }
@@ -119,6 +127,7 @@ pub(super) fn plan(config: &IngestConfig, table: &Table) -> Result<Plan> {
     let mut ignored = Vec::new();
     let mut auto_media = Vec::new();
     let mut feature_cols = Vec::new();
+    let mut checkers = Vec::new();
     let both_media = roles.contains_key("image") && roles.contains_key("audio");
     for (index, column) in table.columns.iter().enumerate() {
         if used.contains(&index) {
@@ -155,6 +164,9 @@ pub(super) fn plan(config: &IngestConfig, table: &Table) -> Result<Plan> {
                     }
                 }));
             }
+            ColumnKind::Value if mmrl_artifact::sample::is_checker_column(&column.name) => {
+                checkers.push((column.name.clone(), index));
+            }
             ColumnKind::Value if SCHEMA_NAMES.contains(&column.name.as_str()) => {
                 ignored.push(ignore(
                     "the name is taken by the sample schema; rename the column to use it as a feature"
@@ -185,6 +197,7 @@ pub(super) fn plan(config: &IngestConfig, table: &Table) -> Result<Plan> {
         roles,
         auto_media,
         features,
+        checkers,
         report,
     })
 }

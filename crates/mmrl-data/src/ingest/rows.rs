@@ -138,6 +138,12 @@ impl<'a> Checker<'a> {
         let qtype = self.role_text(row, "qtype", loc)?;
         let modalities = self.modalities(row, loc)?;
         let features = self.features(row, loc)?;
+        let checks = self
+            .plan
+            .checkers
+            .iter()
+            .map(|(_, i)| self.text(row, *i, loc))
+            .collect::<std::result::Result<_, _>>()?;
         let (image, audio) = self.media(row, loc)?;
         Ok(Pending {
             sample: Sample {
@@ -151,6 +157,7 @@ impl<'a> Checker<'a> {
                 audio: None,
                 features,
                 modalities,
+                checks,
             },
             image,
             audio,
