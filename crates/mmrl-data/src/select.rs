@@ -2,9 +2,11 @@
 //!
 //! Order of work: filters (each reports the rows it removed), exact-duplicate removal, grouping (samples that
 //! share an image or audio clip, or a `group_by` value, must land in one split), then a seeded split of the
-//! groups stratified by answer (an existing `split` column is respected), then optional oversampling of rare
-//! answers in the train split, recorded as the `repeat` column rather than as copied rows, and, where the data
-//! declares which modalities each question needs, the `rationale` column of train rows that need two.
+//! groups stratified by answer (an existing `split` column is respected), then an optional label budget (the
+//! `labeled` column: train rows beyond a question type's budget keep their answer but are not to be trained on),
+//! optional oversampling of rare labeled answers in the train split, recorded as the `repeat` column rather than as
+//! copied rows, and, where the data declares which modalities each question needs, the `rationale` column of
+//! labeled train rows that need two, derived from labeled train rows only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -39,6 +41,11 @@ pub struct SelectConfig {
     pub split: SplitConfig,
     /// Oversampling of rare answers in the train split.
     pub balance: Balance,
+    /// Question type -> how many of its train rows keep their demonstration (`answer`): the others are marked
+    /// unlabeled in the [`sample::LABELED`] column, so sft does not train on them while rl still draws them as
+    /// prompts and scores them with checkers. Val and test rows keep their answers. Empty: every row labeled, and
+    /// no `labeled` column.
+    pub label_budget: BTreeMap<String, usize>,
 }
 
 /// One declarative filter. Give `column` with exactly one of `in`, `not_in`, `min`/`max`, `not_null`,
@@ -312,6 +319,8 @@ pub struct SelectReport {
     pub split_conflicts: BTreeMap<String, usize>,
     /// Train rows given intermediate answer tokens ([`RATIONALE`]), by question type.
     pub rationales: BTreeMap<String, usize>,
+    /// Train rows of each question type of `label_budget`: how many keep their demonstration, and how many not.
+    pub label_budget: BTreeMap<String, LabelCount>,
     /// Rows per split.
     pub splits: BTreeMap<String, usize>,
     /// Rows per answer and split.
@@ -320,6 +329,15 @@ pub struct SelectReport {
     pub train_weight: BTreeMap<String, u64>,
     /// Things a person should know (small classes, empty splits).
     pub warnings: Vec<String>,
+}
+
+/// Labeled and unlabeled train rows of one question type under a label budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LabelCount {
+    /// Train rows that keep their answer as a demonstration.
+    pub labeled: usize,
+    /// Train rows marked unlabeled.
+    pub unlabeled: usize,
 }
 
 /// Rows one filter removed.
@@ -375,6 +393,8 @@ struct Selection {
     repeat: Vec<u32>,
     /// Intermediate answer tokens per kept row, when the data declares `modalities`.
     rationale: Option<Vec<Option<String>>>,
+    /// Whether each kept row keeps its demonstration, when a label budget is set.
+    labeled: Option<Vec<bool>>,
     rejects: RecordBatch,
     report: SelectReport,
 }
@@ -396,7 +416,7 @@ fn strings<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a St
         })
 }
 
-/// Selection in its steps: filters, duplicates, groups, splits, balance, rationales.
+/// Selection in its steps: filters, duplicates, groups, splits, label budget, balance, rationales.
 fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) -> Result<Selection> {
     let mut rows = Rows::new(batch, path)?;
     apply_filters(config, &mut rows)?;
@@ -404,12 +424,79 @@ fn select(config: &SelectConfig, seed: u64, batch: &RecordBatch, path: &Path) ->
     drop_duplicates(config, &mut rows, &media)?;
     let groups = group_rows(config, &rows, &media)?;
     let split = assign_groups(config, seed, &mut rows, &groups)?;
+    let labeled = apply_label_budget(config, seed, &mut rows, &split)?;
+    // Training rows: train rows that keep their demonstration. Only these are balanced and feed rationales.
+    let mut supervised: Vec<Option<Split>> = split.clone();
+    if let Some(l) = &labeled {
+        for (s, &keep) in supervised.iter_mut().zip(l) {
+            if !keep && *s == Some(Split::Train) {
+                *s = None;
+            }
+        }
+    }
     let mut repeat = vec![1u32; rows.n()];
     if config.balance.oversample {
-        oversample(config, seed, rows.answers, &rows.alive, &split, &mut repeat);
+        oversample(
+            config,
+            seed,
+            rows.answers,
+            &rows.alive,
+            &supervised,
+            &mut repeat,
+        );
     }
-    let rationale = derive_rationales(&mut rows, &split, &media)?;
-    finish(config, rows, &split, &repeat, rationale)
+    let rationale = derive_rationales(&mut rows, &supervised, &media)?;
+    finish(config, rows, &split, &repeat, rationale, labeled)
+}
+
+/// Step 5: the label budget. For each question type it names, `label_budget[qtype]` of its train rows (chosen with
+/// the seed) keep their demonstration and the rest are marked unlabeled; every other row is labeled. `None` when
+/// no budget is set. A named question type the data lacks is an error listing those it has.
+fn apply_label_budget(
+    config: &SelectConfig,
+    seed: u64,
+    rows: &mut Rows,
+    split: &[Option<Split>],
+) -> Result<Option<Vec<bool>>> {
+    if config.label_budget.is_empty() {
+        return Ok(None);
+    }
+    let qtypes = strings(rows.batch, sample::QTYPE, rows.path)?;
+    let mut train_rows: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for row in (0..rows.n()).filter(|&r| rows.alive[r] && split[r] == Some(Split::Train)) {
+        if qtypes.is_valid(row) {
+            train_rows.entry(qtypes.value(row)).or_default().push(row);
+        }
+    }
+    let mut labeled = vec![true; rows.n()];
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x1abe_1b0d);
+    for (qtype, &budget) in &config.label_budget {
+        let Some(members) = train_rows.get(qtype.as_str()) else {
+            let known: Vec<&str> = train_rows.keys().copied().collect();
+            return Err(Error::Config {
+                field: format!("label_budget.{qtype}"),
+                message: format!(
+                    "no train row of question type {qtype:?} in {}; its train rows have {}",
+                    rows.path.display(),
+                    known.join(", ")
+                ),
+            });
+        };
+        let mut order = members.clone();
+        order.shuffle(&mut rng);
+        for &row in order.iter().skip(budget) {
+            labeled[row] = false;
+        }
+        let kept = budget.min(order.len());
+        rows.report.label_budget.insert(
+            qtype.clone(),
+            LabelCount {
+                labeled: kept,
+                unlabeled: order.len() - kept,
+            },
+        );
+    }
+    Ok(Some(labeled))
 }
 
 /// What the steps of [`select`] share: the columns they read, which rows are still in, the rejects and the report.
@@ -451,6 +538,7 @@ impl<'a> Rows<'a> {
                 multi_row_groups: 0,
                 split_conflicts: BTreeMap::new(),
                 rationales: BTreeMap::new(),
+                label_budget: BTreeMap::new(),
                 splits: BTreeMap::new(),
                 answers: BTreeMap::new(),
                 train_weight: BTreeMap::new(),
@@ -741,7 +829,9 @@ fn group_split(declared: impl Iterator<Item = Split>) -> Option<Split> {
         .map(|i| Split::ALL[i])
 }
 
-/// Step 6: intermediate answer tokens for train rows whose `modalities` declare two media: the answers of the
+/// Step 6: intermediate answer tokens for labeled train rows whose `modalities` declare two media (`split` here has
+/// unlabeled train rows as `None`: their answers are hidden from training, so they neither give nor get one): the
+/// answers of the
 /// train rows about the same image that need the image alone, then of those about the same clip that need the
 /// audio alone. sft trains on "rationale, separator, answer", so the model learns to read each modality before
 /// it composes; only train labels are used, so nothing leaks. `None` when the data declares no `modalities`.
@@ -825,6 +915,7 @@ fn finish(
     split: &[Option<Split>],
     repeat: &[u32],
     rationale: Option<Vec<Option<String>>>,
+    labeled: Option<Vec<bool>>,
 ) -> Result<Selection> {
     let kept: Vec<usize> = (0..rows.n()).filter(|r| rows.alive[*r]).collect();
     let mut out_split = Vec::with_capacity(kept.len());
@@ -857,11 +948,13 @@ fn finish(
     warn_small_splits_and_classes(config, report, kept.len());
     let repeat_out = kept.iter().map(|r| repeat[*r]).collect();
     let rationale = rationale.map(|r| kept.iter().map(|&row| r[row].clone()).collect());
+    let labeled = labeled.map(|l| kept.iter().map(|&row| l[row]).collect());
     Ok(Selection {
         kept,
         split: out_split,
         repeat: repeat_out,
         rationale,
+        labeled,
         rejects: rows.rejects.finish()?,
         report: rows.report,
     })
@@ -1190,6 +1283,10 @@ fn output_batch(batch: &RecordBatch, selection: &Selection) -> Result<(SchemaRef
     if let Some(rationale) = &selection.rationale {
         fields.push(Field::new(sample::RATIONALE, DataType::Utf8, true));
         columns.push(Arc::new(StringArray::from(rationale.clone())));
+    }
+    if let Some(labeled) = &selection.labeled {
+        fields.push(Field::new(sample::LABELED, DataType::Boolean, false));
+        columns.push(Arc::new(BooleanArray::from(labeled.clone())));
     }
     let out_schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
     Ok((

@@ -1,4 +1,5 @@
 //! The select stage on sample tables built in code: filters, dedup, grouping, stratified splits, balance.
+#![allow(clippy::unwrap_used)] // test setup that fails should stop the test
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -101,10 +102,12 @@ fn artifact(dir: &Path, rows: &[Row]) -> std::path::PathBuf {
     out
 }
 
-/// The selected rows: id -> (split, repeat), their rationales, and the rejects as id -> reason.
+/// The selected rows: id -> (split, repeat), their rationales, the unlabeled rows (`None`: no `labeled`
+/// column), and the rejects as id -> reason.
 struct Selected {
     rows: BTreeMap<String, (String, u32)>,
     rationales: BTreeMap<String, String>,
+    unlabeled: Option<BTreeSet<String>>,
     rejects: BTreeMap<String, String>,
     report: select::SelectReport,
 }
@@ -116,15 +119,34 @@ fn run(rows: &[Row], config: &SelectConfig, seed: u64) -> Selected {
     let art = Artifact::open(tmp.path().join("select")).unwrap();
     assert_eq!(art.manifest().inputs[0].stage.as_deref(), Some("ingest"));
     let (schema, batches) = art.read_table("samples").unwrap();
-    let last = schema.fields().len() - 1;
     let repeat_at = schema.index_of(select::REPEAT).unwrap();
+    let appended: Vec<&str> = schema.fields()[repeat_at + 1..]
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
     assert!(
-        repeat_at == last || (repeat_at + 1 == last && schema.field(last).name() == sample::RATIONALE),
-        "select appends repeat, then the rationale when it derives one: {schema:?}"
+        [sample::RATIONALE, sample::LABELED]
+            .iter()
+            .filter(|c| appended.contains(c))
+            .eq(appended.iter()),
+        "select appends repeat, then the rationale when it derives one, then labeled under a label budget: {schema:?}"
     );
     let mut out = BTreeMap::new();
     let mut rationales = BTreeMap::new();
+    let mut unlabeled = schema
+        .column_with_name(sample::LABELED)
+        .map(|_| BTreeSet::new());
     for b in &batches {
+        if let (Some(col), Some(set)) = (b.column_by_name(sample::LABELED), unlabeled.as_mut()) {
+            let col = col
+                .as_any()
+                .downcast_ref::<arrow::array::BooleanArray>()
+                .unwrap();
+            let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            for i in (0..b.num_rows()).filter(|&i| !col.value(i)) {
+                set.insert(ids.value(i).to_owned());
+            }
+        }
         if let Some(col) = b.column_by_name(sample::RATIONALE) {
             let col = col.as_any().downcast_ref::<StringArray>().unwrap();
             let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
@@ -176,6 +198,7 @@ fn run(rows: &[Row], config: &SelectConfig, seed: u64) -> Selected {
     Selected {
         rows: out,
         rationales,
+        unlabeled,
         rejects,
         report,
     }
@@ -300,15 +323,28 @@ fn split_conflicts_are_counted_and_rejected_or_regrouped() {
         rows[i].split = Some(split);
     }
     let rejected = run(&rows, &SelectConfig::default(), 1);
-    assert_eq!(rejected.rejects.get("s0000").map(String::as_str), Some("split_conflict"));
-    assert_eq!(rejected.rejects.get("s0003").map(String::as_str), Some("split_conflict"));
+    assert_eq!(
+        rejected.rejects.get("s0000").map(String::as_str),
+        Some("split_conflict")
+    );
+    assert_eq!(
+        rejected.rejects.get("s0003").map(String::as_str),
+        Some("split_conflict")
+    );
     assert_eq!(rejected.rows["s0004"].0, "val");
     assert_eq!(
         rejected.report.split_conflicts,
-        BTreeMap::from([("train -> test".to_owned(), 1), ("train -> val".to_owned(), 1)])
+        BTreeMap::from([
+            ("train -> test".to_owned(), 1),
+            ("train -> val".to_owned(), 1)
+        ])
     );
     assert!(
-        rejected.report.warnings.iter().any(|w| w.contains("2 rows") && w.contains("regroup")),
+        rejected
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("2 rows") && w.contains("regroup")),
         "{:?}",
         rejected.report.warnings
     );
@@ -323,7 +359,10 @@ fn split_conflicts_are_counted_and_rejected_or_regrouped() {
     assert!(regrouped.rejects.is_empty(), "{:?}", regrouped.rejects);
     assert_eq!(regrouped.rows["s0000"].0, "test");
     assert_eq!(regrouped.rows["s0003"].0, "val");
-    assert_eq!(regrouped.report.split_conflicts, rejected.report.split_conflicts);
+    assert_eq!(
+        regrouped.report.split_conflicts,
+        rejected.report.split_conflicts
+    );
 }
 
 #[test]
@@ -355,15 +394,28 @@ fn rationales_are_the_single_modality_train_answers_about_the_same_media() {
     let got = run(&rows, &SelectConfig::default(), 1);
     let expected: BTreeMap<String, String> = (0..10)
         .map(|p| {
-            let r = if p == 9 { "a9".to_owned() } else { format!("a{p} b{p}") };
+            let r = if p == 9 {
+                "a9".to_owned()
+            } else {
+                format!("a{p} b{p}")
+            };
             (format!("p{p:02}sum"), r)
         })
         .collect();
     // Val rows get none (only train labels are used), nor do the single-modality rows.
     assert_eq!(got.rationales, expected);
-    assert_eq!(got.report.rationales, BTreeMap::from([("q_sum".to_owned(), 10)]));
+    assert_eq!(
+        got.report.rationales,
+        BTreeMap::from([("q_sum".to_owned(), 10)])
+    );
     // Without the `modalities` column, no rationale column at all.
-    let plain: Vec<Row> = rows.iter().map(|r| Row { modalities: None, ..r.clone() }).collect();
+    let plain: Vec<Row> = rows
+        .iter()
+        .map(|r| Row {
+            modalities: None,
+            ..r.clone()
+        })
+        .collect();
     let got = run(&plain, &SelectConfig::default(), 1);
     assert!(got.rationales.is_empty() && got.report.rationales.is_empty());
 }
@@ -501,7 +553,11 @@ fn bad_configs_and_empty_results_get_clear_errors() {
             one_of: Some(vec!["x".into()]),
             ..Filter::default()
         }),
-        &["filters[0].in", "\"x\" is not a value of column \"task\"", "1 value(s): shapes"],
+        &[
+            "filters[0].in",
+            "\"x\" is not a value of column \"task\"",
+            "1 value(s): shapes",
+        ],
     );
     check_error(
         &rows,
@@ -551,4 +607,95 @@ fn bad_configs_and_empty_results_get_clear_errors() {
         ..SelectConfig::default()
     };
     check_error(&rows, &group, &["split.group_by", "speaker"]);
+}
+
+/// Pairs of one image and one clip with three questions each (image alone, audio alone, both), as in the
+/// rationale test: pairs 0..10 train, 10..12 val.
+fn paired_rows() -> Vec<Row> {
+    let mut rows = Vec::new();
+    for p in 0..12 {
+        let split = if p < 10 { "train" } else { "val" };
+        for (task, modalities, answer) in [
+            ("written", "image", format!("a{p}")),
+            ("spoken", "audio", format!("b{p}")),
+            ("sum", "image audio", format!("s{p}")),
+        ] {
+            rows.push(Row {
+                id: format!("p{p:02}{task}"),
+                task: Some(task),
+                answer,
+                split: Some(split),
+                image: Some(format!("img{p}").into_bytes()),
+                audio: Some(format!("wav{p}").into_bytes()),
+                modalities: Some(modalities),
+                ..Row::default()
+            });
+        }
+    }
+    rows
+}
+
+/// A label budget keeps the demonstration of N train rows per named question type; the others are marked
+/// unlabeled (their answers stay in the table), val rows stay labeled, and a rationale is built from labeled
+/// answers only and given to labeled rows only: an unlabeled answer never leaks into a training target.
+#[test]
+fn label_budget_marks_unlabeled_train_rows_and_rationales_use_labeled_answers_only() {
+    let rows = paired_rows();
+    let config = SelectConfig {
+        label_budget: BTreeMap::from([("q_written".to_owned(), 3), ("q_sum".to_owned(), 6)]),
+        ..SelectConfig::default()
+    };
+    let got = run(&rows, &config, 1);
+    let unlabeled = got.unlabeled.clone().expect("a labeled column");
+    let count = |task: &str| unlabeled.iter().filter(|id| id.ends_with(task)).count();
+    assert_eq!((count("written"), count("spoken"), count("sum")), (7, 0, 4));
+    assert!(
+        unlabeled.iter().all(|id| got.rows[id].0 == "train"),
+        "{unlabeled:?}"
+    );
+    assert_eq!(
+        got.report.label_budget["q_written"],
+        select::LabelCount {
+            labeled: 3,
+            unlabeled: 7
+        }
+    );
+    assert_eq!(
+        got.report.label_budget["q_sum"],
+        select::LabelCount {
+            labeled: 6,
+            unlabeled: 4
+        }
+    );
+    for p in 0..10 {
+        let sum = format!("p{p:02}sum");
+        let written_known = !unlabeled.contains(&format!("p{p:02}written"));
+        let expected = (!unlabeled.contains(&sum)).then(|| {
+            if written_known {
+                format!("a{p} b{p}")
+            } else {
+                format!("b{p}")
+            }
+        });
+        assert_eq!(got.rationales.get(&sum), expected.as_ref(), "{sum}");
+    }
+    // Same seed, same choice; another seed, another.
+    assert_eq!(run(&rows, &config, 1).unlabeled, got.unlabeled);
+    assert_ne!(run(&rows, &config, 2).unlabeled, got.unlabeled);
+    // No budget: no column.
+    assert_eq!(run(&rows, &SelectConfig::default(), 1).unlabeled, None);
+    // A budget for a question type the data lacks names the ones it has.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = artifact(tmp.path(), &rows);
+    let bad = SelectConfig {
+        label_budget: BTreeMap::from([("q_color".to_owned(), 3)]),
+        ..SelectConfig::default()
+    };
+    let e = select::run(&bad, 1, &input, &tmp.path().join("out"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("label_budget.q_color") && e.contains("q_spoken, q_sum, q_written"),
+        "{e}"
+    );
 }
