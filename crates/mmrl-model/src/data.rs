@@ -113,6 +113,12 @@ pub struct SampleRow {
     /// The modalities the dataset declares this row's answer needs (`modalities` column); the others are masked.
     /// `None` when undeclared: every present modality is seen.
     pub needs: Option<Needs>,
+    /// Whether the row keeps its demonstration (select's `labeled` column; true when absent). Supervised
+    /// training ([`Dataset::epoch_order`], the vocabulary) uses labeled train rows only.
+    pub labeled: bool,
+    /// The row's non-empty checker cells (`accept`, `check_*`), by column name: for rl's rewards, never a model
+    /// input.
+    pub checks: BTreeMap<String, String>,
 }
 
 /// The modalities a row's answer depends on, as declared by the dataset's `modalities` column.
@@ -467,6 +473,14 @@ impl Dataset {
             };
             let rationales = optional(sample::RATIONALE)?;
             let modalities = optional(sample::MODALITIES)?;
+            let labeled = presence(batch, sample::LABELED, path)?;
+            let checkers: Vec<(String, Vec<Option<String>>)> = batch
+                .schema()
+                .fields()
+                .iter()
+                .filter(|f| sample::is_checker_column(f.name()))
+                .map(|f| Ok((f.name().clone(), strings(batch, f.name(), path)?)))
+                .collect::<Result<_>>()?;
             let repeats: Option<Vec<u32>> = batch.column_by_name("repeat").and_then(|c| {
                 c.as_primitive_opt::<UInt32Type>()
                     .map(|a| a.iter().map(|v| v.unwrap_or(1)).collect())
@@ -524,6 +538,14 @@ impl Dataset {
                     tabular: tab_row.flatten(),
                     rationale: rationales[r].clone(),
                     needs,
+                    labeled: labeled.as_ref().is_none_or(|l| l[r]),
+                    checks: checkers
+                        .iter()
+                        .filter_map(|(name, cells)| {
+                            let cell = cells[r].as_deref().filter(|c| !c.trim().is_empty())?;
+                            Some((name.clone(), cell.to_owned()))
+                        })
+                        .collect(),
                 });
             }
         }
@@ -543,13 +565,13 @@ impl Dataset {
             .collect()
     }
 
-    /// Decoder steps a target needs beyond its answer: the longest train rationale plus its separator (0 when no
-    /// train row has one, or the vocabulary has no separator).
+    /// Decoder steps a target needs beyond its answer: the longest labeled train rationale plus its separator (0
+    /// when no labeled train row has one, or the vocabulary has no separator).
     pub fn rationale_len(&self, vocab: &Vocab) -> usize {
         if vocab.separator().is_none() {
             return 0;
         }
-        self.split(Split::Train)
+        self.labeled_train()
             .iter()
             .filter_map(|&i| self.samples[i].rationale.as_deref())
             .map(|r| vocab.encode_answer(r, usize::MAX).len() + 1)
@@ -633,14 +655,32 @@ impl Dataset {
         Ok(())
     }
 
-    /// The train order of one epoch: each train sample `repeat` times with a random view, shuffled; a pure
-    /// function of `(seed, epoch)`, so a resumed run replays it exactly.
+    /// Indices of the train samples that keep their demonstration: what supervised training may learn from.
+    pub fn labeled_train(&self) -> Vec<usize> {
+        (0..self.samples.len())
+            .filter(|&i| self.samples[i].split == Split::Train && self.samples[i].labeled)
+            .collect()
+    }
+
+    /// The supervised train order of one epoch: each labeled train sample `repeat` times with a random view,
+    /// shuffled; a pure function of `(seed, epoch)`, so a resumed run replays it exactly. Unlabeled rows (select's
+    /// label budget) are left out: their answers are hidden from training.
     pub fn epoch_order(&self, seed: u64, epoch: u64) -> Vec<(usize, usize)> {
+        self.order_of(&self.labeled_train(), seed, epoch)
+    }
+
+    /// As [`Dataset::epoch_order`] over every train sample, labeled or not: the prompts of rl, whose checkers score
+    /// answers without a demonstration.
+    pub fn prompt_order(&self, seed: u64, epoch: u64) -> Vec<(usize, usize)> {
+        self.order_of(&self.split(Split::Train), seed, epoch)
+    }
+
+    fn order_of(&self, rows: &[usize], seed: u64, epoch: u64) -> Vec<(usize, usize)> {
         let mut rng = ChaCha8Rng::seed_from_u64(
             seed ^ 0x5eed_0000_0000 ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
         let mut order = Vec::new();
-        for i in self.split(Split::Train) {
+        for &i in rows {
             let s = &self.samples[i];
             let n_views = s.image.len().max(s.audio.len()).max(1);
             for _ in 0..s.repeat {
@@ -772,6 +812,8 @@ mod tests {
             tabular: None,
             rationale: rationale.map(str::to_owned),
             needs: needs.map(|n| Needs::parse(n).unwrap()),
+            labeled: true,
+            checks: BTreeMap::new(),
         }
     }
 

@@ -581,10 +581,10 @@ pub fn exact_match(
         .collect()
 }
 
-/// The most frequent train answer of each qtype (ties: alphabetically first).
+/// The most frequent labeled train answer of each qtype (ties: alphabetically first).
 pub fn majority_answers(data: &Dataset) -> BTreeMap<String, String> {
     let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for i in data.split(Split::Train) {
+    for i in data.labeled_train() {
         let s = &data.samples[i];
         *counts
             .entry(s.qtype.clone())
@@ -731,7 +731,8 @@ pub fn run(
             message: "the val split is empty; give select a val fraction above 0 (sft needs val for early stopping)".into(),
         });
     }
-    let vocab = fit_vocab(&data, &train);
+    // The vocabulary sees what supervised training sees: labeled train rows.
+    let vocab = fit_vocab(&data, &data.labeled_train());
     let mut model_config = data.shape_config(config.model_config(), &vocab);
     // Room for the intermediate tokens select derived (see `mmrl_artifact::sample::RATIONALE`).
     model_config.max_answer_len += data.rationale_len(&vocab);

@@ -456,3 +456,93 @@ fn samples_dropped_by_a_modality_stage_are_excluded_and_vocab_is_train_only() {
     }));
     assert!(!vocab.question.iter().any(|w| w == "zebra"));
 }
+
+/// Select's `labeled` column and the checker columns: sft never trains on an unlabeled answer and no checker
+/// cell reaches the model. Two datasets that differ only in their unlabeled rows' answers and in every checker
+/// cell train bit-identical models, whose vocabulary lacks the unlabeled answers' words; the rows still load,
+/// with their checker cells, for rl.
+#[test]
+fn unlabeled_answers_and_checker_columns_never_reach_the_inputs_or_the_loss() {
+    use arrow::array::{ArrayRef, BooleanArray, StringArray};
+    use arrow::datatypes::{DataType, Field};
+    use mmrl_artifact::sample::{ACCEPT, LABELED};
+    use std::sync::Arc;
+
+    let train_one = |name: &str, hidden: &str, extra: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rows = common::rows(60);
+        // Every other "is it high" train row is unlabeled; its answer is `hidden`.
+        let unlabeled: Vec<bool> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.split == "train" && r.qtype == "level" && i % 2 == 0)
+            .collect();
+        for (r, &u) in rows.iter_mut().zip(&unlabeled) {
+            if u {
+                r.answer = hidden.to_owned();
+            }
+        }
+        let labeled: ArrayRef = Arc::new(BooleanArray::from(
+            unlabeled.iter().map(|u| !u).collect::<Vec<_>>(),
+        ));
+        let accept: ArrayRef = Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| format!("{}|{extra}", r.answer)),
+        ));
+        let tolerance: ArrayRef = Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|_| extra.to_owned()),
+        ));
+        let samples = common::write_samples_with(
+            dir.path(),
+            &rows,
+            vec![
+                (Field::new(LABELED, DataType::Boolean, false), labeled),
+                (Field::new(ACCEPT, DataType::Utf8, true), accept),
+                (
+                    Field::new("check_tolerance", DataType::Utf8, true),
+                    tolerance,
+                ),
+            ],
+        );
+        let inputs = InputPaths {
+            samples,
+            image: Some(common::write_images(dir.path(), &rows, 1)),
+            audio: None,
+            tabular: Some(common::write_tabular(dir.path(), &rows)),
+        };
+        let data = Dataset::load(&inputs).unwrap();
+        let n_unlabeled = data.samples.iter().filter(|s| !s.labeled).count();
+        assert_eq!(n_unlabeled, unlabeled.iter().filter(|u| **u).count());
+        assert!(n_unlabeled >= 5);
+        let order = data.epoch_order(1, 0);
+        assert!(order.iter().all(|&(i, _)| data.samples[i].labeled));
+        assert_eq!(
+            data.prompt_order(1, 0).len(),
+            order.len() + n_unlabeled,
+            "rl's prompts include the unlabeled rows"
+        );
+        let first = &data.samples[0];
+        assert_eq!(first.checks[ACCEPT], format!("{}|{extra}", first.answer));
+        assert_eq!(first.checks["check_tolerance"], extra);
+        let out = dir.path().join(name);
+        done(sft::run(&tiny_epochs(2), 3, &inputs, &out, Hooks::default()).unwrap());
+        let bytes = |f: &str| std::fs::read(out.join(f)).unwrap();
+        (bytes("model.bpk"), bytes("vocab.json"), dir)
+    };
+    let (model_a, vocab_a, _a) = train_one("a", "zebra", "x");
+    let (model_b, vocab_b, _b) = train_one("b", "yak", "y z");
+    assert_eq!(vocab_a, vocab_b);
+    let vocab: Vocab = serde_json::from_slice(&vocab_a).unwrap();
+    assert!(
+        !vocab.answer.iter().any(|w| w == "zebra" || w == "x"),
+        "{:?}",
+        vocab.answer
+    );
+    assert!(
+        model_a == model_b,
+        "the models differ: a hidden answer or a checker cell reached training"
+    );
+}
+
+fn tiny_epochs(epochs: u32) -> SftConfig {
+    SftConfig { epochs, ..tiny() }
+}

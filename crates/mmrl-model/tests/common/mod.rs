@@ -76,12 +76,18 @@ pub fn rows(n: usize) -> Vec<Row> {
 }
 
 pub fn write_samples(dir: &Path, rows: &[Row]) -> PathBuf {
+    write_samples_with(dir, rows, Vec::new())
+}
+
+/// [`write_samples`] with extra columns after `repeat` (select's `labeled`, checker columns).
+pub fn write_samples_with(dir: &Path, rows: &[Row], extra: Vec<(Field, ArrayRef)>) -> PathBuf {
     let base = sample_schema(&[]);
     let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("repeat", DataType::UInt32, false));
+    fields.extend(extra.iter().map(|(f, _)| f.clone()));
     let schema = Arc::new(Schema::new(fields));
     let n = rows.len();
-    let cols: Vec<ArrayRef> = vec![
+    let mut cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.id.clone()),
         )),
@@ -99,6 +105,7 @@ pub fn write_samples(dir: &Path, rows: &[Row]) -> PathBuf {
         Arc::new(UInt64Array::from_iter_values((0..n as u64).map(|i| i + 2))),
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|_| 1))),
     ];
+    cols.extend(extra.into_iter().map(|(_, c)| c));
     let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
     let path = dir.join("select");
     let mut w = ArtifactWriter::create(&path, info("select")).unwrap();
