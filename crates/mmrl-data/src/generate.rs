@@ -1,7 +1,7 @@
 //! Seeded generator of the default synthetic multimodal dataset (images of shapes, DTMF tones, sensor rows).
 //!
 //! [`generate`] writes a dataset folder: `manifest.csv` (header
-//! `id,image,audio,question,answer,task,qtype,battery,temperature,humidity,device`),
+//! `id,image,audio,question,answer,task,qtype,accept,battery,temperature,humidity,device`),
 //! `images/<id>.png` and `audio/<id>.wav`. Each sample has:
 //!
 //! * an `image_size`² RGB picture with 1 to 5 shapes (circle, square, triangle) in four colors
@@ -11,7 +11,9 @@
 //!   [-5, 20] dB;
 //! * sensor readings (battery %, temperature °C, humidity %, device id) with missing cells,
 //!   sentinels (`-999`), gross outliers and a few non-finite (`NaN`, `inf`) cells;
-//! * one templated question with its answer (see the `qtype` ids on [`generate`]).
+//! * one templated question with its answer (see the `qtype` ids on [`generate`]), and for the questions a
+//!   checker can verify, `accept`: the valid answers separated by `|` (several for the set-valued questions,
+//!   whose `answer` is one of them drawn at random, as one annotator would pick).
 //!
 //! Curation work is injected on purpose: corrupt media (blank image, silent or clipped audio),
 //! exact duplicates under new ids, and rows of an unrelated `caption` task.
@@ -43,7 +45,7 @@ const OVERHEAT_ABOVE: f64 = 30.0;
 /// Sentinel written for some outlier cells.
 const SENTINEL: f64 = -999.0;
 /// Manifest header, in column order.
-const HEADER: [&str; 11] = [
+const HEADER: [&str; 12] = [
     "id",
     "image",
     "audio",
@@ -51,6 +53,7 @@ const HEADER: [&str; 11] = [
     "answer",
     "task",
     "qtype",
+    "accept",
     "battery",
     "temperature",
     "humidity",
@@ -205,6 +208,11 @@ pub struct GenerateSummary {
 /// * `compare`: `digit_gt_count` "is the tone digit greater than the number of {color} shapes";
 ///   `digit_and_count` "what are the tone digit and the number of shapes" (answer "7 3");
 ///   `battery_or_triangle` "is the battery low or is there a triangle".
+/// * Questions a checker verifies (built from skills the types above teach; `accept` holds the answer):
+///   `tone_even` "is the tone digit even" (tone); `count_either` "how many {c1} or {c2} shapes are there"
+///   (shapes); `battery_and_shape` "is the battery low and is there a {shape}" (compare).
+/// * Set-valued questions (`accept` lists every valid answer, `answer` is one drawn at random): `name_color`
+///   "name a color in the image" and `name_shape` "name a shape in the image" (shapes).
 /// * `caption` (unrelated): `caption` "describe the image", free-text answer.
 ///
 /// Row ids are `s` plus a zero-padded index in manifest order (at least five digits).
@@ -287,7 +295,7 @@ pub fn generate(config: &GenerateConfig, seed: u64, out_dir: &Path) -> Result<Ge
             }
         }
 
-        let record: [&str; 11] = [
+        let record: [&str; 12] = [
             &id,
             &image_cell,
             &audio_cell,
@@ -295,6 +303,7 @@ pub fn generate(config: &GenerateConfig, seed: u64, out_dir: &Path) -> Result<Ge
             &spec.answer,
             spec.question.task().name(),
             spec.question.qtype(),
+            &spec.accept,
             &spec.table.cells[0].text,
             &spec.table.cells[1].text,
             &spec.table.cells[2].text,
@@ -692,6 +701,12 @@ enum Question {
     DigitGtCount(Color),
     DigitAndCount,
     BatteryOrTriangle,
+    ToneEven,
+    CountEither(Color, Color),
+    BatteryAndShape(ShapeKind),
+    /// The number picks the annotator's answer among the valid ones.
+    NameColor(u32),
+    NameShape(u32),
     Caption(usize),
 }
 
@@ -701,12 +716,16 @@ impl Question {
             Question::CountShapes
             | Question::CountColor(_)
             | Question::HasShape(_)
-            | Question::CircleColor => Task::Shapes,
-            Question::ToneDigit => Task::Tone,
+            | Question::CircleColor
+            | Question::CountEither(..)
+            | Question::NameColor(_)
+            | Question::NameShape(_) => Task::Shapes,
+            Question::ToneDigit | Question::ToneEven => Task::Tone,
             Question::BatteryLow | Question::Overheating => Task::Sensor,
-            Question::DigitGtCount(_) | Question::DigitAndCount | Question::BatteryOrTriangle => {
-                Task::Compare
-            }
+            Question::DigitGtCount(_)
+            | Question::DigitAndCount
+            | Question::BatteryOrTriangle
+            | Question::BatteryAndShape(_) => Task::Compare,
             Question::Caption(_) => Task::Caption,
         }
     }
@@ -723,6 +742,11 @@ impl Question {
             Question::DigitGtCount(_) => "digit_gt_count",
             Question::DigitAndCount => "digit_and_count",
             Question::BatteryOrTriangle => "battery_or_triangle",
+            Question::ToneEven => "tone_even",
+            Question::CountEither(..) => "count_either",
+            Question::BatteryAndShape(_) => "battery_and_shape",
+            Question::NameColor(_) => "name_color",
+            Question::NameShape(_) => "name_shape",
             Question::Caption(_) => "caption",
         }
     }
@@ -744,6 +768,15 @@ impl Question {
                 "what are the tone digit and the number of shapes".to_string()
             }
             Question::BatteryOrTriangle => "is the battery low or is there a triangle".to_string(),
+            Question::ToneEven => "is the tone digit even".to_string(),
+            Question::CountEither(a, b) => {
+                format!("how many {} or {} shapes are there", a.name(), b.name())
+            }
+            Question::BatteryAndShape(k) => {
+                format!("is the battery low and is there a {}", k.name())
+            }
+            Question::NameColor(_) => "name a color in the image".to_string(),
+            Question::NameShape(_) => "name a shape in the image".to_string(),
             Question::Caption(_) => "describe the image".to_string(),
         }
     }
@@ -755,8 +788,24 @@ impl Question {
     fn needs_audio(self) -> bool {
         matches!(
             self,
-            Question::ToneDigit | Question::DigitGtCount(_) | Question::DigitAndCount
+            Question::ToneDigit
+                | Question::ToneEven
+                | Question::DigitGtCount(_)
+                | Question::DigitAndCount
         )
+    }
+
+    /// The `accept` cell: every valid answer, `|`-separated, for the questions a checker verifies (the true
+    /// answer) and the set-valued ones (each distinct colour or shape drawn); empty for the others.
+    fn accept(self, shapes: &[Shape], answer: &str) -> String {
+        match self {
+            Question::ToneEven | Question::CountEither(..) | Question::BatteryAndShape(_) => {
+                answer.to_string()
+            }
+            Question::NameColor(_) => distinct(shapes.iter().map(|s| s.color.name())).join("|"),
+            Question::NameShape(_) => distinct(shapes.iter().map(|s| s.kind.name())).join("|"),
+            _ => String::new(),
+        }
     }
 
     /// The true answer, from the sample's content before any corruption.
@@ -779,9 +828,36 @@ impl Question {
             Question::DigitGtCount(c) => yes_no(usize::from(digit) > count_color(c)),
             Question::DigitAndCount => format!("{} {}", digit, shapes.len()),
             Question::BatteryOrTriangle => yes_no(battery_low || has_kind(ShapeKind::Triangle)),
+            Question::ToneEven => yes_no(digit % 2 == 0),
+            Question::CountEither(a, b) => (count_color(a) + count_color(b)).to_string(),
+            Question::BatteryAndShape(k) => yes_no(battery_low && has_kind(k)),
+            Question::NameColor(pick) => {
+                pick_one(&distinct(shapes.iter().map(|s| s.color.name())), pick)
+            }
+            Question::NameShape(pick) => {
+                pick_one(&distinct(shapes.iter().map(|s| s.kind.name())), pick)
+            }
             Question::Caption(i) => CAPTIONS[i % CAPTIONS.len()].to_string(),
         }
     }
+}
+
+/// The distinct values in first-seen order.
+fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for v in values {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The annotator's pick among the valid answers (an image always has a shape, so there is one).
+fn pick_one(valid: &[&str], pick: u32) -> String {
+    valid
+        .get(pick as usize % valid.len().max(1))
+        .map_or_else(String::new, |v| (*v).to_string())
 }
 
 /// One sample before rendering.
@@ -789,6 +865,8 @@ impl Question {
 struct SampleSpec {
     question: Question,
     answer: String,
+    /// Valid answers for a checker (`accept` column), `|`-separated; empty when the question has none.
+    accept: String,
     image: ImageSpec,
     audio: AudioSpec,
     table: TableSpec,
@@ -808,11 +886,13 @@ fn make_spec(seed: u64, caption: bool, config: &GenerateConfig) -> SampleSpec {
         choose_question(&mut rng, &image.shapes)
     };
     let answer = question.answer(&image.shapes, audio.digit, &table);
+    let accept = question.accept(&image.shapes, &answer);
     let drop_image = rng.random_bool(MISSING_MEDIA_FRACTION);
     let drop_audio = rng.random_bool(MISSING_MEDIA_FRACTION);
     SampleSpec {
         question,
         answer,
+        accept,
         image,
         audio,
         table,
@@ -825,6 +905,22 @@ fn choose_question(rng: &mut ChaCha8Rng, shapes: &[Shape]) -> Question {
     let color = Color::ALL[rng.random_range(0..Color::ALL.len())];
     let kind = ShapeKind::ALL[rng.random_range(0..ShapeKind::ALL.len())];
     let u: f64 = rng.random();
+    // 22% of the questions are the checker-verified and set-valued kinds, built on the skills the rest teach.
+    if u >= 0.78 {
+        let other = Color::ALL[(Color::ALL.iter().position(|c| *c == color).unwrap_or(0)
+            + rng.random_range(1..Color::ALL.len()))
+            % Color::ALL.len()];
+        let pick: u32 = rng.random();
+        let options = [
+            Question::ToneEven,
+            Question::CountEither(color, other),
+            Question::BatteryAndShape(kind),
+            Question::NameColor(pick),
+            Question::NameShape(pick),
+        ];
+        return options[rng.random_range(0..options.len())];
+    }
+    let u = u / 0.78;
     let options: Vec<Question> = if u < 0.35 {
         let mut v = vec![
             Question::CountShapes,
@@ -1448,16 +1544,51 @@ mod tests {
                 "digit_gt_count" => yes_no(usize::from(digit) > count(words[9])),
                 "digit_and_count" => format!("{digit} {}", shapes.len()),
                 "battery_or_triangle" => yes_no(battery_low || has("triangle")),
+                "tone_even" => yes_no(digit % 2 == 0),
+                "count_either" => (count(words[2]) + count(words[4])).to_string(),
+                "battery_and_shape" => yes_no(battery_low && has(words[8])),
+                "name_color" | "name_shape" => {
+                    let valid: BTreeSet<&str> = spec.accept.split('|').collect();
+                    let truth: BTreeSet<&str> = shapes
+                        .iter()
+                        .map(|s| {
+                            if qtype == "name_color" {
+                                s.color.name()
+                            } else {
+                                s.kind.name()
+                            }
+                        })
+                        .collect();
+                    assert_eq!(valid, truth, "seed {seed}: accept lists every valid answer");
+                    assert!(valid.contains(spec.answer.as_str()));
+                    spec.answer.clone()
+                }
                 other => panic!("unexpected qtype {other}"),
             };
             assert_eq!(spec.answer, expected, "seed {seed}: {question}");
+            match qtype {
+                "tone_even" | "count_either" | "battery_and_shape" => {
+                    assert_eq!(
+                        spec.accept, spec.answer,
+                        "seed {seed}: the checker's answer"
+                    )
+                }
+                "name_color" | "name_shape" => {}
+                _ => assert_eq!(spec.accept, "", "seed {seed}: no checker for {qtype}"),
+            }
+            if qtype == "count_either" {
+                assert_ne!(words[2], words[4], "two different colours");
+            }
             seen.insert(qtype);
             // Media the question needs are always present.
             let task = spec.question.task();
             if matches!(task, Task::Shapes | Task::Compare) {
                 assert!(spec.has_image);
             }
-            if matches!(qtype, "tone_digit" | "digit_gt_count" | "digit_and_count") {
+            if matches!(
+                qtype,
+                "tone_digit" | "tone_even" | "digit_gt_count" | "digit_and_count"
+            ) {
                 assert!(spec.has_audio);
             }
             // A shown battery value is the true one.
@@ -1485,7 +1616,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(seen.len(), 10, "all question types appear: {seen:?}");
+        assert_eq!(seen.len(), 15, "all question types appear: {seen:?}");
     }
 
     /// Goertzel power of `freq` in `x`.
