@@ -39,11 +39,9 @@ step() {
 unpack() {
     [[ -n ${GPU_BIN:-} ]] && return 0
     mkdir -p "$bin"
-    for f in .gpu/*.xz; do
-        local name
-        name=$(basename "$f" .xz)
-        [[ -x $bin/$name ]] || { xz -dc "$f" >"$bin/$name" && chmod +x "$bin/$name"; }
-    done
+    [[ -x $bin/mmrl-model && -x $bin/gpu-test ]] && return 0
+    # One tar in one xz stream with a dictionary larger than a binary: the two share burn and LLVM.
+    xz -dc .gpu/bins.tar.xz | tar -C "$bin" -xf -
 }
 
 # The Vulkan loader is not on the image: unpack the carried Debian packages (README of the device tool).
@@ -87,6 +85,10 @@ torch_ref() {
 }
 
 unpack
+# cudarc loads libcuda (driver) and, where cubecl asks for it, NVRTC at run time: let it find the toolkit's.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [[ -d $d ]] && export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+done
 if wants nvidia; then
     step nvidia-smi 30 nvidia-smi
 fi
