@@ -541,6 +541,7 @@ pub fn pipeline_file(profile: &Profile, name: &str, at: &Path, recipe: &Path) ->
             c.n_fft / 2,
         );
     }
+    let _ = writeln!(t, "\n{}", search_space(profile, &c));
     let _ = writeln!(
         t,
         "\n[stages.sft.params]\n\
@@ -556,6 +557,34 @@ pub fn pipeline_file(profile: &Profile, name: &str, at: &Path, recipe: &Path) ->
             String::new()
         },
     );
+    t
+}
+
+/// The hpo search over the model's shape, beside the recipe's optimizer knobs: the preset (width and depth) and
+/// the patching of each medium the data has. Audio features (mels, windows) are the audio stage's, which runs
+/// before hpo, so they are not searched.
+fn search_space(profile: &Profile, c: &Choices) -> String {
+    let mut t = String::from(
+        "[stages.hpo.params]\n\
+         n_trials = 8  # the recipe's six optimizer knobs and the model's shape below\n\
+         [stages.hpo.params.space]\n\
+         preset = { type = \"categorical\", choices = [\"tiny\", \"small\"] }  # d 64, 2+1 layers / d 128, 3+2 layers",
+    );
+    if profile.images.is_some() && c.image_patch >= 2 {
+        let _ = write!(
+            t,
+            "\nimage_patch = {{ type = \"categorical\", choices = [{}, {}] }}  # {} or {} image tokens",
+            c.image_patch,
+            c.image_patch / 2,
+            (c.image_size / c.image_patch).pow(2),
+            (c.image_size / (c.image_patch / 2)).pow(2),
+        );
+    }
+    if profile.audio.is_some() {
+        t.push_str(
+            "\naudio_patch = { type = \"categorical\", choices = [2, 4] }  # mel frames per audio token",
+        );
+    }
     t
 }
 
