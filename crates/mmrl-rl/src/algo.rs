@@ -1,5 +1,6 @@
 //! The algorithms' maths: group-relative (GRPO) and leave-one-out (RLOO) advantages, GAE with a value head
-//! (PPO), the clipped surrogate with a k3 KL penalty and entropy bonus, and the exploration schedules.
+//! (PPO), rejection sampling (RFT), the clipped surrogate with a k3 KL penalty and entropy bonus, and the
+//! exploration schedules.
 //!
 //! Everything that is not a tensor op is a plain function over host vectors, so it is tested exactly;
 //! [`policy_loss`] and [`value_loss`] build the differentiable losses from per-token host inputs.
@@ -22,6 +23,8 @@ pub enum Algorithm {
     Rloo,
     /// PPO with a value head and GAE over answer tokens.
     Ppo,
+    /// Rejection-sampling fine-tuning: sample answers, keep those the rewards accept, cross-entropy on them.
+    Rft,
 }
 
 /// How group advantages are scaled.
@@ -214,6 +217,21 @@ pub fn rloo_advantages(rewards: &[f64], group: usize, scale: AdvantageScale) -> 
         normalize_std(&mut adv);
     }
     (adv, zero)
+}
+
+/// Rejection sampling: advantage 1 for the rollouts whose reward reaches `min_reward` (kept and trained on with
+/// cross-entropy: with one policy epoch the surrogate's gradient is exactly that of `log pi`), 0 for the others
+/// (left out of the loss); also the number of groups with nothing kept.
+pub fn rft_advantages(rewards: &[f64], group: usize, min_reward: f64) -> (Vec<f64>, usize) {
+    let adv: Vec<f64> = rewards
+        .iter()
+        .map(|&r| f64::from(u8::from(r >= min_reward - 1e-12)))
+        .collect();
+    let empty = adv
+        .chunks(group.max(1))
+        .filter(|g| g.iter().all(|&a| a == 0.0))
+        .count();
+    (adv, empty)
 }
 
 fn normalize_std(v: &mut [f64]) {
@@ -489,6 +507,14 @@ mod tests {
         close(&a, &[1.0, -1.0 / 3.0, -1.0 / 3.0, -1.0 / 3.0]);
         assert_eq!(zero, 0);
         assert_eq!(rloo_advantages(&[2.0, 2.0], 2, AdvantageScale::None).1, 1);
+    }
+
+    #[test]
+    fn rft_keeps_the_answers_that_reach_the_threshold() {
+        let (a, empty) = rft_advantages(&[1.0, 0.0, 0.0, 0.0, 2.0, 1.0], 2, 1.0);
+        close(&a, &[1.0, 0.0, 0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(empty, 1);
+        assert_eq!(rft_advantages(&[0.4, 0.6], 2, 0.5).0, [0.0, 1.0]);
     }
 
     #[test]

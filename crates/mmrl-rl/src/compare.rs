@@ -40,12 +40,7 @@ pub struct CompareRow {
 /// starting policy abstains on the 10% least confident train prompts, no epsilon: random tokens are no
 /// way to discover abstention, and the abstention reward scores them like any wrong answer).
 pub fn default_variants(base: &RlConfig) -> Vec<(String, RlConfig)> {
-    let spec = |name: &str, weight: f64| RewardSpec {
-        name: name.into(),
-        weight,
-        weight_end: None,
-        weight_steps: 0,
-    };
+    let spec = RewardSpec::new;
     let with = |algorithm: Algorithm, rewards: Vec<RewardSpec>| RlConfig {
         algorithm,
         rewards,

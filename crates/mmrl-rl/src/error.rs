@@ -36,6 +36,17 @@ pub enum Error {
         /// The answer it scored.
         answer: String,
     },
+    /// An external checker failed: it crashed, timed out, wrote the wrong number of lines, a line that is not
+    /// JSON, or a score that is not a finite number.
+    #[error("reward {name}: {message} (sample {sample})")]
+    ExternalReward {
+        /// The reward's name.
+        name: String,
+        /// The sample the failure concerns (the batch's first one when it concerns the whole batch).
+        sample: String,
+        /// What went wrong and what was expected.
+        message: String,
+    },
     /// Training diverged.
     #[error("training diverged at step {step}: {message}")]
     Diverged {

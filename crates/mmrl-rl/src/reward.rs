@@ -1,18 +1,26 @@
 //! Rewards: the [`Reward`] trait, the built-ins, their weighted combination with weight schedules, and
 //! potential-based shaping for per-token rewards.
 //!
-//! A reward sees one generated answer with its sample ([`RewardContext`]) and returns `Some(value)` or
-//! `None` when it does not apply to that sample (numeric closeness on a yes/no question). The combined
-//! reward of a rollout is `sum_k w_k(step) * r_k` over the rewards that apply; each reward is also logged
-//! on its own (mean and std over the samples it applied to). A non-finite value is an error that names the
-//! reward and the sample, never a silent NaN in the loss.
+//! A reward sees one generated answer with its sample ([`RewardContext`]: the reference answer when the row is
+//! labeled, and the row's checker columns) and returns `Some(value)` or `None` when it does not apply to that
+//! sample (numeric closeness on a yes/no question, exact match on a row without a demonstration). The
+//! combined reward of a rollout is `sum_k w_k(step) * r_k` over the rewards that apply; each reward is also
+//! logged on its own (mean and std over the samples it applied to). A non-finite value is an error that names
+//! the reward and the sample, never a silent NaN in the loss. Rewards score a whole step's rollouts at once
+//! ([`Reward::score_batch`]), so an external command ([`crate::external`]) runs once per step.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use mmrl_model::vocab::{numbers, token_f1};
+use mmrl_artifact::sample::ACCEPT;
+use mmrl_model::vocab::{normalize_answer, numbers, token_f1};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::external::ExternalReward;
+
+/// The checker column of the numeric tolerance reward: the largest distance from a valid answer that still
+/// counts as right.
+pub const TOLERANCE_COLUMN: &str = "check_tolerance";
 
 /// The answer an abstaining policy gives.
 pub const UNSURE: &str = mmrl_model::vocab::UNSURE;
@@ -26,14 +34,34 @@ pub struct RewardContext<'a> {
     pub qtype: &'a str,
     /// The question.
     pub question: &'a str,
-    /// The reference answer, normalized (lowercase words joined by single spaces).
-    pub reference: &'a str,
+    /// The reference answer, normalized (lowercase words joined by single spaces); `None` when the row is
+    /// unlabeled (select's label budget): its demonstration is hidden from training.
+    pub reference: Option<&'a str>,
     /// The generated answer, decoded and normalized.
     pub answer: &'a str,
     /// The generated answer token ids (without `<eos>`).
     pub tokens: &'a [u32],
-    /// Answers of this question type in the train split (normalized).
+    /// Answers of this question type in the labeled train rows (normalized).
     pub answer_set: Option<&'a BTreeSet<String>>,
+    /// The row's checker cells by column name (`accept`, `check_*`), as the dataset holds them.
+    pub checks: &'a BTreeMap<String, String>,
+}
+
+impl RewardContext<'_> {
+    /// The answers a checker accepts for this row, normalized: the `accept` cell split at `|`, or else the
+    /// reference answer when the row is labeled; `None` when the row has neither.
+    pub fn valid_answers(&self) -> Option<Vec<String>> {
+        match (self.checks.get(ACCEPT), self.reference) {
+            (Some(cell), _) => Some(
+                cell.split('|')
+                    .map(normalize_answer)
+                    .filter(|a| !a.is_empty())
+                    .collect(),
+            ),
+            (None, Some(r)) => Some(vec![r.to_owned()]),
+            (None, None) => None,
+        }
+    }
 }
 
 /// A reward function. Implement it for custom rewards and hand them to the stage with
@@ -43,6 +71,12 @@ pub trait Reward: Send + Sync {
     fn name(&self) -> &str;
     /// The reward of one rollout, or `None` when it does not apply to this sample.
     fn score(&self, ctx: &RewardContext) -> Option<f64>;
+    /// The rewards of a step's rollouts, in order; the stage calls this. The default scores each with
+    /// [`Reward::score`]; a reward that runs something per call (an external command) overrides it, and its
+    /// errors name the reward and the sample.
+    fn score_batch(&self, ctxs: &[RewardContext]) -> Result<Vec<Option<f64>>> {
+        Ok(ctxs.iter().map(|c| self.score(c)).collect())
+    }
 }
 
 fn words(s: &str) -> Vec<&str> {
@@ -58,7 +92,62 @@ impl Reward for ExactMatch {
         "exact_match"
     }
     fn score(&self, ctx: &RewardContext) -> Option<f64> {
-        Some(f64::from(u8::from(ctx.answer == ctx.reference)))
+        Some(f64::from(u8::from(ctx.answer == ctx.reference?)))
+    }
+}
+
+/// 1 when the answer is one of the row's valid answers ([`RewardContext::valid_answers`]: the `accept`
+/// column, or the reference of a labeled row), else 0; `None` for a row with neither.
+#[derive(Debug, Clone, Default)]
+pub struct Accept;
+
+impl Reward for Accept {
+    fn name(&self) -> &str {
+        "accept"
+    }
+    fn score(&self, ctx: &RewardContext) -> Option<f64> {
+        let valid = ctx.valid_answers()?;
+        Some(f64::from(u8::from(valid.iter().any(|v| v == ctx.answer))))
+    }
+}
+
+/// For rows with a `check_tolerance` cell: 1 when the answer is a number within that distance of a valid
+/// answer's number (the `accept` column, or the reference of a labeled row), else 0; `None` for other rows.
+/// A tolerance that is not a finite number of at least 0 scores NaN, which the stage reports as an error (it
+/// also checks every cell before training).
+#[derive(Debug, Clone, Default)]
+pub struct Tolerance;
+
+/// The tolerance of a `check_tolerance` cell: a finite number of at least 0.
+pub fn parse_tolerance(cell: &str) -> Option<f64> {
+    cell.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite() && *t >= 0.0)
+}
+
+impl Reward for Tolerance {
+    fn name(&self) -> &str {
+        "tolerance"
+    }
+    fn score(&self, ctx: &RewardContext) -> Option<f64> {
+        let cell = ctx.checks.get(TOLERANCE_COLUMN)?;
+        let valid = ctx.valid_answers()?;
+        let Some(tolerance) = parse_tolerance(cell) else {
+            return Some(f64::NAN);
+        };
+        let single = |s: &str| match numbers(s)?.as_slice() {
+            [x] => Some(*x),
+            _ => None,
+        };
+        let Some(a) = single(ctx.answer) else {
+            return Some(0.0);
+        };
+        let hit = valid
+            .iter()
+            .filter_map(|v| single(v))
+            .any(|v| (a - v).abs() <= tolerance + 1e-12);
+        Some(f64::from(u8::from(hit)))
     }
 }
 
@@ -71,7 +160,7 @@ impl Reward for TokenF1 {
         "token_f1"
     }
     fn score(&self, ctx: &RewardContext) -> Option<f64> {
-        Some(token_f1(ctx.answer, ctx.reference))
+        Some(token_f1(ctx.answer, ctx.reference?))
     }
 }
 
@@ -105,7 +194,7 @@ impl Reward for NumericCloseness {
         "numeric"
     }
     fn score(&self, ctx: &RewardContext) -> Option<f64> {
-        numeric_closeness(ctx.answer, ctx.reference, self.scale)
+        numeric_closeness(ctx.answer, ctx.reference?, self.scale)
     }
 }
 
@@ -137,14 +226,14 @@ impl Reward for LengthPenalty {
         "length"
     }
     fn score(&self, ctx: &RewardContext) -> Option<f64> {
-        let excess = ctx.tokens.len().saturating_sub(words(ctx.reference).len());
+        let excess = ctx.tokens.len().saturating_sub(words(ctx.reference?).len());
         Some(-(excess as f64))
     }
 }
 
-/// Calibrated abstention: `right` for a correct answer, `unsure` for the answer `unsure`, `wrong` for a
-/// wrong one, with `wrong < unsure < right`: guessing pays only when the policy is right often enough
-/// (with the defaults 1 / 0 / -1, when it is right more than half the time).
+/// Calibrated abstention: `right` for a correct answer (one of [`RewardContext::valid_answers`]), `unsure` for
+/// the answer `unsure`, `wrong` for a wrong one, with `wrong < unsure < right`: guessing pays only when the
+/// policy is right often enough (with the defaults 1 / 0 / -1, when it is right more than half the time).
 #[derive(Debug, Clone)]
 pub struct Abstention {
     /// Reward of a correct answer.
@@ -160,7 +249,8 @@ impl Reward for Abstention {
         "abstention"
     }
     fn score(&self, ctx: &RewardContext) -> Option<f64> {
-        Some(if ctx.answer == ctx.reference {
+        let valid = ctx.valid_answers()?;
+        Some(if valid.iter().any(|v| v == ctx.answer) {
             self.right
         } else if ctx.answer == UNSURE {
             self.unsure
@@ -171,11 +261,10 @@ impl Reward for Abstention {
 }
 
 /// One reward in the config (`[[stages.rl.params.rewards]]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RewardSpec {
-    /// A built-in (`exact_match`, `token_f1`, `numeric`, `format`, `length`, `abstention`) or a custom
-    /// reward's name.
+    /// A built-in ([`BUILTINS`]), a custom reward's name, or any other name with `command`.
     pub name: String,
     /// Weight at step 0.
     pub weight: f64,
@@ -185,9 +274,25 @@ pub struct RewardSpec {
     /// Steps of the weight schedule (0: the whole run).
     #[serde(default)]
     pub weight_steps: u64,
+    /// An external checker: the program and its arguments, run once per step with a JSON line per rollout on
+    /// stdin, answering a line `{"score": x}` per rollout on stdout ([`crate::external`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Seconds the command may take per step (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
 }
 
 impl RewardSpec {
+    /// A reward of constant `weight`.
+    pub fn new(name: &str, weight: f64) -> Self {
+        Self {
+            name: name.to_owned(),
+            weight,
+            ..Self::default()
+        }
+    }
+
     /// The weight at `step` of a run of `total` steps.
     pub fn weight_at(&self, step: u64, total: u64) -> f64 {
         match self.weight_end {
@@ -232,8 +337,10 @@ impl Default for RewardParams {
 }
 
 /// Names of the built-in rewards.
-pub const BUILTINS: [&str; 6] = [
+pub const BUILTINS: [&str; 8] = [
     "exact_match",
+    "accept",
+    "tolerance",
     "token_f1",
     "numeric",
     "format",
@@ -320,7 +427,10 @@ impl RewardSet {
         let mut rewards = Vec::with_capacity(specs.len());
         for spec in specs {
             let r: Box<dyn Reward> = match spec.name.as_str() {
+                _ if spec.command.is_some() => Box::new(ExternalReward::from_spec(spec)?),
                 "exact_match" => Box::new(ExactMatch),
+                "accept" => Box::new(Accept),
+                "tolerance" => Box::new(Tolerance),
                 "token_f1" => Box::new(TokenF1),
                 "numeric" => Box::new(NumericCloseness {
                     scale: params.numeric_scale,
@@ -352,24 +462,55 @@ impl RewardSet {
 
     /// Scores one rollout at `step` of `total` steps.
     pub fn score(&self, ctx: &RewardContext, step: u64, total: u64) -> Result<Scored> {
-        let mut each = Vec::with_capacity(self.rewards.len());
-        let mut sum = 0.0;
+        let mut all = self.score_batch(std::slice::from_ref(ctx), step, total)?;
+        all.pop()
+            .ok_or_else(|| Error::config("rewards", "scoring returned no value"))
+    }
+
+    /// Scores a step's rollouts at `step` of `total` steps: each reward scores the whole batch once.
+    pub fn score_batch(
+        &self,
+        ctxs: &[RewardContext],
+        step: u64,
+        total: u64,
+    ) -> Result<Vec<Scored>> {
+        let mut out: Vec<Scored> = ctxs
+            .iter()
+            .map(|_| Scored {
+                total: 0.0,
+                each: Vec::with_capacity(self.rewards.len()),
+            })
+            .collect();
         for (spec, r) in &self.rewards {
-            let v = r.score(ctx);
-            if let Some(x) = v {
-                if !x.is_finite() {
-                    return Err(Error::BadReward {
-                        name: spec.name.clone(),
-                        value: x,
-                        sample: ctx.sample_id.to_owned(),
-                        answer: ctx.answer.to_owned(),
-                    });
-                }
-                sum += spec.weight_at(step, total) * x;
+            let values = r.score_batch(ctxs)?;
+            if values.len() != ctxs.len() {
+                return Err(Error::config(
+                    "rewards",
+                    format!(
+                        "reward {} scored {} of {} rollouts",
+                        spec.name,
+                        values.len(),
+                        ctxs.len()
+                    ),
+                ));
             }
-            each.push(v);
+            let w = spec.weight_at(step, total);
+            for ((scored, v), ctx) in out.iter_mut().zip(values).zip(ctxs) {
+                if let Some(x) = v {
+                    if !x.is_finite() {
+                        return Err(Error::BadReward {
+                            name: spec.name.clone(),
+                            value: x,
+                            sample: ctx.sample_id.to_owned(),
+                            answer: ctx.answer.to_owned(),
+                        });
+                    }
+                    scored.total += w * x;
+                }
+                scored.each.push(v);
+            }
         }
-        Ok(Scored { total: sum, each })
+        Ok(out)
     }
 }
 
@@ -378,12 +519,16 @@ fn unknown(name: &str, custom: &[String]) -> Error {
     known.extend(custom.iter().cloned());
     Error::config(
         "rewards.name",
-        format!("unknown reward {name:?}; known: {}", known.join(", ")),
+        format!(
+            "unknown reward {name:?}; known: {}; or give it a command (an external checker)",
+            known.join(", ")
+        ),
     )
 }
 
-/// Checks reward specs before any compute: at least one, names known (built-ins or `custom`), no
-/// duplicates, finite weights whose start (and end) sums are not zero.
+/// Checks reward specs before any compute: at least one, names known (built-ins, `custom`, or any other name
+/// with a `command`), no duplicates, finite weights whose start (and end) sums are not zero, commands that name
+/// a program, positive timeouts.
 pub fn validate_specs(specs: &[RewardSpec], custom: Vec<String>) -> Result<()> {
     if specs.is_empty() {
         return Err(Error::config(
@@ -393,7 +538,9 @@ pub fn validate_specs(specs: &[RewardSpec], custom: Vec<String>) -> Result<()> {
     }
     let mut seen = BTreeSet::new();
     for s in specs {
-        if !BUILTINS.contains(&s.name.as_str()) && !custom.contains(&s.name) {
+        crate::external::validate_spec(s)?;
+        let builtin = BUILTINS.contains(&s.name.as_str());
+        if !builtin && !custom.contains(&s.name) && s.command.is_none() {
             return Err(unknown(&s.name, &custom));
         }
         if !seen.insert(s.name.as_str()) {
@@ -438,6 +585,8 @@ pub fn mean_std(values: impl IntoIterator<Item = Option<f64>>) -> (f64, f64) {
 mod tests {
     use super::*;
 
+    static NO_CHECKS: BTreeMap<String, String> = BTreeMap::new();
+
     fn ctx<'a>(
         answer: &'a str,
         reference: &'a str,
@@ -447,10 +596,11 @@ mod tests {
             sample_id: "s1",
             qtype: "q",
             question: "how many",
-            reference,
+            reference: Some(reference),
             answer,
             tokens: &[7, 8, 9][..answer.split_whitespace().count().min(3)],
             answer_set: set,
+            checks: &NO_CHECKS,
         }
     }
 
@@ -532,6 +682,108 @@ mod tests {
         );
     }
 
+    /// Checkers over the row: `accept` lists the valid answers (else the labeled reference counts), the
+    /// tolerance is a column; an unlabeled row (no reference) is scored by its checkers only.
+    #[test]
+    fn checkers_read_the_rows_columns_and_unlabeled_rows_have_no_reference() {
+        let checks = |accept: Option<&str>, tolerance: Option<&str>| -> BTreeMap<String, String> {
+            let mut m = BTreeMap::new();
+            if let Some(a) = accept {
+                m.insert(ACCEPT.to_owned(), a.to_owned());
+            }
+            if let Some(t) = tolerance {
+                m.insert(TOLERANCE_COLUMN.to_owned(), t.to_owned());
+            }
+            m
+        };
+        // (answer, reference, accept, tolerance) -> (accept, tolerance, exact_match, abstention)
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+        let cases: [(Case, [Option<f64>; 4]); 9] = [
+            (
+                ("red", Some("blue"), Some("Red|blue"), None),
+                [Some(1.0), None, Some(0.0), Some(1.0)],
+            ),
+            (
+                ("green", Some("blue"), Some("red|blue"), None),
+                [Some(0.0), None, Some(0.0), Some(-1.0)],
+            ),
+            (
+                ("yes", None, Some("yes"), None),
+                [Some(1.0), None, None, Some(1.0)],
+            ),
+            (("yes", None, None, None), [None, None, None, None]),
+            (
+                ("no", Some("no"), None, None),
+                [Some(1.0), None, Some(1.0), Some(1.0)],
+            ),
+            (
+                ("7", Some("5"), None, Some("2")),
+                [Some(0.0), Some(1.0), Some(0.0), Some(-1.0)],
+            ),
+            (
+                ("8", None, Some("5|11"), Some("2.5")),
+                [Some(0.0), Some(0.0), None, Some(-1.0)],
+            ),
+            (
+                ("red", Some("5"), None, Some("2")),
+                [Some(0.0), Some(0.0), Some(0.0), Some(-1.0)],
+            ),
+            (
+                ("5", Some("5"), None, Some("lots")),
+                [Some(1.0), Some(f64::NAN), Some(1.0), Some(1.0)],
+            ),
+        ];
+        let rewards: [&dyn Reward; 4] = [
+            &Accept,
+            &Tolerance,
+            &ExactMatch,
+            &Abstention {
+                right: 1.0,
+                unsure: 0.0,
+                wrong: -1.0,
+            },
+        ];
+        for ((answer, reference, accept, tolerance), want) in cases {
+            let c = checks(accept, tolerance);
+            let ctx = RewardContext {
+                reference,
+                checks: &c,
+                ..ctx(answer, "", None)
+            };
+            for (r, w) in rewards.iter().zip(want) {
+                let got = r.score(&ctx);
+                let same = match (got, w) {
+                    (Some(g), Some(w)) => (g.is_nan() && w.is_nan()) || (g - w).abs() < 1e-12,
+                    (g, w) => g == w,
+                };
+                assert!(
+                    same,
+                    "{} on {answer:?} ({reference:?}, {c:?}): {got:?} != {w:?}",
+                    r.name()
+                );
+            }
+        }
+        // A bad tolerance cell is an error naming the reward and the sample.
+        let set =
+            RewardSet::build(&[spec("tolerance", 1.0)], &RewardParams::default(), vec![]).unwrap();
+        let c = checks(None, Some("-1"));
+        let e = set
+            .score(
+                &RewardContext {
+                    checks: &c,
+                    ..ctx("5", "5", None)
+                },
+                0,
+                1,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("reward tolerance returned NaN for sample s1"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn format_without_an_answer_set_does_not_apply() {
         assert_eq!(
@@ -544,12 +796,7 @@ mod tests {
     }
 
     fn spec(name: &str, weight: f64) -> RewardSpec {
-        RewardSpec {
-            name: name.into(),
-            weight,
-            weight_end: None,
-            weight_steps: 0,
-        }
+        RewardSpec::new(name, weight)
     }
 
     struct Custom(f64);
@@ -567,10 +814,9 @@ mod tests {
         let specs = vec![
             spec("exact_match", 1.0),
             RewardSpec {
-                name: "numeric".into(),
-                weight: 0.0,
                 weight_end: Some(1.0),
                 weight_steps: 10,
+                ..RewardSpec::new("numeric", 0.0)
             },
         ];
         let set = RewardSet::build(&specs, &RewardParams::default(), vec![]).unwrap();

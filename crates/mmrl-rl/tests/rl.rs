@@ -45,12 +45,7 @@ fn sft_model(dir: &Path) -> (PathBuf, InputPaths) {
 }
 
 fn spec(name: &str, weight: f64) -> RewardSpec {
-    RewardSpec {
-        name: name.into(),
-        weight,
-        weight_end: None,
-        weight_steps: 0,
-    }
+    RewardSpec::new(name, weight)
 }
 
 fn tiny(algorithm: Algorithm) -> RlConfig {
