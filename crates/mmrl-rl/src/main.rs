@@ -1,12 +1,12 @@
-//! `mmrl-rl`: the rl stage in the stage protocol of [`mmrl_artifact::cli`], and the comparison of
-//! continued sft against GRPO, RLOO and PPO at matched compute.
+//! `mmrl-rl`: the rl stage in the stage protocol of [`mmrl_artifact::cli`], and the comparison of RL against
+//! continued sft, self-training, RFT and full-label sft at matched compute.
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use mmrl_artifact::cli::{StageArgs, config, init_logging, progress_bar};
 use mmrl_model::data::InputPaths;
+use mmrl_rl::compare;
 use mmrl_rl::stage::{self, RlConfig, RlInputs};
-use mmrl_rl::{compare, replay::ReplayConfig};
 
 #[derive(Parser)]
 #[command(
@@ -23,21 +23,11 @@ struct Cli {
 enum Command {
     /// Fine-tune (--input model=SFT --input samples=SELECT [--input image=.. audio=.. tabular=..]).
     Rl(StageArgs),
-    /// Continued sft vs GRPO, RLOO, PPO (and reward variants) at matched compute; prints a Markdown table.
-    /// Same inputs as `rl`; --output is a scratch folder for the runs (the table goes there as well).
-    Compare(CompareArgs),
-}
-
-#[derive(clap::Args)]
-struct CompareArgs {
-    #[command(flatten)]
-    stage: StageArgs,
-    /// Seeds to run (comma-separated); the table then shows mean ± half-range. Default: --seed alone.
-    #[arg(long, value_delimiter = ',')]
-    seeds: Vec<u64>,
-    /// Only these variants (comma-separated names, e.g. `grpo,grpo abstention`); default: all.
-    #[arg(long, value_delimiter = ',')]
-    variants: Vec<String>,
+    /// RL against continued sft (lr swept), self-training, RFT and full-label sft at matched compute, over
+    /// several seeds, on val; writes an artifact of every model (eval scores them on test) and prints the table.
+    /// Inputs as `rl`, plus --input rl=RL_ARTIFACT (its config is the RL config compared) unless the params
+    /// have an [rl] table.
+    Compare(StageArgs),
 }
 
 fn inputs(args: &StageArgs) -> anyhow::Result<RlInputs> {
@@ -82,68 +72,28 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Compare(cargs) => {
-            let args = cargs.stage;
-            let Some(cfg) = config(&args, RlConfig::validate).map_err(|e| anyhow!(e))? else {
+        Command::Compare(args) => {
+            let Some(cfg) =
+                config(&args, compare::CompareConfig::validate).map_err(|e| anyhow!(e))?
+            else {
                 return Ok(());
             };
-            let cfg = RlConfig {
-                replay: ReplayConfig {
-                    enabled: false,
-                    ..cfg.replay.clone()
-                },
-                ..cfg
+            let rl_inputs = inputs(&args)?;
+            let inputs = compare::CompareInputs {
+                model: rl_inputs.model,
+                rl: args
+                    .inputs
+                    .iter()
+                    .find(|(n, _)| n == "rl")
+                    .map(|(_, p)| p.clone()),
+                data: rl_inputs.data,
             };
-            let inputs = inputs(&args)?;
-            // A folder of reports, written into and never replaced: not an artifact output.
-            let output = args.folder_output().map_err(|e| anyhow!(e))?;
-            std::fs::create_dir_all(output)
-                .with_context(|| format!("creating {}", output.display()))?;
-            let mut variants = compare::default_variants(&cfg);
-            if !cargs.variants.is_empty() {
-                for v in &cargs.variants {
-                    if !variants.iter().any(|(n, _)| n == v) {
-                        let names: Vec<&str> = variants.iter().map(|(n, _)| n.as_str()).collect();
-                        return Err(anyhow!(
-                            "--variants: unknown variant {v:?}; known: {names:?}"
-                        ));
-                    }
-                }
-                variants.retain(|(n, _)| cargs.variants.contains(n));
-            }
-            let seeds = if cargs.seeds.is_empty() {
-                vec![args.seed]
-            } else {
-                cargs.seeds.clone()
-            };
-            let mut per_seed = Vec::new();
-            for &seed in &seeds {
-                let dir = if seeds.len() > 1 {
-                    output.join(format!("seed{seed}"))
-                } else {
-                    output.to_path_buf()
-                };
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                let rows = compare::run(&cfg, seed, &inputs, &dir, &variants, |r| {
-                    tracing::info!(seed, run = %r.name, val_exact_match = format!("{:.4}", r.metrics.exact_match), seconds = format!("{:.0}", r.seconds), "compare");
-                })?;
-                let table = compare::markdown(&rows, &cfg.reward_params);
-                std::fs::write(dir.join("compare.md"), &table)?;
-                std::fs::write(dir.join("compare.json"), serde_json::to_vec_pretty(&rows)?)?;
-                per_seed.push((seed, rows));
-            }
-            let table = if per_seed.len() > 1 {
-                compare::markdown_seeds(&per_seed, &cfg.reward_params)
-            } else {
-                compare::markdown(&per_seed[0].1, &cfg.reward_params)
-            };
-            println!("{table}");
-            std::fs::write(output.join("compare.md"), &table)?;
-            std::fs::write(
-                output.join("compare.json"),
-                serde_json::to_vec_pretty(&per_seed)?,
-            )?;
+            let output = args.output().map_err(|e| anyhow!(e))?;
+            let report = compare::run(&cfg, &inputs, output, |r| {
+                tracing::info!(seed = r.seed, run = %r.name, val_exact_match = format!("{:.4}", r.metrics.exact_match), seconds = format!("{:.0}", r.seconds), "compare");
+            })
+            .with_context(|| format!("compare into {}", output.display()))?;
+            println!("{}", compare::markdown(&report, cfg.bootstrap_samples));
         }
     }
     Ok(())

@@ -113,6 +113,9 @@ fn check_learns(algorithm: Algorithm) {
         cfg.policy_epochs = 2;
         cfg.minibatches = 2;
     }
+    if algorithm == Algorithm::Rft {
+        cfg.kl_beta = 0.0;
+    }
     let out = dir.path().join("rl");
     let hooks = Hooks {
         custom_rewards: vec![Box::new(SaysYes)],
@@ -450,4 +453,220 @@ fn bad_input_fails_before_training_with_clear_errors() {
     let e = run(&cfg, &good, vec![Box::new(Nan)]);
     assert!(e.contains("reward nan returned NaN for sample"), "{e}");
     assert!(!out.exists() && !stage::work_dir(&out).join("model.bpk").exists());
+}
+
+/// A tiny sft model whose "is it high" train rows are all unlabeled (select's label budget) and carry an
+/// `accept` cell saying "yes" (a checker that accepts only "yes"); returns the model and the data.
+fn sft_model_with_checkers(dir: &Path) -> (PathBuf, InputPaths) {
+    use arrow::array::{ArrayRef, BooleanArray, StringArray};
+    use arrow::datatypes::{DataType, Field};
+    use mmrl_artifact::sample::{ACCEPT, LABELED};
+    use std::sync::Arc;
+    let rows = common::rows(120);
+    let hidden: Vec<bool> = rows
+        .iter()
+        .map(|r| r.split == "train" && r.qtype == "level")
+        .collect();
+    let labeled: ArrayRef = Arc::new(BooleanArray::from(
+        hidden.iter().map(|h| !h).collect::<Vec<_>>(),
+    ));
+    let accept: ArrayRef = Arc::new(StringArray::from(
+        hidden
+            .iter()
+            .map(|&h| h.then_some("yes"))
+            .collect::<Vec<_>>(),
+    ));
+    let samples = common::write_samples_with(
+        dir,
+        &rows,
+        vec![
+            (Field::new(LABELED, DataType::Boolean, false), labeled),
+            (Field::new(ACCEPT, DataType::Utf8, true), accept),
+        ],
+    );
+    let inputs = InputPaths {
+        samples,
+        image: Some(common::write_images(dir, &rows, 1)),
+        audio: None,
+        tabular: Some(common::write_tabular(dir, &rows)),
+    };
+    let out = dir.join("sft");
+    let cfg = SftConfig {
+        d_model: Some(32),
+        encoder_layers: Some(1),
+        decoder_layers: Some(1),
+        heads: Some(2),
+        image_patch: 4,
+        epochs: 3,
+        batch_size: 16,
+        lr: 3e-3,
+        early_stopping_patience: 0,
+        checkpoint_every: 0,
+        ..Default::default()
+    };
+    sft::run(&cfg, 1, &inputs, &out, sft::Hooks::default()).unwrap();
+    (out, inputs)
+}
+
+/// The mean of a reward's per-step means over the first and the last three steps.
+fn first_last(artifact: &Artifact, column_name: &str) -> (f64, f64) {
+    let v: Vec<f64> = column(artifact, "metrics_steps", column_name)
+        .into_iter()
+        .filter(|x| !x.is_nan())
+        .collect();
+    assert!(v.len() >= 6, "{column_name}: {v:?}");
+    let n = v.len();
+    (
+        v[..3].iter().sum::<f64>() / 3.0,
+        v[n - 3..].iter().sum::<f64>() / 3.0,
+    )
+}
+
+/// The `accept` reward reads the checker column end to end: the "is it high" train rows are unlabeled (no
+/// reference reaches the reward) and their checker accepts only "yes", so the policy learns to say "yes" there,
+/// and exact match (which needs a reference) scores none of them.
+#[test]
+fn accept_reward_reads_the_checker_column_of_unlabeled_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = sft_model_with_checkers(dir.path());
+    let cfg = RlConfig {
+        steps: 16,
+        rewards: vec![spec("accept", 1.0), spec("exact_match", 0.0001)],
+        ..tiny(Algorithm::Grpo)
+    };
+    let out = dir.path().join("rl");
+    let report =
+        done(stage::run(&cfg, 2, &RlInputs { model, data }, &out, Hooks::default()).unwrap());
+    assert_eq!(report.unlabeled_train_samples, 28);
+    assert_eq!(report.generated, 16 * 16);
+    let artifact = Artifact::open(&out).unwrap();
+    let (first, last) = first_last(&artifact, "reward_accept_mean");
+    assert!(last > first + 0.1, "accept reward {first:.3} -> {last:.3}");
+    // Exact match applies to labeled rows only: a third of the prompts are unlabeled.
+    let em_std = column(&artifact, "metrics_steps", "reward_exact_match_std");
+    assert!(em_std.iter().all(|x| x.is_finite()));
+}
+
+/// A checker script (POSIX sh) in `dir`, returning the command that runs it.
+fn script(dir: &Path, name: &str, body: &str) -> Vec<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    vec!["sh".into(), path.to_string_lossy().into_owned()]
+}
+
+fn external(name: &str, command: Vec<String>, timeout_s: Option<f64>) -> RewardSpec {
+    RewardSpec {
+        command: Some(command),
+        timeout_s,
+        ..spec(name, 1.0)
+    }
+}
+
+/// An external checker over JSON lines moves the policy like a built-in reward; each way it can fail (crash,
+/// timeout, wrong count of lines, a line that is not JSON, no numeric score, a non-finite score) is an error
+/// naming the reward and the sample, never a silent 0.
+#[test]
+fn external_command_rewards_score_batches_and_fail_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = sft_model(dir.path());
+    let inputs = RlInputs { model, data };
+    let says_yes = script(
+        dir.path(),
+        "yes.sh",
+        "while IFS= read -r line; do\n  case \"$line\" in\n    *'\"answer\":\"yes\"'*) echo '{\"score\": 1}' ;;\n    *) echo '{\"score\": 0.0}' ;;\n  esac\ndone\n",
+    );
+    let cfg = RlConfig {
+        rewards: vec![external("ext", says_yes, Some(10.0))],
+        ..tiny(Algorithm::Grpo)
+    };
+    let out = dir.path().join("rl");
+    done(stage::run(&cfg, 5, &inputs, &out, Hooks::default()).unwrap());
+    let (first, last) = first_last(&Artifact::open(&out).unwrap(), "reward_ext_mean");
+    assert!(
+        last > first + 0.2,
+        "external reward {first:.3} -> {last:.3}"
+    );
+
+    let failures: [(&str, &str, Option<f64>, &str); 6] = [
+        ("crash.sh", "echo oops >&2\nexit 3\n", None, "crashed"),
+        (
+            "slow.sh",
+            "exec sleep 5\n",
+            Some(0.5),
+            "did not finish within timeout_s = 0.5 s",
+        ),
+        (
+            "short.sh",
+            "read -r line\necho '{\"score\": 1}'\n",
+            None,
+            "wrote 1 lines for 16 rollouts",
+        ),
+        (
+            "text.sh",
+            "while read -r l; do echo fine; done\n",
+            None,
+            "is not JSON",
+        ),
+        (
+            "noscore.sh",
+            "while read -r l; do echo '{\"value\": 1}'; done\n",
+            None,
+            "has no numeric score",
+        ),
+        (
+            "huge.sh",
+            "while read -r l; do echo '{\"score\": 1e999}'; done\n",
+            None,
+            "score",
+        ),
+    ];
+    for (name, body, timeout, want) in failures {
+        let cfg = RlConfig {
+            steps: 2,
+            rewards: vec![external("ext", script(dir.path(), name, body), timeout)],
+            ..tiny(Algorithm::Grpo)
+        };
+        let out = dir.path().join(format!("fail-{name}"));
+        let e = stage::run(&cfg, 1, &inputs, &out, Hooks::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("reward ext: ") && e.contains(want) && e.contains("(sample s"),
+            "{name}: {e}"
+        );
+        assert!(!out.exists(), "{name}: a failed run wrote its artifact");
+    }
+    // Config errors before any compute.
+    for (spec, want) in [
+        (external("ext", vec![], None), "command must name a program"),
+        (
+            external("accept", vec!["sh".into()], None),
+            "is a built-in reward",
+        ),
+        (
+            external("ext", vec!["sh".into()], Some(0.0)),
+            "positive number of seconds",
+        ),
+        (
+            RewardSpec {
+                timeout_s: Some(1.0),
+                ..spec("exact_match", 1.0)
+            },
+            "timeout_s applies to a command only",
+        ),
+    ] {
+        let cfg = RlConfig {
+            rewards: vec![spec],
+            ..tiny(Algorithm::Grpo)
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+}
+
+/// Rejection-sampling fine-tuning keeps only the answers its reward accepts and trains on them with
+/// cross-entropy: it moves towards the reward, with no KL term.
+#[test]
+fn rft_moves_the_policy_towards_its_reward() {
+    check_learns(Algorithm::Rft);
 }
