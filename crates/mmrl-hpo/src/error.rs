@@ -19,6 +19,14 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// A database storage that cannot be used: the URL (without password) and what was expected.
+    #[error("storage {url}: {message}")]
+    Storage {
+        /// The storage URL without its password.
+        url: String,
+        /// What went wrong and what was expected.
+        message: String,
+    },
     /// A study directory held by another hpo process.
     #[error("{0}")]
     Busy(String),

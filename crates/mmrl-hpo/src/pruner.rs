@@ -331,6 +331,7 @@ mod tests {
             started: 0.0,
             duration_s: None,
             retry_of: None,
+            lost: false,
         }
     }
 

@@ -83,6 +83,31 @@ pub struct HpoConfig {
     pub pruner: PrunerConfig,
     /// Dotted path -> value applied to every trial (e.g. fewer epochs); not part of the best overlay.
     pub overrides: Map<String, Value>,
+    /// Where the study lives: absent or `"journal"` for the journal beside the artifact, or a PostgreSQL URL
+    /// (`postgresql://USER@HOST/DB`) for a study that workers on other machines join. Written without its
+    /// password wherever the config is recorded.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_storage"
+    )]
+    pub storage: Option<String>,
+    /// The study's name in a database storage (default `<output folder>-<first 12 of the config key>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub study: Option<String>,
+    /// Seconds between a worker's heartbeats for its running trials (database storage; default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_s: Option<f64>,
+    /// Seconds without a heartbeat after which a running trial is failed and its parameters re-run under a new
+    /// number (database storage; default 60).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace_period_s: Option<f64>,
+}
+
+fn serialize_storage<S: serde::Serializer>(
+    url: &Option<String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    url.as_deref().map(crate::pg::redact).serialize(s)
 }
 
 impl Default for HpoConfig {
@@ -97,6 +122,10 @@ impl Default for HpoConfig {
             trial_timeout_s: 0.0,
             pruner: PrunerConfig::default(),
             overrides: Map::new(),
+            storage: None,
+            study: None,
+            heartbeat_interval_s: None,
+            grace_period_s: None,
         }
     }
 }
@@ -177,7 +206,16 @@ impl HpoConfig {
             )));
         }
         self.pruner.validate()?;
+        crate::worker::validate_storage(self)?;
         Ok(())
+    }
+
+    /// The database storage the study lives in, or `None` for the journal.
+    pub fn database(&self) -> Result<Option<crate::pg::DbUrl>> {
+        match self.storage.as_deref().map(str::trim) {
+            None | Some("journal") => Ok(None),
+            Some(url) => crate::pg::DbUrl::parse(url).map(Some),
+        }
     }
 
     /// The trial params for `suggested` values: base, then overrides, then the suggestion.
@@ -525,6 +563,9 @@ pub struct HpoReport {
     pub importance_method: String,
     /// The study directory (journal, trial outputs and logs).
     pub study_dir: String,
+    /// The database study (`URL#study`, no password) when the study was shared through one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
 }
 
 /// The key a study is kept under: the resolved config, the seed, what each input holds (an artifact's
@@ -624,7 +665,22 @@ pub fn run(
         pruner: config.pruner.clone(),
         seed,
     };
-    let mut study = Study::open(&dir, settings)?;
+    let (mut study, storage) = match config.database()? {
+        None => (Study::open(&dir, settings)?, None),
+        Some(url) => crate::worker::stage_study(
+            crate::worker::StageStudy {
+                url: &url,
+                config,
+                inputs,
+                output,
+                seed,
+                key: &key,
+                program: &launcher.program,
+                dir: &dir,
+            },
+            settings,
+        )?,
+    };
     let trials = study.optimize(&mut launcher, Duration::from_millis(250), |_| {})?;
     let direction = config.objective.direction;
     let best = best_trial(&trials, direction).ok_or_else(|| {
@@ -656,6 +712,7 @@ pub fn run(
         importances: importances.clone(),
         importance_method: "first-order variance share per parameter (correlation ratio eta^2 over quantile bins or categories), normalized".into(),
         study_dir: dir.display().to_string(),
+        storage,
     };
     write_artifact(config, inputs, output, seed, &space, &trials, &report)?;
     Ok(report)

@@ -1,5 +1,6 @@
-//! Study storage: trials as an append-only event journal behind the small [`Storage`] trait, so a database
-//! server could back a study shared by many machines later.
+//! Study storage: where a study's trials live, behind the small [`Storage`] trait. [`JournalStorage`] is an
+//! append-only event journal in a directory (the default, one machine); [`crate::pg::PgStorage`] keeps a study
+//! in PostgreSQL, shared by workers on many machines.
 //!
 //! [`JournalStorage`] keeps `journal.jsonl` in the study directory: one JSON event per line (a trial's
 //! start with its parameters, each intermediate value, its end with state, value, error text and
@@ -115,7 +116,21 @@ pub struct TrialRecord {
     pub duration_s: Option<f64>,
     /// The interrupted trial this one re-runs.
     pub retry_of: Option<u64>,
+    /// Failed because its worker stopped sending heartbeats (a shared storage's grace period ran out): its
+    /// parameters are re-run under a new number and it does not count toward `n_trials`. Always false in a
+    /// journal, where such trials are `interrupted`.
+    pub lost: bool,
 }
+
+impl TrialRecord {
+    /// Whether this trial's parameters are owed a re-run: it was interrupted or lost, not completed.
+    pub fn needs_retry(&self) -> bool {
+        self.state == TrialState::Interrupted || (self.state == TrialState::Failed && self.lost)
+    }
+}
+
+/// Chooses a new trial's parameters from every trial of the study: the parameters and the trial they re-run.
+pub type Choose<'a> = dyn FnMut(&[TrialRecord]) -> Result<(Params, Option<u64>)> + 'a;
 
 /// Where a study's trials live.
 pub trait Storage: Send + Sync {
@@ -134,6 +149,33 @@ pub trait Storage: Send + Sync {
     ) -> Result<()>;
     /// All trials, by number.
     fn trials(&self) -> Result<Vec<TrialRecord>>;
+    /// Starts the next trial atomically: `choose` sees every trial the storage holds at that moment and no
+    /// other trial starts until it returns, so a suggestion sees every trial finished before it and two
+    /// suggestions never share a draw. Returns the new number and the chosen parameters.
+    fn start_next(&self, choose: &mut Choose<'_>) -> Result<(u64, Params)> {
+        let trials = self.trials()?;
+        let (params, retry_of) = choose(&trials)?;
+        let number = self.start_trial(&params, retry_of)?;
+        Ok((number, params))
+    }
+    /// Whether other processes run trials of this study at the same time (a database storage): the study
+    /// loop then counts their running trials, waits for them, and sends heartbeats for its own.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// How often a worker confirms that its running trials are alive (`None`: no heartbeats).
+    fn heartbeat_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Confirms that this worker's `running` trials are alive.
+    fn heartbeat(&self, _running: &[u64]) -> Result<()> {
+        Ok(())
+    }
+    /// Marks running trials whose worker sent no heartbeat within the grace period as failed and lost (their
+    /// parameters are then re-run); returns their numbers.
+    fn fail_lost(&self) -> Result<Vec<u64>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Unix time in seconds.
@@ -285,6 +327,7 @@ pub fn replay(path: &Path, text: &str) -> Result<Vec<TrialRecord>> {
                         started: time,
                         duration_s: None,
                         retry_of,
+                        lost: false,
                     },
                 );
             }
@@ -326,9 +369,15 @@ pub fn replay(path: &Path, text: &str) -> Result<Vec<TrialRecord>> {
 
 impl Storage for JournalStorage {
     fn start_trial(&self, params: &Params, retry_of: Option<u64>) -> Result<u64> {
+        let (number, _) = self.start_next(&mut |_| Ok((params.clone(), retry_of)))?;
+        Ok(number)
+    }
+
+    fn start_next(&self, choose: &mut Choose<'_>) -> Result<(u64, Params)> {
         self.with_lock(|file| {
             let text = self.read_all(file)?;
             let trials = replay(&self.path, &text)?;
+            let (params, retry_of) = choose(&trials)?;
             let number = trials.last().map_or(0, |t| t.number + 1);
             self.append(
                 file,
@@ -339,7 +388,7 @@ impl Storage for JournalStorage {
                     retry_of,
                 },
             )?;
-            Ok(number)
+            Ok((number, params))
         })
     }
 

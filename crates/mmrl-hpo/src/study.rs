@@ -1,5 +1,5 @@
-//! A study: a directory with the trial journal, a sampler and a pruner, and the loop that keeps up to
-//! `workers` trials running until `n_trials` have finished.
+//! A study: a storage of trials (a journal in a directory, or a database shared with other workers), a sampler
+//! and a pruner, and the loop that keeps up to `workers` trials running until `n_trials` have finished.
 //!
 //! Resuming: opening a study takes `study.lock` for the whole run (a second hpo process on the same study is
 //! refused), so a trial still `running` in the journal belonged to a process that died with the study. It
@@ -11,10 +11,19 @@
 //! an uninterrupted run with the same finished trials. GP warm-starts its hyperparameter fit from the
 //! previous fit held in memory, which a resumed process does not have, so its suggestions after a resume may
 //! differ (they remain valid suggestions from the same history).
+//!
+//! Shared studies ([`Study::shared`], a storage where [`Storage::is_shared`]): several processes, on one
+//! machine or many, run trials of one study at once. Nothing is marked interrupted at open (the running trials
+//! belong to live workers); each worker counts every worker's running trials against the budget, sends
+//! heartbeats for its own, and fails the trials of a worker that stopped sending them (the storage's grace
+//! period), whose parameters are then re-run under a new number, like an interrupted trial's. A trial starts
+//! through [`Storage::start_next`], so its suggestion sees every trial finished before it and two workers
+//! never draw the same point. A worker returns when the study has its `n_trials`, after waiting for the
+//! trials other workers still run.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result, io};
 use crate::pruner::{Direction, PrunerConfig};
@@ -70,7 +79,7 @@ pub struct Study {
     storage: Box<dyn Storage>,
     settings: StudySettings,
     sampler: Box<dyn Sampler>,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 /// The study's lock file name.
@@ -80,15 +89,7 @@ impl Study {
     /// Opens or creates the study in `dir` with a journal, marking trials left running by a dead process as
     /// interrupted.
     pub fn open(dir: &Path, settings: StudySettings) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = File::create(&lock_path).map_err(io("creating", &lock_path))?;
-        if let Err(e) = lock.try_lock() {
-            return Err(Error::Busy(format!(
-                "study {} is in use by another hpo process ({e})",
-                dir.display()
-            )));
-        }
+        let lock = lock_dir(dir)?;
         let storage = Box::new(JournalStorage::open(dir)?);
         Self::with_storage(dir, storage, settings, lock)
     }
@@ -100,24 +101,57 @@ impl Study {
         settings: StudySettings,
         lock: File,
     ) -> Result<Self> {
+        let study = Self::build(dir, storage, settings, Some(lock))?;
+        study.interrupt_running()?;
+        Ok(study)
+    }
+
+    /// Joins a study that other workers may be running at the same time (a storage where
+    /// [`Storage::is_shared`]); `dir` holds this worker's trial outputs, `lock` (if any) guards it.
+    pub fn shared(
+        dir: &Path,
+        storage: Box<dyn Storage>,
+        settings: StudySettings,
+        lock: Option<File>,
+    ) -> Result<Self> {
+        if !storage.is_shared() {
+            return Err(Error::Config(
+                "Study::shared needs a storage shared by workers (a database); open a journal with Study::open"
+                    .into(),
+            ));
+        }
+        Self::build(dir, storage, settings, lock)
+    }
+
+    fn build(
+        dir: &Path,
+        storage: Box<dyn Storage>,
+        settings: StudySettings,
+        lock: Option<File>,
+    ) -> Result<Self> {
         if settings.workers == 0 {
             return Err(Error::Config("workers must be at least 1".into()));
         }
         let sampler = settings.sampler.build(&settings.space)?;
-        let study = Study {
+        Ok(Study {
             dir: dir.to_path_buf(),
             storage,
             settings,
             sampler,
             _lock: lock,
-        };
-        for t in study.storage.trials()? {
+        })
+    }
+
+    /// Marks trials left running by a process that died with the study as interrupted (single-process
+    /// storages: a running trial there has no live worker).
+    fn interrupt_running(&self) -> Result<()> {
+        for t in self.storage.trials()? {
             if t.state == TrialState::Running {
                 tracing::warn!(
                     trial = t.number,
                     "trial was running when the study stopped: marking it interrupted; it is re-run as a new trial"
                 );
-                study.storage.finish(
+                self.storage.finish(
                     t.number,
                     TrialState::Interrupted,
                     None,
@@ -126,7 +160,7 @@ impl Study {
                 )?;
             }
         }
-        Ok(study)
+        Ok(())
     }
 
     /// The study directory.
@@ -149,7 +183,7 @@ impl Study {
         self.storage.trials()
     }
 
-    /// Trials finished and counted toward `n_trials`.
+    /// Trials finished and counted toward `n_trials` (a lost trial is not: its parameters are re-run).
     pub fn counted(trials: &[TrialRecord]) -> u64 {
         trials
             .iter()
@@ -157,7 +191,7 @@ impl Study {
                 matches!(
                     t.state,
                     TrialState::Complete | TrialState::Pruned | TrialState::Failed
-                )
+                ) && !t.lost
             })
             .count() as u64
     }
@@ -174,199 +208,272 @@ impl Study {
     /// with the worst completed loss (they were stopped for being poor; their partial values are not
     /// comparable with final ones, but leaving them out would let a sampler propose the same region again).
     pub fn observations(&self, trials: &[TrialRecord]) -> Vec<Observation> {
-        let direction = self.settings.direction;
-        let worst = trials
-            .iter()
-            .filter(|t| t.state == TrialState::Complete)
-            .filter_map(|t| t.value.map(|v| direction.loss(v)))
-            .filter(|l| l.is_finite())
-            .fold(None, |acc: Option<f64>, l| {
-                Some(acc.map_or(l, |a| a.max(l)))
-            });
-        trials
-            .iter()
-            .filter_map(|t| {
-                let loss = match t.state {
-                    TrialState::Complete => direction.loss(t.value?),
-                    TrialState::Pruned => worst?,
-                    _ => return None,
-                };
-                Some(Observation {
-                    number: t.number,
-                    params: t.params.clone(),
-                    loss,
-                })
-            })
-            .collect()
+        observations(self.settings.direction, trials)
     }
 
-    /// Chooses the next trial's parameters and starts it in the storage: an interrupted trial's parameters
-    /// first, else the sampler's suggestion.
+    /// Chooses the next trial's parameters and starts it in the storage: an interrupted or lost trial's
+    /// parameters first, else the sampler's suggestion. The choice and the start are one step of the storage
+    /// ([`Storage::start_next`]), so concurrent workers of a shared study never draw the same point.
     pub fn ask(&mut self) -> Result<(u64, Params)> {
-        let trials = self.storage.trials()?;
-        let retried: std::collections::BTreeSet<u64> =
-            trials.iter().filter_map(|t| t.retry_of).collect();
-        if let Some(t) = trials
-            .iter()
-            .find(|t| t.state == TrialState::Interrupted && !retried.contains(&t.number))
-        {
-            let number = self.storage.start_trial(&t.params, Some(t.number))?;
-            return Ok((number, t.params.clone()));
-        }
-        // The sampler's own index: trials it drew, not trial numbers (a retry takes a number, not a draw).
-        let draw = trials.iter().filter(|t| t.retry_of.is_none()).count() as u64;
-        let history = self.observations(&trials);
-        let params = self.sampler.suggest(&Context {
-            space: &self.settings.space,
-            history: &history,
-            trial: draw,
-            seed: self.settings.seed,
-        })?;
-        let number = self.storage.start_trial(&params, None)?;
-        Ok((number, params))
+        let Study {
+            storage,
+            sampler,
+            settings,
+            ..
+        } = self;
+        storage.start_next(&mut |trials| {
+            let retried: std::collections::BTreeSet<u64> =
+                trials.iter().filter_map(|t| t.retry_of).collect();
+            if let Some(t) = trials
+                .iter()
+                .find(|t| t.needs_retry() && !retried.contains(&t.number))
+            {
+                tracing::info!(
+                    trial = t.number,
+                    state = t.state.as_str(),
+                    lost = t.lost,
+                    "re-running the parameters of a trial that did not finish"
+                );
+                return Ok((t.params.clone(), Some(t.number)));
+            }
+            // The sampler's own index: trials it drew, not trial numbers (a retry takes a number, not a draw).
+            let draw = trials.iter().filter(|t| t.retry_of.is_none()).count() as u64;
+            let history = observations(settings.direction, trials);
+            let params = sampler.suggest(&Context {
+                space: &settings.space,
+                history: &history,
+                trial: draw,
+                seed: settings.seed,
+            })?;
+            Ok((params, None))
+        })
     }
 
-    /// Runs trials through `launcher` until the budget is finished; `on_finish` sees each ended trial.
+    /// Runs trials through `launcher` until the budget is finished; `on_finish` sees each ended trial. On a
+    /// shared storage, trials other workers run count against the budget, and the loop returns once the
+    /// study has its `n_trials` (waiting for theirs).
     pub fn optimize(
         &mut self,
         launcher: &mut dyn Launcher,
         poll_every: Duration,
         mut on_finish: impl FnMut(&TrialRecord),
     ) -> Result<Vec<TrialRecord>> {
-        struct Flight {
-            number: u64,
-            started: std::time::Instant,
-            trial: Box<dyn RunningTrial>,
-        }
         let target = self.target();
+        let shared = self.storage.is_shared();
         let mut running: Vec<Flight> = Vec::new();
+        let mut last_beat = Instant::now();
         loop {
+            self.keep_alive(&running, &mut last_beat)?;
             let trials = self.storage.trials()?;
-            let mut done = Self::counted(&trials);
-            while running.len() < self.settings.workers && done + (running.len() as u64) < target {
-                let (number, params) = self.ask()?;
-                tracing::info!(trial = number, params = %serde_json::to_string(&params).unwrap_or_default(), "trial started");
-                match launcher.launch(number, &params) {
-                    Ok(trial) => running.push(Flight {
-                        number,
-                        started: std::time::Instant::now(),
-                        trial,
-                    }),
-                    Err(e) => {
-                        done += 1;
-                        self.storage.finish(
-                            number,
-                            TrialState::Failed,
-                            None,
-                            Some(e.to_string()),
-                            0.0,
-                        )?;
-                        if let Some(t) = self
-                            .storage
-                            .trials()?
-                            .into_iter()
-                            .find(|t| t.number == number)
-                        {
-                            on_finish(&t);
-                        }
-                    }
-                }
-            }
+            let done = Self::counted(&trials);
+            // A journal study runs only this process's trials; a shared one counts every worker's.
+            let in_flight = if shared {
+                trials
+                    .iter()
+                    .filter(|t| t.state == TrialState::Running)
+                    .count() as u64
+            } else {
+                running.len() as u64
+            };
+            let done = self.fill(launcher, &mut running, done, in_flight, target, &mut on_finish)?;
             if running.is_empty() {
-                break;
+                if done >= target || !shared {
+                    break;
+                }
+                // Other workers still run trials that the budget counts: wait for them, or for their grace
+                // period to run out (then their parameters are re-run here).
+                std::thread::sleep(poll_every.max(Duration::from_millis(20)));
+                continue;
             }
             std::thread::sleep(poll_every);
             let mut still = Vec::with_capacity(running.len());
             for mut f in running {
-                let poll = f.trial.poll();
-                let (reports, result) = match poll {
-                    Poll::Running(r) => (r, None),
-                    Poll::Done(r, res) => (r, Some(res)),
-                };
-                let mut pruned_at = None;
-                for (step, value) in reports {
-                    self.storage.report(f.number, step, value)?;
-                    if result.is_none() && pruned_at.is_none() {
-                        let all = self.storage.trials()?;
-                        if let Some(cur) = all.iter().find(|t| t.number == f.number)
-                            && self.settings.pruner.should_prune(
-                                cur,
-                                step,
-                                &all,
-                                self.settings.direction,
-                            )
-                        {
-                            pruned_at = Some((step, value));
-                        }
-                    }
-                }
-                let secs = f.started.elapsed().as_secs_f64();
-                let ended = if let Some((step, value)) = pruned_at {
-                    f.trial.kill();
-                    tracing::info!(trial = f.number, step, value, "trial pruned");
-                    self.storage
-                        .finish(f.number, TrialState::Pruned, Some(value), None, secs)?;
-                    true
-                } else if let Some(res) = result {
-                    match res {
-                        Ok(v) if v.is_finite() => {
-                            tracing::info!(
-                                trial = f.number,
-                                value = v,
-                                seconds = secs,
-                                "trial complete"
-                            );
-                            self.storage.finish(
-                                f.number,
-                                TrialState::Complete,
-                                Some(v),
-                                None,
-                                secs,
-                            )?;
-                        }
-                        Ok(v) => {
-                            self.storage.finish(
-                                f.number,
-                                TrialState::Failed,
-                                None,
-                                Some(format!("objective is not a finite number: {v}")),
-                                secs,
-                            )?;
-                        }
-                        Err(e) => {
-                            tracing::warn!(trial = f.number, error = %e, "trial failed");
-                            self.storage.finish(
-                                f.number,
-                                TrialState::Failed,
-                                None,
-                                Some(e),
-                                secs,
-                            )?;
-                        }
-                    }
-                    true
-                } else {
-                    false
-                };
-                if ended {
-                    if let Some(t) = self
-                        .storage
-                        .trials()?
-                        .into_iter()
-                        .find(|t| t.number == f.number)
-                    {
-                        on_finish(&t);
-                    }
-                } else {
-                    still.push(f);
+                match self.poll_flight(&mut f)? {
+                    Polled::Running => still.push(f),
+                    Polled::Ended(Some(t)) => on_finish(&t),
+                    Polled::Ended(None) => {}
                 }
             }
             running = still;
         }
         self.storage.trials()
     }
+
+    /// Starts trials while fewer than `workers` run here and the budget allows; returns the trials counted
+    /// (a trial that could not be launched is failed and counted).
+    fn fill(
+        &mut self,
+        launcher: &mut dyn Launcher,
+        running: &mut Vec<Flight>,
+        mut done: u64,
+        mut in_flight: u64,
+        target: u64,
+        on_finish: &mut impl FnMut(&TrialRecord),
+    ) -> Result<u64> {
+        while running.len() < self.settings.workers && done + in_flight < target {
+            let (number, params) = self.ask()?;
+            tracing::info!(trial = number, params = %serde_json::to_string(&params).unwrap_or_default(), "trial started");
+            match launcher.launch(number, &params) {
+                Ok(trial) => {
+                    in_flight += 1;
+                    running.push(Flight {
+                        number,
+                        started: Instant::now(),
+                        trial,
+                    })
+                }
+                Err(e) => {
+                    done += 1;
+                    self.storage
+                        .finish(number, TrialState::Failed, None, Some(e.to_string()), 0.0)?;
+                    if let Some(t) = self.record(number)? {
+                        on_finish(&t);
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// On a storage with heartbeats, every interval: confirms this worker's running trials and fails the
+    /// trials of workers that stopped confirming theirs.
+    fn keep_alive(&self, running: &[Flight], last_beat: &mut Instant) -> Result<()> {
+        let Some(every) = self.storage.heartbeat_interval() else {
+            return Ok(());
+        };
+        if last_beat.elapsed() < every {
+            return Ok(());
+        }
+        *last_beat = Instant::now();
+        let mine: Vec<u64> = running.iter().map(|f| f.number).collect();
+        self.storage.heartbeat(&mine)?;
+        let lost = self.storage.fail_lost()?;
+        if !lost.is_empty() {
+            tracing::warn!(
+                trials = ?lost,
+                "trials whose worker stopped sending heartbeats were marked failed; their parameters are re-run"
+            );
+        }
+        Ok(())
+    }
+
+    /// The stored record of trial `number`.
+    fn record(&self, number: u64) -> Result<Option<TrialRecord>> {
+        Ok(self
+            .storage
+            .trials()?
+            .into_iter()
+            .find(|t| t.number == number))
+    }
+
+    /// Polls one running trial: records its intermediate values, prunes it if the pruner says so, records
+    /// its end.
+    fn poll_flight(&mut self, f: &mut Flight) -> Result<Polled> {
+        let (reports, result) = match f.trial.poll() {
+            Poll::Running(r) => (r, None),
+            Poll::Done(r, res) => (r, Some(res)),
+        };
+        let mut pruned_at = None;
+        for (step, value) in reports {
+            self.storage.report(f.number, step, value)?;
+            if result.is_none() && pruned_at.is_none() {
+                let all = self.storage.trials()?;
+                if let Some(cur) = all.iter().find(|t| t.number == f.number)
+                    && self
+                        .settings
+                        .pruner
+                        .should_prune(cur, step, &all, self.settings.direction)
+                {
+                    pruned_at = Some((step, value));
+                }
+            }
+        }
+        let secs = f.started.elapsed().as_secs_f64();
+        if let Some((step, value)) = pruned_at {
+            f.trial.kill();
+            tracing::info!(trial = f.number, step, value, "trial pruned");
+            self.storage
+                .finish(f.number, TrialState::Pruned, Some(value), None, secs)?;
+        } else if let Some(res) = result {
+            let (state, value, error) = match res {
+                Ok(v) if v.is_finite() => {
+                    tracing::info!(trial = f.number, value = v, seconds = secs, "trial complete");
+                    (TrialState::Complete, Some(v), None)
+                }
+                Ok(v) => (
+                    TrialState::Failed,
+                    None,
+                    Some(format!("objective is not a finite number: {v}")),
+                ),
+                Err(e) => {
+                    tracing::warn!(trial = f.number, error = %e, "trial failed");
+                    (TrialState::Failed, None, Some(e))
+                }
+            };
+            self.storage.finish(f.number, state, value, error, secs)?;
+        } else {
+            return Ok(Polled::Running);
+        }
+        Ok(Polled::Ended(self.record(f.number)?))
+    }
 }
 
+/// A trial in flight in this process.
+struct Flight {
+    number: u64,
+    started: Instant,
+    trial: Box<dyn RunningTrial>,
+}
+
+/// Creates `dir` and takes its [`LOCK_FILE`] for as long as the returned file lives; a directory another
+/// hpo process holds is an error.
+pub fn lock_dir(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = File::create(&lock_path).map_err(io("creating", &lock_path))?;
+    if let Err(e) = lock.try_lock() {
+        return Err(Error::Busy(format!(
+            "study {} is in use by another hpo process ({e})",
+            dir.display()
+        )));
+    }
+    Ok(lock)
+}
+
+/// What polling a trial found.
+enum Polled {
+    /// Still running.
+    Running,
+    /// Ended; its stored record.
+    Ended(Option<TrialRecord>),
+}
+
+/// [`Study::observations`] for a direction.
+fn observations(direction: Direction, trials: &[TrialRecord]) -> Vec<Observation> {
+    let worst = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .filter_map(|t| t.value.map(|v| direction.loss(v)))
+        .filter(|l| l.is_finite())
+        .fold(None, |acc: Option<f64>, l| {
+            Some(acc.map_or(l, |a| a.max(l)))
+        });
+    trials
+        .iter()
+        .filter_map(|t| {
+            let loss = match t.state {
+                TrialState::Complete => direction.loss(t.value?),
+                TrialState::Pruned => worst?,
+                _ => return None,
+            };
+            Some(Observation {
+                number: t.number,
+                params: t.params.clone(),
+                loss,
+            })
+        })
+        .collect()
+}
 /// The best complete trial.
 pub fn best_trial(trials: &[TrialRecord], direction: Direction) -> Option<&TrialRecord> {
     trials
