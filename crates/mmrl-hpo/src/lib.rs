@@ -22,10 +22,10 @@ pub mod throughput;
 pub mod worker;
 
 pub use error::{Error, Result};
+pub use pg::{DbUrl, PgStorage};
 pub use pruner::{Direction, PrunerConfig};
 pub use sampler::{Context, Observation, Sampler, SamplerKind};
 pub use space::{Params, Space};
 pub use stage::HpoConfig;
-pub use pg::{DbUrl, PgStorage};
 pub use storage::{JournalStorage, Storage, TrialRecord, TrialState};
 pub use study::{Study, StudySettings};

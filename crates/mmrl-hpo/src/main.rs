@@ -73,7 +73,10 @@ enum Command {
     /// Optuna's RDB storage on the same server when --optuna-python is given.
     StorageBench {
         /// Our storage URL.
-        #[arg(long, default_value = "postgresql://postgres@127.0.0.1:5432/test?schema=mmrl_hpo_bench")]
+        #[arg(
+            long,
+            default_value = "postgresql://postgres@127.0.0.1:5432/test?schema=mmrl_hpo_bench"
+        )]
         storage: String,
         /// Concurrent workers.
         #[arg(long, default_value_t = 8)]
@@ -85,7 +88,10 @@ enum Command {
         #[arg(long, value_name = "PYTHON")]
         optuna_python: Option<PathBuf>,
         /// Optuna's storage (SQLAlchemy URL); its database is created if missing.
-        #[arg(long, default_value = "postgresql+psycopg2://postgres@127.0.0.1:5432/mmrl_bench_optuna")]
+        #[arg(
+            long,
+            default_value = "postgresql+psycopg2://postgres@127.0.0.1:5432/mmrl_bench_optuna"
+        )]
         optuna_storage: String,
     },
 }

@@ -33,7 +33,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::space::Params;
-use crate::storage::{Choose, Storage, TrialRecord, TrialState};
+use crate::storage::{Choose, Storage, TrialRecord, TrialState, fixed, started};
 
 /// The version of the tables this build writes; a database at a newer version is refused.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -301,7 +301,10 @@ fn ensure_schema(url: &DbUrl, client: &mut Client) -> Result<()> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&advisory_key(s)])
         .map_err(url.db("locking the schema for setup"))?;
     let exists: bool = tx
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{s}.meta")])
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{s}.meta")],
+        )
         .and_then(|r| r.try_get(0))
         .map_err(url.db("looking for the tables"))?;
     if !exists {
@@ -312,7 +315,12 @@ fn ensure_schema(url: &DbUrl, client: &mut Client) -> Result<()> {
             &[&SCHEMA_VERSION.to_string()],
         )
         .map_err(url.db("recording the schema version"))?;
-        tracing::info!(url = url.shown(), schema = s, version = SCHEMA_VERSION, "created the hpo tables");
+        tracing::info!(
+            url = url.shown(),
+            schema = s,
+            version = SCHEMA_VERSION,
+            "created the hpo tables"
+        );
     }
     let version: Option<String> = tx
         .query_opt(
@@ -323,7 +331,9 @@ fn ensure_schema(url: &DbUrl, client: &mut Client) -> Result<()> {
         .map(|r| r.try_get(0))
         .transpose()
         .map_err(url.db("reading the schema version"))?;
-    let version = version.as_deref().and_then(|v| v.trim().parse::<i64>().ok());
+    let version = version
+        .as_deref()
+        .and_then(|v| v.trim().parse::<i64>().ok());
     match version {
         Some(v) if v == SCHEMA_VERSION => {}
         Some(v) if v > SCHEMA_VERSION => {
@@ -645,18 +655,34 @@ impl PgStorage {
     }
 
     /// Merges the changes since the cache's version (one statement, so one consistent snapshot).
-    fn refresh(&self, client: &mut impl GenericClient, sql: &Statements, cache: &mut Cache) -> Result<()> {
+    fn refresh(
+        &self,
+        client: &mut impl GenericClient,
+        sql: &Statements,
+        cache: &mut Cache,
+    ) -> Result<()> {
         let row = client
             .query_one(&sql.changes, &[&self.study, &cache.version])
-            .map_err(self.url.db(&format!("reading the trials of study {:?}", self.name)))?;
-        let version: i64 = row.try_get(0).map_err(self.url.db("reading the study version"))?;
+            .map_err(
+                self.url
+                    .db(&format!("reading the trials of study {:?}", self.name)),
+            )?;
+        let version: i64 = row
+            .try_get(0)
+            .map_err(self.url.db("reading the study version"))?;
         let trials: String = row.try_get(1).map_err(self.url.db("reading the trials"))?;
-        let values: String = row.try_get(2).map_err(self.url.db("reading intermediate values"))?;
-        let trials: Vec<ChangedTrial> = serde_json::from_str(&trials)
-            .map_err(|e| self.url.err(format!("study {:?}: unreadable trial row: {e}", self.name)))?;
-        let values: Vec<(u64, u64, f64)> = serde_json::from_str(&values).map_err(|e| {
+        let values: String = row
+            .try_get(2)
+            .map_err(self.url.db("reading intermediate values"))?;
+        let trials: Vec<ChangedTrial> = serde_json::from_str(&trials).map_err(|e| {
             self.url
-                .err(format!("study {:?}: unreadable intermediate value: {e}", self.name))
+                .err(format!("study {:?}: unreadable trial row: {e}", self.name))
+        })?;
+        let values: Vec<(u64, u64, f64)> = serde_json::from_str(&values).map_err(|e| {
+            self.url.err(format!(
+                "study {:?}: unreadable intermediate value: {e}",
+                self.name
+            ))
         })?;
         for t in trials {
             let record = cache.entry(t.number, || TrialRecord {
@@ -700,7 +726,9 @@ impl PgStorage {
         if !any {
             return Ok(Vec::new());
         }
-        let mut tx = client.transaction().map_err(self.url.db("starting a transaction"))?;
+        let mut tx = client
+            .transaction()
+            .map_err(self.url.db("starting a transaction"))?;
         let version: i64 = tx
             .query_one(&sql.lock, &[&self.study])
             .and_then(|r| r.try_get(0))
@@ -736,7 +764,10 @@ fn read_study(url: &DbUrl, client: &mut Client, name: &str) -> Result<StudyRow> 
         .map_err(url.db(&format!("reading study {name:?}")))?;
     let Some(row) = row else {
         let names: Vec<String> = client
-            .query(&format!("SELECT name FROM {s}.studies ORDER BY name LIMIT 20"), &[])
+            .query(
+                &format!("SELECT name FROM {s}.studies ORDER BY name LIMIT 20"),
+                &[],
+            )
             .map_err(url.db("listing studies"))?
             .iter()
             .filter_map(|r| r.try_get(0).ok())
@@ -809,38 +840,60 @@ pub fn delete_study(url: &DbUrl, name: &str) -> Result<bool> {
 
 impl Storage for PgStorage {
     fn start_trial(&self, params: &Params, retry_of: Option<u64>) -> Result<u64> {
-        let (number, _) = self.start_next(&mut |_| Ok((params.clone(), retry_of)))?;
-        Ok(number)
+        started(self.start_next(&mut fixed(params, retry_of))?)
     }
 
-    fn start_next(&self, choose: &mut Choose<'_>) -> Result<(u64, Params)> {
+    fn start_next(&self, choose: &mut Choose<'_>) -> Result<Option<(u64, Params)>> {
         let mut guard = self.conn()?;
         let Conn { client, sql, cache } = &mut *guard;
-        let mut tx = client.transaction().map_err(self.url.db("starting a transaction"))?;
+        let mut tx = client
+            .transaction()
+            .map_err(self.url.db("starting a transaction"))?;
         // The study row lock: held until commit, so no other trial starts or ends meanwhile.
-        let row = tx
-            .query_one(&sql.claim, &[&self.study])
-            .map_err(self.url.db(&format!("claiming a trial number in study {:?}", self.name)))?;
-        let version: i64 = row.try_get(0).map_err(self.url.db("reading the study version"))?;
-        let number: i64 = row.try_get(1).map_err(self.url.db("reading the trial number"))?;
+        let row = tx.query_one(&sql.claim, &[&self.study]).map_err(
+            self.url
+                .db(&format!("claiming a trial number in study {:?}", self.name)),
+        )?;
+        let version: i64 = row
+            .try_get(0)
+            .map_err(self.url.db("reading the study version"))?;
+        let number: i64 = row
+            .try_get(1)
+            .map_err(self.url.db("reading the trial number"))?;
         self.refresh(&mut tx, sql, cache)?;
         // Nothing carries `version` yet but the row inserted below, which the next refresh reads back (and
         // which nothing carries at all if this transaction rolls back).
         cache.version = version - 1;
-        let (params, retry_of) = choose(&cache.trials)?;
+        let Some((params, retry_of)) = choose(&cache.trials)? else {
+            // Dropping the transaction rolls back the claimed number and version.
+            return Ok(None);
+        };
         let retry_of = retry_of.map(|n| self.number(n)).transpose()?;
         tx.execute(
             &sql.insert,
-            &[&self.study, &number, &Json(&params), &retry_of, &self.worker, &version],
+            &[
+                &self.study,
+                &number,
+                &Json(&params),
+                &retry_of,
+                &self.worker,
+                &version,
+            ],
         )
         .map_err(self.url.db(&format!("starting trial {number}")))?;
-        tx.commit().map_err(self.url.db(&format!("committing trial {number}")))?;
-        Ok((number as u64, params))
+        tx.commit()
+            .map_err(self.url.db(&format!("committing trial {number}")))?;
+        Ok(Some((number as u64, params)))
     }
 
     fn report(&self, trial: u64, step: u64, value: f64) -> Result<()> {
         if !value.is_finite() {
-            tracing::warn!(trial, step, value, "skipping a non-finite intermediate value");
+            tracing::warn!(
+                trial,
+                step,
+                value,
+                "skipping a non-finite intermediate value"
+            );
             return Ok(());
         }
         let (trial, step) = (self.number(trial)?, self.number(step)?);
@@ -848,7 +901,10 @@ impl Storage for PgStorage {
         let Conn { client, sql, .. } = &mut *guard;
         client
             .execute(&sql.report, &[&self.study, &trial, &step, &value])
-            .map_err(self.url.db(&format!("recording an intermediate value of trial {trial}")))?;
+            .map_err(
+                self.url
+                    .db(&format!("recording an intermediate value of trial {trial}")),
+            )?;
         Ok(())
     }
 
@@ -867,7 +923,14 @@ impl Storage for PgStorage {
         let ended = client
             .query(
                 &sql.finish,
-                &[&self.study, &number, &state.as_str(), &value, &error, &duration_s],
+                &[
+                    &self.study,
+                    &number,
+                    &state.as_str(),
+                    &value,
+                    &error,
+                    &duration_s,
+                ],
             )
             .map_err(self.url.db(&format!("recording the end of trial {trial}")))?;
         if ended.is_empty() {
@@ -959,14 +1022,21 @@ mod tests {
     #[test]
     fn urls_are_checked_before_any_connection() {
         check_parse("postgresql://postgres@127.0.0.1/test", Ok(DEFAULT_SCHEMA));
-        check_parse("postgres://postgres@127.0.0.1:5432/test?schema=mine", Ok("mine"));
+        check_parse(
+            "postgres://postgres@127.0.0.1:5432/test?schema=mine",
+            Ok("mine"),
+        );
         check_parse(
             "postgresql://u:s3cret@h/d?connect_timeout=3&schema=s_2",
             Ok("s_2"),
         );
         check_parse(
             "postgress://u:s3cret@h/d",
-            Err(&["postgress://u@h/d", "not a storage URL", "postgresql://USER"]),
+            Err(&[
+                "postgress://u@h/d",
+                "not a storage URL",
+                "postgresql://USER",
+            ]),
         );
         check_parse("sqlite:///tmp/x.db", Err(&["not a storage URL"]));
         check_parse(

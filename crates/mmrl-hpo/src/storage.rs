@@ -129,8 +129,27 @@ impl TrialRecord {
     }
 }
 
-/// Chooses a new trial's parameters from every trial of the study: the parameters and the trial they re-run.
-pub type Choose<'a> = dyn FnMut(&[TrialRecord]) -> Result<(Params, Option<u64>)> + 'a;
+/// A new trial's parameters and the trial they re-run, or `None` when no trial should start (the budget is
+/// taken by finished and running trials).
+pub type Choice = Option<(Params, Option<u64>)>;
+
+/// Chooses a new trial from every trial of the study.
+pub type Choose<'a> = dyn FnMut(&[TrialRecord]) -> Result<Choice> + 'a;
+
+/// A fixed choice, for [`Storage::start_trial`].
+pub(crate) fn fixed(
+    params: &Params,
+    retry_of: Option<u64>,
+) -> impl FnMut(&[TrialRecord]) -> Result<Choice> + '_ {
+    move |_| Ok(Some((params.clone(), retry_of)))
+}
+
+/// The number of a trial [`Storage::start_trial`] started (its choice never declines).
+pub(crate) fn started(outcome: Option<(u64, Params)>) -> Result<u64> {
+    outcome
+        .map(|(number, _)| number)
+        .ok_or_else(|| Error::Study("a fixed trial choice declined to start a trial".into()))
+}
 
 /// Where a study's trials live.
 pub trait Storage: Send + Sync {
@@ -151,12 +170,15 @@ pub trait Storage: Send + Sync {
     fn trials(&self) -> Result<Vec<TrialRecord>>;
     /// Starts the next trial atomically: `choose` sees every trial the storage holds at that moment and no
     /// other trial starts until it returns, so a suggestion sees every trial finished before it and two
-    /// suggestions never share a draw. Returns the new number and the chosen parameters.
-    fn start_next(&self, choose: &mut Choose<'_>) -> Result<(u64, Params)> {
+    /// suggestions never share a draw. Returns the new number and the chosen parameters, or `None` (and
+    /// starts nothing) when `choose` declines.
+    fn start_next(&self, choose: &mut Choose<'_>) -> Result<Option<(u64, Params)>> {
         let trials = self.trials()?;
-        let (params, retry_of) = choose(&trials)?;
+        let Some((params, retry_of)) = choose(&trials)? else {
+            return Ok(None);
+        };
         let number = self.start_trial(&params, retry_of)?;
-        Ok((number, params))
+        Ok(Some((number, params)))
     }
     /// Whether other processes run trials of this study at the same time (a database storage): the study
     /// loop then counts their running trials, waits for them, and sends heartbeats for its own.
@@ -369,15 +391,16 @@ pub fn replay(path: &Path, text: &str) -> Result<Vec<TrialRecord>> {
 
 impl Storage for JournalStorage {
     fn start_trial(&self, params: &Params, retry_of: Option<u64>) -> Result<u64> {
-        let (number, _) = self.start_next(&mut |_| Ok((params.clone(), retry_of)))?;
-        Ok(number)
+        started(self.start_next(&mut fixed(params, retry_of))?)
     }
 
-    fn start_next(&self, choose: &mut Choose<'_>) -> Result<(u64, Params)> {
+    fn start_next(&self, choose: &mut Choose<'_>) -> Result<Option<(u64, Params)>> {
         self.with_lock(|file| {
             let text = self.read_all(file)?;
             let trials = replay(&self.path, &text)?;
-            let (params, retry_of) = choose(&trials)?;
+            let Some((params, retry_of)) = choose(&trials)? else {
+                return Ok(None);
+            };
             let number = trials.last().map_or(0, |t| t.number + 1);
             self.append(
                 file,
@@ -388,7 +411,7 @@ impl Storage for JournalStorage {
                     retry_of,
                 },
             )?;
-            Ok((number, params))
+            Ok(Some((number, params)))
         })
     }
 

@@ -212,9 +212,12 @@ impl Study {
     }
 
     /// Chooses the next trial's parameters and starts it in the storage: an interrupted or lost trial's
-    /// parameters first, else the sampler's suggestion. The choice and the start are one step of the storage
-    /// ([`Storage::start_next`]), so concurrent workers of a shared study never draw the same point.
-    pub fn ask(&mut self) -> Result<(u64, Params)> {
+    /// parameters first, else the sampler's suggestion; `None` when finished and running trials (every
+    /// worker's) already take the budget. The check, the choice and the start are one step of the storage
+    /// ([`Storage::start_next`]), so concurrent workers of a shared study never draw the same point nor start
+    /// more than `n_trials`.
+    pub fn ask(&mut self) -> Result<Option<(u64, Params)>> {
+        let target = self.target();
         let Study {
             storage,
             sampler,
@@ -222,6 +225,13 @@ impl Study {
             ..
         } = self;
         storage.start_next(&mut |trials| {
+            let running = trials
+                .iter()
+                .filter(|t| t.state == TrialState::Running)
+                .count() as u64;
+            if Self::counted(trials) + running >= target {
+                return Ok(None);
+            }
             let retried: std::collections::BTreeSet<u64> =
                 trials.iter().filter_map(|t| t.retry_of).collect();
             if let Some(t) = trials
@@ -234,7 +244,7 @@ impl Study {
                     lost = t.lost,
                     "re-running the parameters of a trial that did not finish"
                 );
-                return Ok((t.params.clone(), Some(t.number)));
+                return Ok(Some((t.params.clone(), Some(t.number))));
             }
             // The sampler's own index: trials it drew, not trial numbers (a retry takes a number, not a draw).
             let draw = trials.iter().filter(|t| t.retry_of.is_none()).count() as u64;
@@ -245,7 +255,7 @@ impl Study {
                 trial: draw,
                 seed: settings.seed,
             })?;
-            Ok((params, None))
+            Ok(Some((params, None)))
         })
     }
 
@@ -275,7 +285,14 @@ impl Study {
             } else {
                 running.len() as u64
             };
-            let done = self.fill(launcher, &mut running, done, in_flight, target, &mut on_finish)?;
+            let done = self.fill(
+                launcher,
+                &mut running,
+                done,
+                in_flight,
+                target,
+                &mut on_finish,
+            )?;
             if running.is_empty() {
                 if done >= target || !shared {
                     break;
@@ -311,7 +328,10 @@ impl Study {
         on_finish: &mut impl FnMut(&TrialRecord),
     ) -> Result<u64> {
         while running.len() < self.settings.workers && done + in_flight < target {
-            let (number, params) = self.ask()?;
+            // Another worker may have taken the last places since `in_flight` was counted.
+            let Some((number, params)) = self.ask()? else {
+                break;
+            };
             tracing::info!(trial = number, params = %serde_json::to_string(&params).unwrap_or_default(), "trial started");
             match launcher.launch(number, &params) {
                 Ok(trial) => {
@@ -324,8 +344,13 @@ impl Study {
                 }
                 Err(e) => {
                     done += 1;
-                    self.storage
-                        .finish(number, TrialState::Failed, None, Some(e.to_string()), 0.0)?;
+                    self.storage.finish(
+                        number,
+                        TrialState::Failed,
+                        None,
+                        Some(e.to_string()),
+                        0.0,
+                    )?;
                     if let Some(t) = self.record(number)? {
                         on_finish(&t);
                     }
@@ -397,7 +422,12 @@ impl Study {
         } else if let Some(res) = result {
             let (state, value, error) = match res {
                 Ok(v) if v.is_finite() => {
-                    tracing::info!(trial = f.number, value = v, seconds = secs, "trial complete");
+                    tracing::info!(
+                        trial = f.number,
+                        value = v,
+                        seconds = secs,
+                        "trial complete"
+                    );
                     (TrialState::Complete, Some(v), None)
                 }
                 Ok(v) => (

@@ -61,7 +61,9 @@ fn space() -> Result<Space> {
 /// Runs `trials` trials of a fresh study with `workers` worker threads; the study is deleted afterwards.
 pub fn measure(url: &DbUrl, workers: usize, trials: u64) -> Result<Throughput> {
     if workers == 0 || trials == 0 {
-        return Err(Error::Config("workers and trials must be at least 1".into()));
+        return Err(Error::Config(
+            "workers and trials must be at least 1".into(),
+        ));
     }
     let name = format!(
         "storage-bench-{}-{}",

@@ -49,7 +49,10 @@ pub(crate) fn validate_storage(config: &HpoConfig) -> Result<()> {
     if config.database()?.is_none() {
         let set = [
             ("study", config.study.is_some()),
-            ("heartbeat_interval_s", config.heartbeat_interval_s.is_some()),
+            (
+                "heartbeat_interval_s",
+                config.heartbeat_interval_s.is_some(),
+            ),
             ("grace_period_s", config.grace_period_s.is_some()),
         ];
         if let Some((name, _)) = set.iter().find(|(_, set)| *set) {
@@ -123,7 +126,10 @@ pub(crate) struct StageStudy<'a> {
 
 /// Creates or joins the stage's database study and opens it as one more worker. Returns the study and its
 /// `URL#name` (no password) for the report.
-pub(crate) fn stage_study(s: StageStudy<'_>, settings: StudySettings) -> Result<(Study, Option<String>)> {
+pub(crate) fn stage_study(
+    s: StageStudy<'_>,
+    settings: StudySettings,
+) -> Result<(Study, Option<String>)> {
     let name = s
         .config
         .study
@@ -139,7 +145,12 @@ pub(crate) fn stage_study(s: StageStudy<'_>, settings: StudySettings) -> Result<
         inputs: s
             .inputs
             .iter()
-            .map(|(n, p)| (n.clone(), std::path::absolute(p).unwrap_or_else(|_| p.clone())))
+            .map(|(n, p)| {
+                (
+                    n.clone(),
+                    std::path::absolute(p).unwrap_or_else(|_| p.clone()),
+                )
+            })
             .collect(),
         seed: s.seed,
         program_hash,
@@ -168,7 +179,8 @@ pub(crate) fn stage_study(s: StageStudy<'_>, settings: StudySettings) -> Result<
 }
 
 fn json(v: &impl Serialize) -> Result<serde_json::Value> {
-    serde_json::to_value(v).map_err(|e| Error::Study(format!("serializing the study definition: {e}")))
+    serde_json::to_value(v)
+        .map_err(|e| Error::Study(format!("serializing the study definition: {e}")))
 }
 
 /// `mmrl-hpo worker`'s settings.
@@ -230,6 +242,9 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<WorkerReport> {
     }
     let mut config = def.config;
     config.workers = opts.workers;
+    // The recorded config has no storage; its heartbeat settings are the study's (and need one).
+    config.storage = Some(opts.storage.clone());
+    config.study = Some(opts.study.clone());
     config.validate()?;
     let inputs = replace_inputs(&def.inputs, &opts.inputs)?;
     let space = Space::new(&config.space)?;
@@ -260,7 +275,8 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<WorkerReport> {
     for t in &trials {
         *counts.entry(t.state.as_str().to_owned()).or_default() += 1;
     }
-    let best = best_trial(&trials, config.objective.direction).and_then(|t| Some((t.number, t.value?)));
+    let best =
+        best_trial(&trials, config.objective.direction).and_then(|t| Some((t.number, t.value?)));
     ran.sort_unstable();
     Ok(WorkerReport {
         study: opts.study.clone(),
@@ -282,7 +298,11 @@ fn replace_inputs(
             let names: Vec<&str> = recorded.iter().map(|(n, _)| n.as_str()).collect();
             return Err(Error::Config(format!(
                 "--input {name}=...: the study has no input {name:?} (its inputs: {})",
-                if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
             )));
         };
         slot.1 = path.clone();
@@ -323,6 +343,12 @@ fn check_program(launcher: &ProcessLauncher, recorded: &str) -> Result<()> {
 fn folder_name(study: &str) -> String {
     study
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
