@@ -272,9 +272,12 @@ impl Study {
         let shared = self.storage.is_shared();
         let mut running: Vec<Flight> = Vec::new();
         let mut last_beat = Instant::now();
+        // Trials that ended here since the last read of the storage: `on_finish` sees their stored records.
+        let mut ended: Vec<u64> = Vec::new();
         loop {
             self.keep_alive(&running, &mut last_beat)?;
             let trials = self.storage.trials()?;
+            report_ended(&mut ended, &trials, &mut on_finish);
             let done = Self::counted(&trials);
             // A journal study runs only this process's trials; a shared one counts every worker's.
             let in_flight = if shared {
@@ -307,13 +310,14 @@ impl Study {
             for mut f in running {
                 match self.poll_flight(&mut f)? {
                     Polled::Running => still.push(f),
-                    Polled::Ended(Some(t)) => on_finish(&t),
-                    Polled::Ended(None) => {}
+                    Polled::Ended => ended.push(f.number),
                 }
             }
             running = still;
         }
-        self.storage.trials()
+        let trials = self.storage.trials()?;
+        report_ended(&mut ended, &trials, &mut on_finish);
+        Ok(trials)
     }
 
     /// Starts trials while fewer than `workers` run here and the budget allows; returns the trials counted
@@ -444,7 +448,7 @@ impl Study {
         } else {
             return Ok(Polled::Running);
         }
-        Ok(Polled::Ended(self.record(f.number)?))
+        Ok(Polled::Ended)
     }
 }
 
@@ -474,8 +478,21 @@ pub fn lock_dir(dir: &Path) -> Result<File> {
 enum Polled {
     /// Still running.
     Running,
-    /// Ended; its stored record.
-    Ended(Option<TrialRecord>),
+    /// Ended (recorded in the storage).
+    Ended,
+}
+
+/// Calls `on_finish` with the records of the `ended` trials, and forgets them.
+fn report_ended(
+    ended: &mut Vec<u64>,
+    trials: &[TrialRecord],
+    on_finish: &mut impl FnMut(&TrialRecord),
+) {
+    for number in ended.drain(..) {
+        if let Some(t) = trials.iter().find(|t| t.number == number) {
+            on_finish(t);
+        }
+    }
 }
 
 /// [`Study::observations`] for a direction.
