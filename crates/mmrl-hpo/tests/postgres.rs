@@ -269,11 +269,14 @@ fn a_killed_workers_trial_is_failed_after_the_grace_period_and_retried() {
     finish(stage, "the hpo stage");
 
     let trials = db.rows(
-        "SELECT number, state, lost, error, retry_of, params FROM {s}.trials ORDER BY number",
+        "SELECT number, state, lost, error, retry_of, params, \
+         extract(epoch FROM finished_at - heartbeat_at)::float8 AS silent_s FROM {s}.trials ORDER BY number",
     );
     let lost = &trials[killed as usize];
     assert_eq!(lost["state"], "failed", "{lost}");
     assert_eq!(lost["lost"], true, "{lost}");
+    // Failed only once its last heartbeat was older than the grace period.
+    assert!(lost["silent_s"].as_f64().unwrap() >= 1.5, "{lost}");
     let error = lost["error"].as_str().unwrap();
     assert!(
         error.contains("worker lost") && error.contains(&format!(":{pid}")),
