@@ -10,6 +10,9 @@
 //! The study lives beside the output, `<parent>/.<name>.hpo-study/`, and survives kills; `study.json` holds
 //! a hash of the resolved config, the seed, each input's content hash and the trial binary's hash
 //! ([`config_key`]), and a study made under another hash is discarded.
+//! With `storage` set to a PostgreSQL URL the trials live in the database instead, in a study that
+//! `mmrl-hpo worker` processes on other machines join ([`crate::worker`], [`crate::pg`]); the stage is one more
+//! worker, the directory holds its own trials' outputs, and the artifact is written once the study is done.
 //! Before any trial, the tuned stage is run with `--check` on the trial params, so a path it does not have
 //! or a value it refuses fails the stage at once.
 //!
