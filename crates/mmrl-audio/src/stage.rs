@@ -7,7 +7,7 @@
 //! normalization), `report.json` (counts per flag and reason, mean estimated SNR before and after denoising) and
 //! `rejects.parquet` (undecodable clips, and flagged clips when their action is `drop`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -79,7 +79,8 @@ pub struct FilterConfig {
     /// What happens to low-SNR clips.
     pub on_low_snr: FlagAction,
     /// Task names or question types whose answers do not depend on audio: their audio is masked (marked absent,
-    /// `masked_task`) without being decoded.
+    /// `masked_task`) without being decoded. Empty (the default) masks nothing; every entry must name a task or a
+    /// question type the input holds, or the stage fails before any work, listing what the input has.
     pub mask_tasks: Vec<String>,
 }
 
@@ -409,6 +410,66 @@ pub struct Prepared {
     pub clipped: bool,
 }
 
+/// The part of a decoded clip to resample: what trimming to `clip_seconds` keeps, plus a margin for the
+/// resampler's filter. Resampling only that makes a ten-minute file cost what a short one does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Window {
+    /// Source samples to resample.
+    source: std::ops::Range<usize>,
+    /// `Some(k)`: the window was cut out of a longer clip (`trim = "center"`); the clip is the `k`-th resampled
+    /// sample onwards. `None`: fix the length with the configured trim as usual.
+    skip: Option<usize>,
+}
+
+/// Margin of source samples kept beyond a cut for the resampler's filter.
+const RESAMPLE_MARGIN: usize = 64;
+
+/// The window of a `len`-sample clip at `rate` Hz that the trim keeps (see [`Window`]).
+///
+/// With `trim = "center"` the window starts on a source sample that falls exactly on an output sample (a
+/// multiple of `rate / gcd(rate, sample_rate)`), so the resampled window lies on the same output grid as the
+/// whole resampled clip, and the kept middle is the one trimming the whole clip would keep, sample for sample.
+fn kept_window(len: usize, rate: u32, config: &AudioConfig) -> Window {
+    let target = config.clip_samples();
+    let (from, to) = (rate as usize, config.sample_rate as usize);
+    let whole = Window {
+        source: 0..len,
+        skip: None,
+    };
+    match config.trim {
+        Trim::Start => {
+            let kept = (target * from).div_ceil(to) + RESAMPLE_MARGIN;
+            Window {
+                source: 0..kept.min(len),
+                skip: None,
+            }
+        }
+        Trim::Center => {
+            let resampled = (len as f64 * to as f64 / from as f64).round() as usize;
+            if resampled <= target {
+                return whole;
+            }
+            let first = (resampled - target) / 2;
+            let g = gcd(from, to);
+            let (step_in, step_out) = (from / g, to / g);
+            let steps = (first * from / to).saturating_sub(RESAMPLE_MARGIN) / step_in;
+            let start = steps * step_in;
+            let end = ((first + target) * from).div_ceil(to) + RESAMPLE_MARGIN;
+            if start == 0 && end >= len {
+                return whole;
+            }
+            Window {
+                source: start..end.min(len),
+                skip: Some(first - steps * step_out),
+            }
+        }
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a.max(1) } else { gcd(b, a % b) }
+}
+
 /// The per-clip pipeline with its buffers: decode, resample, fix length, estimate SNR, denoise, normalize
 /// loudness, log-mel. One per thread.
 #[derive(Debug)]
@@ -445,18 +506,22 @@ impl ClipProcessor {
         let silent = rms(&decoded.samples) < 10f32.powf(f.silence_dbfs / 20.0);
         let clipped = clipped_fraction(&decoded.samples, f.clip_level) > f.max_clipped_fraction;
         let target = self.config.clip_samples();
-        // Resample only what the fixed length keeps (plus a margin for the filter), so a long file costs little.
-        let ratio = f64::from(decoded.sample_rate) / f64::from(self.config.sample_rate);
-        let needed = ((target as f64 * ratio).ceil() as usize + 64).min(decoded.samples.len());
-        let source = match self.config.trim {
-            Trim::Start => &decoded.samples[..needed],
-            Trim::Center => &decoded.samples[..],
-        };
+        let window = kept_window(decoded.samples.len(), decoded.sample_rate, &self.config);
         let mut samples = self
             .resampler
-            .resample(source, decoded.sample_rate, self.config.sample_rate)
+            .resample(
+                &decoded.samples[window.source],
+                decoded.sample_rate,
+                self.config.sample_rate,
+            )
             .map_err(|e| AudioReject::Undecodable(e.to_string()))?;
-        fix_length(&mut samples, target, self.config.trim);
+        match window.skip {
+            Some(skip) => {
+                samples.drain(..skip.min(samples.len()));
+                fix_length(&mut samples, target, Trim::Start);
+            }
+            None => fix_length(&mut samples, target, self.config.trim),
+        }
         Ok(Prepared {
             samples,
             silent,
@@ -540,7 +605,51 @@ pub fn output_schema(config: &AudioConfig) -> SchemaRef {
     ]))
 }
 
-fn read_rows(artifact: &Artifact, config: &AudioConfig) -> Result<Vec<Row>> {
+/// The tasks and question types the input holds, to check the params that name them.
+#[derive(Debug, Default)]
+struct Names {
+    tasks: BTreeSet<String>,
+    qtypes: BTreeSet<String>,
+}
+
+/// Every `filter.mask_tasks` entry must name a task or a question type of the data: a typo, or a name copied
+/// from another dataset's pipeline, would otherwise mask nothing without a word.
+fn check_mask_entries(config: &AudioConfig, names: &Names, path: &Path) -> Result<()> {
+    let unknown: Vec<&String> = config
+        .filter
+        .mask_tasks
+        .iter()
+        .filter(|m| !names.tasks.contains(*m) && !names.qtypes.contains(*m))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list = |set: &BTreeSet<String>| {
+        if set.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{:?}", set.iter().collect::<Vec<_>>())
+        }
+    };
+    Err(config_error(
+        "filter.mask_tasks",
+        format!(
+            "{} {unknown:?} {} neither a task nor a question type of {}; its tasks: {}; its question types: {} \
+             (an empty list masks nothing)",
+            if unknown.len() == 1 {
+                "entry"
+            } else {
+                "entries"
+            },
+            if unknown.len() == 1 { "is" } else { "are" },
+            path.display(),
+            list(&names.tasks),
+            list(&names.qtypes)
+        ),
+    ))
+}
+
+fn read_rows(artifact: &Artifact, config: &AudioConfig) -> Result<(Vec<Row>, Names)> {
     let path = artifact.dir().join("samples.parquet");
     let schema = artifact.table_schema("samples")?;
     sample::check_sample_schema(&schema, &path)?;
@@ -552,6 +661,7 @@ fn read_rows(artifact: &Artifact, config: &AudioConfig) -> Result<Vec<Row>> {
         .collect();
     let mut rows = Vec::new();
     let mut seen = HashSet::new();
+    let mut names = Names::default();
     for batch in artifact.table_reader("samples", 1024)? {
         let batch = batch?;
         let column = |name: &str| {
@@ -608,6 +718,11 @@ fn read_rows(artifact: &Artifact, config: &AudioConfig) -> Result<Vec<Row>> {
                     message: format!("duplicate sample id {id:?}"),
                 });
             }
+            for (array, set) in [(&tasks, &mut names.tasks), (&qtypes, &mut names.qtypes)] {
+                if !array.is_null(i) && !set.contains(array.value(i)) {
+                    set.insert(array.value(i).to_owned());
+                }
+            }
             let named = |a: &StringArray| !a.is_null(i) && masks.contains(a.value(i));
             let masked = named(&tasks) || named(&qtypes);
             let audio = (!audio.is_null(i)).then(|| audio.value(i).to_vec());
@@ -620,7 +735,7 @@ fn read_rows(artifact: &Artifact, config: &AudioConfig) -> Result<Vec<Row>> {
             });
         }
     }
-    Ok(rows)
+    Ok((rows, names))
 }
 
 /// The train view-0 clips statistics may be fit on: present, not masked, decodable, neither silent nor clipped.
@@ -902,7 +1017,8 @@ fn run_in_pool(
     seed: u64,
 ) -> Result<AudioSummary> {
     let input = Artifact::open(samples)?;
-    let rows = read_rows(&input, config)?;
+    let (rows, names) = read_rows(&input, config)?;
+    check_mask_entries(config, &names, &input.dir().join("samples.parquet"))?;
     tracing::info!(rows = rows.len(), input = %samples.display(), "read samples");
 
     let (fitted, fit_clips) = fit_denoiser(config, &rows, seed)?;

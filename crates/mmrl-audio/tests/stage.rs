@@ -585,3 +585,110 @@ fn bad_configs_are_refused_before_any_work() {
     assert!(e.contains("\"t0\""), "{e}");
     assert!(!tmp.path().join("audio").exists());
 }
+
+/// A clip of `seconds` at `rate` Hz in `channels` channels (same signal in each), in `bits`-bit integer or
+/// 32-bit float samples: faint noise with a tone burst over 20-60% of its first second (a steady tone would read
+/// as noise to the blind SNR estimate).
+fn shaped_wav(
+    rate: u32,
+    channels: u16,
+    bits: u16,
+    float: bool,
+    seconds: f64,
+    seed: u64,
+) -> Vec<u8> {
+    let n = (seconds * f64::from(rate)).round() as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let interleaved: Vec<f64> = (0..n)
+        .flat_map(|i| {
+            let t = i as f64 / f64::from(rate);
+            let kept = seconds.min(1.0);
+            let burst = (0.2 * kept..0.6 * kept).contains(&t);
+            let v =
+                f64::from(u8::from(burst)) * 0.3 * (2.0 * std::f64::consts::PI * 697.0 * t).sin()
+                    + 0.01 * rng.sample::<f64, _>(StandardNormal);
+            std::iter::repeat_n(v, usize::from(channels))
+        })
+        .collect();
+    encode_with_spec(&interleaved, spec(channels, rate, bits, float)).unwrap()
+}
+
+#[test]
+fn every_rate_length_and_encoding_goes_through_the_stage() {
+    let ids: Vec<&'static str> = (0..18)
+        .map(|i| &*Box::leak(format!("s{i}").into_boxed_str()))
+        .collect();
+    let shapes = [
+        (8000, 1, 16, false, 1.0),
+        (11025, 2, 8, false, 0.2),
+        (16000, 1, 24, false, 3.5),
+        (22050, 2, 32, false, 0.05),
+        (44100, 2, 32, true, 12.0),
+        (48000, 1, 16, false, 0.6),
+        (32000, 2, 24, false, 1.0),
+        (12345, 1, 32, true, 2.2),
+        (8000, 2, 8, false, 0.01),
+    ];
+    let mut rows = Vec::new();
+    for (i, (rate, channels, bits, float, seconds)) in shapes.into_iter().enumerate() {
+        for (k, split) in ["train", "test"].into_iter().enumerate() {
+            let seed = (2 * i + k) as u64;
+            rows.push(row(
+                ids[2 * i + k],
+                split,
+                Some(shaped_wav(rate, channels, bits, float, seconds, seed)),
+            ));
+        }
+    }
+    let mut c = AudioConfig::default();
+    c.threads = 2;
+    let (_t, out) = run(&c, &rows, 1);
+    assert!(out.rejects.is_empty(), "{:?}", out.rejects);
+    for r in &rows {
+        assert_eq!(fate(&out, r.id), "present", "{}", r.id);
+    }
+    assert_eq!(out.report["present"], rows.len());
+    assert!(out.mel.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn mask_tasks_must_name_a_task_or_question_type_of_the_data() {
+    let rows = fixture(100);
+    let tmp = tempfile::tempdir().unwrap();
+    write_samples(&tmp.path().join("select"), &rows);
+    let mut c = config();
+    c.filter.mask_tasks = vec!["shapes".into(), "sensor".into()];
+    let e = stage::run(&c, &tmp.path().join("select"), &tmp.path().join("audio"), 0).unwrap_err();
+    let message = e.to_string();
+    for needle in [
+        "filter.mask_tasks",
+        "\"sensor\"",
+        "tasks: [\"compare\", \"shapes\", \"tone\"]",
+        "question types: [\"battery_or_triangle\", \"count_shapes\", \"tone_digit\"]",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+    assert!(
+        !message.contains("\"shapes\" is"),
+        "only the unknown entry is named: {message}"
+    );
+    assert!(!tmp.path().join("audio").exists(), "nothing is written");
+
+    // Empty masks nothing: the rows of the masked task keep their audio (a flat clip, flagged low-SNR or silent
+    // at worst, but never masked_task).
+    let mut none = config();
+    none.filter.mask_tasks.clear();
+    assert_eq!(
+        AudioConfig::default().filter.mask_tasks,
+        Vec::<String>::new()
+    );
+    let (_t, out) = run(&none, &rows, 7);
+    assert!(out.report["absent_by_reason"].get("masked_task").is_none());
+
+    // A question type masks only its rows.
+    let mut qtype = config();
+    qtype.filter.mask_tasks = vec!["battery_or_triangle".into()];
+    let (_t, out) = run(&qtype, &rows, 7);
+    assert_eq!(out.report["absent_by_reason"]["masked_task"], 1);
+    assert_eq!(fate(&out, "masked_q"), "absent");
+}
