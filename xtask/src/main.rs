@@ -5,6 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use xtask::chaos::ChaosOptions;
 use xtask::runner::{self, Options};
 
 #[derive(Parser)]
@@ -43,6 +44,9 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
+    /// Crash test: kill -9 every stage at seeded moments, and the runner itself, then check the artifacts and
+    /// that the next run completes with the clean run's content hashes (docs/ARCHITECTURE.md, "Crash safety").
+    Chaos(ChaosArgs),
     /// Profile a dataset folder and write a commented pipeline file for it.
     Init {
         /// The dataset folder (or Parquet file).
@@ -57,6 +61,38 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `cargo xtask chaos` arguments.
+#[derive(clap::Args)]
+struct ChaosArgs {
+    /// The pipeline file.
+    #[arg(long, default_value = "pipelines/smoke.toml")]
+    config: PathBuf,
+    /// Artifacts of an uninterrupted run of the pipeline (e.g. artifacts/smoke); default: run one first.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Scratch folder [default: artifacts/<pipeline name>-chaos].
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Kill points per stage, spread over its run time.
+    #[arg(long, default_value_t = 5)]
+    kills: usize,
+    /// Times the runner itself is killed while a stage runs.
+    #[arg(long, default_value_t = 2)]
+    runner_kills: usize,
+    /// Seed of the kill moments.
+    #[arg(long, default_value_t = 17)]
+    seed: u64,
+    /// Only this stage (repeat for several).
+    #[arg(long = "stage")]
+    stages: Vec<String>,
+    /// Stages whose artifacts record timings, so their hashes differ between clean runs too.
+    #[arg(long, value_delimiter = ',', default_value = "hpo,compress")]
+    measured: Vec<String>,
+    /// Run the pipeline with the release profile.
+    #[arg(long)]
+    release: bool,
 }
 
 fn main() -> Result<()> {
@@ -93,6 +129,7 @@ fn main() -> Result<()> {
             };
             pipeline(&opts)
         }
+        Cmd::Chaos(args) => chaos(&workspace, args),
         Cmd::Init {
             dataset,
             output,
@@ -108,6 +145,42 @@ fn pipeline(opts: &Options) -> Result<()> {
     eprint!("{}", runner::summaries(&outcome));
     if let Some(error) = outcome.error {
         bail!(error);
+    }
+    Ok(())
+}
+
+/// `chaos`: the crash test; prints its counts and fails when one that must be zero is not.
+fn chaos(workspace: &Path, args: ChaosArgs) -> Result<()> {
+    // Paths as given from the current folder, else from the workspace root (where `cargo xtask` may run from).
+    let locate = |p: PathBuf| if p.exists() { p } else { workspace.join(p) };
+    let config = locate(args.config);
+    let name = xtask::pipeline::Pipeline::load(&config)?.pipeline.name;
+    let opts = ChaosOptions {
+        work: args
+            .work
+            .unwrap_or_else(|| workspace.join("artifacts").join(format!("{name}-chaos"))),
+        reference: args.reference.map(locate),
+        config,
+        kills: args.kills,
+        runner_kills: args.runner_kills,
+        seed: args.seed,
+        stages: args.stages,
+        measured: args.measured,
+        release: args.release,
+    };
+    let tally = xtask::chaos::run(&opts)?;
+    let pipeline = xtask::pipeline::Pipeline::load(&opts.config)?;
+    let stages: Vec<String> = pipeline
+        .order()?
+        .into_iter()
+        .filter(|s| opts.stages.is_empty() || opts.stages.contains(s))
+        .collect();
+    print!("{}", tally.report(&stages));
+    if !tally.passed(&stages, opts.kills) {
+        bail!(
+            "the crash test failed; the logs of every run are in {}",
+            opts.work.join("logs").display()
+        );
     }
     Ok(())
 }

@@ -308,6 +308,8 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                     spec.run
                 ));
                 let mut command = Command::new(bin_dir.join(bin));
+                // mmrl_artifact::cli::PARENT_PID_ENV: the stage dies with this runner, even under kill -9.
+                command.env("MMRL_PARENT_PID", std::process::id().to_string());
                 command
                     .args([cmd, "--seed", &seed.to_string(), "--params"])
                     .arg(params_path)

@@ -228,6 +228,9 @@ pub fn print_resolved(config: &impl Serialize) -> Result<(), String> {
 }
 
 /// Installs the `tracing` subscriber of a stage binary: to stderr, filtered by `RUST_LOG` (default `info`).
+///
+/// Every stage binary calls this first, so it also ties the process to the runner or hpo process that started
+/// it ([`die_with_parent`]); when that process is already gone, the stage exits at once.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -238,6 +241,52 @@ pub fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+    if let Err(e) = die_with_parent() {
+        tracing::error!("{e}");
+        std::process::exit(1);
+    }
+}
+
+/// Environment variable a supervising process (the pipeline runner, the hpo stage) sets to its own pid on each
+/// stage process it starts, so that the stage dies with it ([`die_with_parent`]).
+pub const PARENT_PID_ENV: &str = "MMRL_PARENT_PID";
+
+/// When [`PARENT_PID_ENV`] is set, asks the kernel to SIGKILL this process as soon as its parent exits (Linux
+/// `PR_SET_PDEATHSIG`), so a runner or hpo process killed with `kill -9` leaves no stage or trial running on
+/// into the outputs of the next run. Set after the process started, so the parent may already be gone: then
+/// the parent pid differs from the variable's, and this is an error. Without the variable (a stage run by
+/// hand) nothing changes; on other systems nothing does.
+pub fn die_with_parent() -> Result<(), String> {
+    let Some(expected) = std::env::var_os(PARENT_PID_ENV) else {
+        return Ok(());
+    };
+    let expected = expected.to_string_lossy();
+    let expected: i32 = expected
+        .trim()
+        .parse()
+        .map_err(|_| format!("{PARENT_PID_ENV}={expected:?} is not a process id"))?;
+    die_with_parent_pid(expected)
+}
+
+#[cfg(target_os = "linux")]
+fn die_with_parent_pid(expected: i32) -> Result<(), String> {
+    use rustix::process::{Pid, Signal, getppid, set_parent_process_death_signal};
+    set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(|e| format!("setting the parent-death signal: {e}"))?;
+    // Checked after arming: a parent that exits from here on kills us; one that exited before is seen here.
+    let parent = Pid::as_raw(getppid());
+    if parent != expected {
+        return Err(format!(
+            "the process that started this stage (pid {expected}) has exited (parent is now pid {parent}); \
+             stopping so that nothing of a stopped run keeps writing"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent_pid(_expected: i32) -> Result<(), String> {
+    Ok(())
 }
 
 /// A progress bar over `len` items, hidden when stderr is not a terminal or `CI` is set.

@@ -20,9 +20,11 @@
 //! seeded randomness from the finished trials). A resumed study re-runs interrupted trials without shifting
 //! the sampler's draws; it proposes what an uninterrupted run would for every sampler but GP, whose
 //! in-memory warm start is not rebuilt from the journal (see [`crate::study`]). With more workers the history a suggestion sees depends on
-//! which trials finished first, so runs may differ. Known limit: if the hpo process itself is killed, the
-//! trial processes it started are not killed with it (no parent-death signal without `unsafe`); they run to
-//! their end into their own directory and the study re-runs their trials under new numbers.
+//! which trials finished first, so runs may differ.
+//!
+//! A trial dies with the hpo process: every process hpo starts gets [`PARENT_PID_ENV`], so the stage protocol
+//! arms a parent-death signal in it ([`mmrl_artifact::cli::die_with_parent`]); an hpo killed with `kill -9`
+//! leaves no trial writing into the study, and the next run re-runs the interrupted trials under new numbers.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -42,6 +44,7 @@ use crate::storage::TrialRecord;
 use crate::study::{Launcher, Poll, RunningTrial, Study, StudySettings, best_trial};
 use crate::{plots, table};
 
+pub use mmrl_artifact::cli::PARENT_PID_ENV;
 pub use mmrl_artifact::trial::TRIAL_REPORT_ENV;
 
 /// The tuned stage (injected by the runner from `tune = "sft"`).
@@ -304,6 +307,8 @@ impl ProcessLauncher {
 
     fn command(&self, params_file: &Path, output: Option<&Path>, check: bool) -> Command {
         let mut cmd = Command::new(&self.program);
+        // The trial dies with this process, so a killed hpo leaves no trial running (see the module doc).
+        cmd.env(PARENT_PID_ENV, std::process::id().to_string());
         cmd.args(&self.args).arg("--params").arg(params_file);
         for (name, path) in &self.inputs {
             cmd.arg("--input").arg(format!("{name}={}", path.display()));
