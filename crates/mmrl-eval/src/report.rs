@@ -831,6 +831,24 @@ fn needs_section(m: &MetricsFile, config: &EvalConfig) -> Option<Section> {
     })
 }
 
+/// RL against its baselines (the `compare` input), when eval was given one.
+fn rl_comparison_section(m: &MetricsFile) -> Option<Section> {
+    let c = m.rl_comparison.as_ref()?;
+    Some(Section {
+        id: "rl-comparison",
+        title: "RL against its baselines".into(),
+        intro: c.legend.clone(),
+        notes: Vec::new(),
+        tables: vec![Table {
+            header: c.table.header.clone(),
+            rows: c.table.rows.clone(),
+            strong: c.table.rows.iter().map(|_| false).collect(),
+            best_from: None,
+        }],
+        figures: Vec::new(),
+    })
+}
+
 fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<Vec<Section>> {
     let mut out = Vec::new();
     let ours = &m.test;
@@ -868,6 +886,7 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
         tables: vec![comparison_table(m)],
         figures: Vec::new(),
     });
+    out.extend(rl_comparison_section(m));
     let qtypes: Vec<String> = ours.by_question.keys().cloned().collect();
     let bars = |name: &str, title: &str, pick: &dyn Fn(&SystemReport) -> bool| {
         let series: Vec<(String, Vec<f64>)> = ordered(m)

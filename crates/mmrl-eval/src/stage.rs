@@ -48,6 +48,8 @@ pub struct EvalInputs {
     pub predictions: Vec<(String, PathBuf)>,
     /// The hpo artifact (table `trials`), for the history plot.
     pub hpo: Option<PathBuf>,
+    /// An `mmrl-rl compare` artifact: its models are scored on test for the RL comparison section.
+    pub compare: Option<PathBuf>,
 }
 
 impl EvalInputs {
@@ -66,6 +68,7 @@ impl EvalInputs {
                 "tabular" => out.data.tabular = Some(p),
                 "model" => model = Some(p),
                 "hpo" => out.hpo = Some(p),
+                "compare" => out.compare = Some(p),
                 n if CHECKPOINT_INPUTS.contains(&n) || n.starts_with("model_") => {
                     out.models.push((n.to_owned(), p))
                 }
@@ -74,7 +77,7 @@ impl EvalInputs {
                     return Err(config_err(
                         "--input",
                         format!(
-                            "unknown input {other:?}; expected samples, image, audio, tabular, model, hpo, sft, rl, compress, model_*, predictions_*"
+                            "unknown input {other:?}; expected samples, image, audio, tabular, model, hpo, compare, sft, rl, compress, model_*, predictions_*"
                         ),
                     ));
                 }
@@ -489,10 +492,47 @@ pub struct MetricsFile {
     pub modality_needs: BTreeMap<String, TypeNeeds>,
     /// Where each optional report section came from, or why it is absent.
     pub sources: BTreeMap<String, String>,
+    /// RL against its baselines on test, from the `compare` input (`mmrl-rl compare`), when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rl_comparison: Option<RlComparison>,
     /// The resolved config.
     pub config: EvalConfig,
     /// The seed of the bootstrap.
     pub seed: u64,
+}
+
+/// The models of an `mmrl-rl compare` artifact scored on test: the table and what it shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RlComparison {
+    /// What the table shows, in words.
+    pub legend: String,
+    /// One row per run (mean over seeds), with paired-bootstrap differences per seed.
+    pub table: mmrl_rl::compare::ComparisonTable,
+}
+
+/// Scores the models of the `compare` input on the test rows `indices` (none without the input).
+fn rl_comparison(
+    config: &EvalConfig,
+    inputs: &EvalInputs,
+    data: &Dataset,
+    indices: &[usize],
+) -> Result<Option<RlComparison>> {
+    let Some(dir) = &inputs.compare else {
+        return Ok(None);
+    };
+    let (report, table) = mmrl_rl::compare::evaluate_runs(
+        dir,
+        data,
+        indices,
+        "test",
+        config.batch_size,
+        config.bootstrap_samples,
+    )
+    .map_err(|e| input_err(dir, format!("scoring the compare artifact's models: {e}")))?;
+    Ok(Some(RlComparison {
+        legend: mmrl_rl::compare::legend(&report, &table),
+        table,
+    }))
 }
 
 fn scored(answers: &[Aligned], test: &[TestRow]) -> Vec<Scored> {
@@ -890,6 +930,7 @@ pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -
     cross_modal.source = cross_source;
 
     let history = training_history(&opened, &cross_types, &mut sources);
+    let rl_comparison = rl_comparison(config, inputs, &data, &indices)?;
     let metrics = MetricsFile {
         headline: decoded.headline,
         split: "test".into(),
@@ -900,6 +941,7 @@ pub fn run(config: &EvalConfig, inputs: &EvalInputs, output: &Path, seed: u64) -
         cross_modal,
         modality_needs,
         sources,
+        rl_comparison,
         config: config.clone(),
         seed,
     };
@@ -946,6 +988,9 @@ fn open_and_check_inputs(inputs: &EvalInputs) -> Result<Vec<Opened>> {
     }
     if let Some(p) = &inputs.hpo {
         opened.push(("hpo".to_owned(), Artifact::open(p)?, false));
+    }
+    if let Some(p) = &inputs.compare {
+        opened.push(("compare".to_owned(), Artifact::open(p)?, true));
     }
     for (name, artifact, is_model) in &opened {
         check_lineage(name, artifact, *is_model)?;

@@ -566,6 +566,12 @@ fn maybe_evaluate(
         reward = format!("{:.3}", state.rows.last().map_or(f64::NAN, |r| r[1])),
         val_exact_match = format!("{:.4}", m.exact_match),
         val_accepted = format!("{:.4}", m.accepted),
+        groups = %m
+            .groups
+            .iter()
+            .map(|(g, x)| format!("{g} EM {:.3} accepted {:.3}", x.exact_match, x.accepted))
+            .collect::<Vec<_>>()
+            .join("; "),
         "eval"
     );
     mmrl_artifact::trial::report_intermediate(state.step, m.exact_match);
