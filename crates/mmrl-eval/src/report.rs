@@ -10,8 +10,9 @@ use crate::bootstrap::Interval;
 use crate::config::EvalConfig;
 use crate::curves::{Columns, thin};
 use crate::error::Result;
+use crate::metrics::{Calibration, RiskCoverage};
 use crate::plots::{self, Series};
-use crate::stage::{Kind, MetricsFile, SystemReport};
+use crate::stage::{Detail, Kind, MetricsFile, SystemReport};
 
 /// A plot with its title and caption.
 #[derive(Debug, Clone)]
@@ -35,18 +36,362 @@ pub struct History {
 
 const CURVE_POINTS: usize = 300;
 
-fn push_figure(
-    figures: &mut Vec<Figure>,
-    sources: &mut BTreeMap<String, String>,
-    key: &str,
-    figure: Result<Figure>,
-) {
-    match figure {
-        Ok(f) => figures.push(f),
-        Err(e) => {
-            sources.insert(key.to_owned(), format!("could not be drawn: {e}"));
+/// The figures collected so far and the `sources` notes (what was found, what is absent).
+struct Collector<'a> {
+    figures: Vec<Figure>,
+    sources: &'a mut BTreeMap<String, String>,
+}
+
+impl Collector<'_> {
+    /// Keeps `figure`, or notes under `key` why it could not be drawn.
+    fn push(&mut self, key: &str, figure: Result<Figure>) {
+        match figure {
+            Ok(f) => self.figures.push(f),
+            Err(e) => {
+                self.sources
+                    .insert(key.to_owned(), format!("could not be drawn: {e}"));
+            }
         }
     }
+
+    /// Notes under `key` where a group of figures came from, or why it is absent.
+    fn note(&mut self, key: &str, text: String) {
+        self.sources.insert(key.to_owned(), text);
+    }
+
+    /// The sft plots (training loss, val exact match) of input `name`, or a note that there is none.
+    fn sft_curves(&mut self, input: Option<(String, &Artifact)>, cross_modal: &[String]) {
+        let Some((name, a)) = input else {
+            self.note(
+                "sft_curves",
+                "absent: no sft artifact among the inputs".into(),
+            );
+            return;
+        };
+        let steps = Columns::read(a, "metrics_steps");
+        let val = Columns::read(a, "metrics_val");
+        let mut found = Vec::new();
+        if let Some(s) = &steps
+            && self.sft_loss(&name, s)
+        {
+            found.push("metrics_steps");
+        }
+        if let Some(v) = &val
+            && self.sft_val(v, cross_modal)
+        {
+            found.push("metrics_val");
+        }
+        self.note(
+            "sft_curves",
+            if found.is_empty() {
+                format!("absent: input {name:?} has no metrics_steps/metrics_val tables")
+            } else {
+                format!("input {name:?} ({})", found.join(", "))
+            },
+        );
+    }
+
+    /// The sft training-loss plot from table `metrics_steps`; false when it has no loss.
+    fn sft_loss(&mut self, name: &str, s: &Columns) -> bool {
+        let loss = thin(&s.points("step", "loss", None), CURVE_POINTS);
+        if loss.is_empty() {
+            return false;
+        }
+        self.push(
+            "sft_loss",
+            plots::line_chart(
+                "sft_loss",
+                "sft: training loss",
+                "step",
+                "loss",
+                &[Series {
+                    name: "loss (window mean)".into(),
+                    points: loss,
+                    markers: false,
+                    line: true,
+                }],
+                None,
+                (560, 320),
+            )
+            .map(|svg| Figure {
+                id: "sft-loss".into(),
+                title: "sft training loss".into(),
+                svg,
+                caption: format!("Per-step loss of input {name:?}, averaged over windows."),
+            }),
+        );
+        true
+    }
+
+    /// The sft val exact-match plot from table `metrics_val`, overall and per cross-modal question type;
+    /// false when it has no overall exact match.
+    fn sft_val(&mut self, v: &Columns, cross_modal: &[String]) -> bool {
+        let x = if v.numeric.contains_key("step") {
+            "step"
+        } else {
+            "epoch"
+        };
+        let has_q = v.text.contains_key("qtype");
+        let mut series = vec![Series {
+            name: "all".into(),
+            points: v.points(x, "exact_match", has_q.then_some(("qtype", "all"))),
+            markers: true,
+            line: true,
+        }];
+        if has_q {
+            for q in cross_modal {
+                let p = v.points(x, "exact_match", Some(("qtype", q)));
+                if !p.is_empty() {
+                    series.push(Series {
+                        name: q.clone(),
+                        points: p,
+                        markers: false,
+                        line: true,
+                    });
+                }
+            }
+        }
+        if series[0].points.is_empty() {
+            return false;
+        }
+        self.push(
+            "sft_val",
+            plots::line_chart(
+                "sft_val",
+                "sft: validation exact match",
+                x,
+                "exact match",
+                &series,
+                Some((0.0, 1.0)),
+                (560, 320),
+            )
+            .map(|svg| Figure {
+                id: "sft-val".into(),
+                title: "sft validation".into(),
+                svg,
+                caption:
+                    "Val exact match per epoch, overall and on the cross-modal question types."
+                        .into(),
+            }),
+        );
+        true
+    }
+
+    /// The rl plots (reward, KL, entropy per step; val exact match) of input `name`, or a note that
+    /// there is none.
+    fn rl_curves(&mut self, input: Option<(String, &Artifact)>) {
+        let Some((name, a)) = input else {
+            self.note(
+                "rl_curves",
+                "absent: no rl artifact among the inputs".into(),
+            );
+            return;
+        };
+        let mut found = Vec::new();
+        if let Some(s) = Columns::read(a, "metrics_steps") {
+            found.extend(self.rl_steps(&name, &s));
+        }
+        if let Some(v) = Columns::read(a, "metrics_val")
+            && self.rl_val(&name, &v)
+        {
+            found.push("val exact_match");
+        }
+        self.note(
+            "rl_curves",
+            if found.is_empty() {
+                format!("absent: input {name:?} has no reward/kl/entropy or val columns")
+            } else {
+                format!("input {name:?} ({})", found.join(", "))
+            },
+        );
+    }
+
+    /// One plot per column of `metrics_steps` among reward, kl and entropy; returns the columns drawn.
+    fn rl_steps(&mut self, name: &str, s: &Columns) -> Vec<&'static str> {
+        let mut found = Vec::new();
+        for (col, label) in [
+            ("reward", "mean reward"),
+            ("kl", "KL to reference"),
+            ("entropy", "entropy"),
+        ] {
+            let p = thin(&s.points("step", col, None), CURVE_POINTS);
+            if p.is_empty() {
+                continue;
+            }
+            found.push(col);
+            self.push(
+                &format!("rl_{col}"),
+                plots::line_chart(
+                    &format!("rl_{col}"),
+                    &format!("rl: {label}"),
+                    "step",
+                    col,
+                    &[Series {
+                        name: String::new(),
+                        points: p,
+                        markers: false,
+                        line: true,
+                    }],
+                    None,
+                    (420, 300),
+                )
+                .map(|svg| Figure {
+                    id: format!("rl-{col}"),
+                    title: format!("rl {label}"),
+                    svg,
+                    caption: format!("{label} per step of input {name:?}."),
+                }),
+            );
+        }
+        found
+    }
+
+    /// The rl val exact-match plot from table `metrics_val`; false when it has no exact match.
+    fn rl_val(&mut self, name: &str, v: &Columns) -> bool {
+        let x = if v.numeric.contains_key("step") {
+            "step"
+        } else {
+            "epoch"
+        };
+        let filter = v.text.contains_key("qtype").then_some(("qtype", "all"));
+        let p = v.points(x, "exact_match", filter);
+        if p.is_empty() {
+            return false;
+        }
+        self.push(
+            "rl_val",
+            plots::line_chart(
+                "rl_val",
+                "rl: validation exact match",
+                x,
+                "exact match",
+                &[Series {
+                    name: String::new(),
+                    points: p,
+                    markers: true,
+                    line: true,
+                }],
+                Some((0.0, 1.0)),
+                (420, 300),
+            )
+            .map(|svg| Figure {
+                id: "rl-val".into(),
+                title: "rl validation".into(),
+                svg,
+                caption: format!("Val exact match of input {name:?}."),
+            }),
+        );
+        true
+    }
+
+    /// The hpo plot (objective per completed trial and best so far), or a note why there is none.
+    fn hpo_history(&mut self, hpo: Option<&Artifact>) {
+        let Some(a) = hpo else {
+            self.note("hpo_history", "absent: no hpo input".into());
+            return;
+        };
+        let trials = Columns::read(a, "trials");
+        let minimize = hpo_minimizes(a);
+        let points = trials.as_ref().map(completed_trials).unwrap_or_default();
+        if points.is_empty() {
+            self.note(
+                "hpo_history",
+                "absent: the hpo input has no completed trials with a value (table trials: number, state, value)".into(),
+            );
+            return;
+        }
+        let best = best_so_far(&points, minimize);
+        self.note(
+            "hpo_history",
+            format!("hpo input, {} completed trials", points.len()),
+        );
+        self.push(
+            "hpo",
+            plots::line_chart(
+                "hpo",
+                "hpo: objective per trial",
+                "trial",
+                "objective",
+                &[
+                    Series {
+                        name: "trial".into(),
+                        points: points.clone(),
+                        markers: true,
+                        line: false,
+                    },
+                    Series {
+                        name: "best so far".into(),
+                        points: best,
+                        markers: false,
+                        line: true,
+                    },
+                ],
+                None,
+                (560, 320),
+            )
+            .map(|svg| Figure {
+                id: "hpo".into(),
+                title: "hpo history".into(),
+                svg,
+                caption: format!(
+                    "Objective of each completed trial ({}).",
+                    if minimize { "minimized" } else { "maximized" }
+                ),
+            }),
+        );
+    }
+}
+
+/// Whether the hpo study minimized its objective (`direction` in its `report.json`).
+fn hpo_minimizes(a: &Artifact) -> bool {
+    a.file("report.json")
+        .ok()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v.get("direction")
+                .and_then(|d| d.as_str().map(str::to_owned))
+        })
+        .is_some_and(|d| d.eq_ignore_ascii_case("minimize"))
+}
+
+/// (trial number, value) of each trial of table `trials` that finished with a finite value.
+fn completed_trials(t: &Columns) -> Vec<(f64, f64)> {
+    // Any trial with a value counts unless its state says it did not finish.
+    let done = |i: usize| {
+        t.text.get("state").is_none_or(|s| {
+            s[i].as_deref().is_none_or(|x| {
+                let x = x.to_ascii_lowercase();
+                !(x.starts_with("prun") || x.starts_with("fail") || x.starts_with("run"))
+            })
+        })
+    };
+    let (Some(n), Some(v)) = (t.numeric.get("number"), t.numeric.get("value")) else {
+        return Vec::new();
+    };
+    (0..t.rows)
+        .filter(|&i| done(i))
+        .filter_map(|i| match (n[i], v[i]) {
+            (Some(a), Some(b)) if b.is_finite() => Some((a, b)),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+}
+
+/// The best objective so far after each trial (the running minimum or maximum).
+fn best_so_far(points: &[(f64, f64)], minimize: bool) -> Vec<(f64, f64)> {
+    let mut best = Vec::new();
+    let mut cur: Option<f64> = None;
+    for &(x, y) in points {
+        let b = match cur {
+            None => y,
+            Some(c) if minimize => c.min(y),
+            Some(c) => c.max(y),
+        };
+        cur = Some(b);
+        best.push((x, b));
+    }
+    best
 }
 
 impl History {
@@ -59,315 +404,20 @@ impl History {
         cross_modal: &[String],
         sources: &mut BTreeMap<String, String>,
     ) -> Self {
-        let mut figures = Vec::new();
         let by_stage = |stage: &str| {
             models
                 .iter()
                 .find(|(_, a)| a.manifest().stage == stage)
                 .map(|(n, a)| (n.clone(), a))
         };
-        match by_stage("sft") {
-            None => {
-                sources.insert(
-                    "sft_curves".into(),
-                    "absent: no sft artifact among the inputs".into(),
-                );
-            }
-            Some((name, a)) => {
-                let steps = Columns::read(a, "metrics_steps");
-                let val = Columns::read(a, "metrics_val");
-                let mut found = Vec::new();
-                if let Some(s) = &steps {
-                    let loss = thin(&s.points("step", "loss", None), CURVE_POINTS);
-                    if !loss.is_empty() {
-                        found.push("metrics_steps");
-                        push_figure(
-                            &mut figures,
-                            sources,
-                            "sft_loss",
-                            plots::line_chart(
-                                "sft_loss",
-                                "sft: training loss",
-                                "step",
-                                "loss",
-                                &[Series {
-                                    name: "loss (window mean)".into(),
-                                    points: loss,
-                                    markers: false,
-                                    line: true,
-                                }],
-                                None,
-                                (560, 320),
-                            )
-                            .map(|svg| Figure {
-                                id: "sft-loss".into(),
-                                title: "sft training loss".into(),
-                                svg,
-                                caption: format!(
-                                    "Per-step loss of input {name:?}, averaged over windows."
-                                ),
-                            }),
-                        );
-                    }
-                }
-                if let Some(v) = &val {
-                    let x = if v.numeric.contains_key("step") {
-                        "step"
-                    } else {
-                        "epoch"
-                    };
-                    let has_q = v.text.contains_key("qtype");
-                    let mut series = vec![Series {
-                        name: "all".into(),
-                        points: v.points(x, "exact_match", has_q.then_some(("qtype", "all"))),
-                        markers: true,
-                        line: true,
-                    }];
-                    if has_q {
-                        for q in cross_modal {
-                            let p = v.points(x, "exact_match", Some(("qtype", q)));
-                            if !p.is_empty() {
-                                series.push(Series {
-                                    name: q.clone(),
-                                    points: p,
-                                    markers: false,
-                                    line: true,
-                                });
-                            }
-                        }
-                    }
-                    if !series[0].points.is_empty() {
-                        found.push("metrics_val");
-                        push_figure(
-                            &mut figures,
-                            sources,
-                            "sft_val",
-                            plots::line_chart(
-                                "sft_val",
-                                "sft: validation exact match",
-                                x,
-                                "exact match",
-                                &series,
-                                Some((0.0, 1.0)),
-                                (560, 320),
-                            )
-                            .map(|svg| Figure {
-                                id: "sft-val".into(),
-                                title: "sft validation".into(),
-                                svg,
-                                caption: "Val exact match per epoch, overall and on the cross-modal question types.".into(),
-                            }),
-                        );
-                    }
-                }
-                sources.insert(
-                    "sft_curves".into(),
-                    if found.is_empty() {
-                        format!("absent: input {name:?} has no metrics_steps/metrics_val tables")
-                    } else {
-                        format!("input {name:?} ({})", found.join(", "))
-                    },
-                );
-            }
-        }
-        match by_stage("rl") {
-            None => {
-                sources.insert(
-                    "rl_curves".into(),
-                    "absent: no rl artifact among the inputs".into(),
-                );
-            }
-            Some((name, a)) => {
-                let mut found = Vec::new();
-                if let Some(s) = Columns::read(a, "metrics_steps") {
-                    for (col, label) in [
-                        ("reward", "mean reward"),
-                        ("kl", "KL to reference"),
-                        ("entropy", "entropy"),
-                    ] {
-                        let p = thin(&s.points("step", col, None), CURVE_POINTS);
-                        if p.is_empty() {
-                            continue;
-                        }
-                        found.push(col);
-                        push_figure(
-                            &mut figures,
-                            sources,
-                            &format!("rl_{col}"),
-                            plots::line_chart(
-                                &format!("rl_{col}"),
-                                &format!("rl: {label}"),
-                                "step",
-                                col,
-                                &[Series {
-                                    name: String::new(),
-                                    points: p,
-                                    markers: false,
-                                    line: true,
-                                }],
-                                None,
-                                (420, 300),
-                            )
-                            .map(|svg| Figure {
-                                id: format!("rl-{col}"),
-                                title: format!("rl {label}"),
-                                svg,
-                                caption: format!("{label} per step of input {name:?}."),
-                            }),
-                        );
-                    }
-                }
-                if let Some(v) = Columns::read(a, "metrics_val") {
-                    let x = if v.numeric.contains_key("step") {
-                        "step"
-                    } else {
-                        "epoch"
-                    };
-                    let filter = v.text.contains_key("qtype").then_some(("qtype", "all"));
-                    let p = v.points(x, "exact_match", filter);
-                    if !p.is_empty() {
-                        found.push("val exact_match");
-                        push_figure(
-                            &mut figures,
-                            sources,
-                            "rl_val",
-                            plots::line_chart(
-                                "rl_val",
-                                "rl: validation exact match",
-                                x,
-                                "exact match",
-                                &[Series {
-                                    name: String::new(),
-                                    points: p,
-                                    markers: true,
-                                    line: true,
-                                }],
-                                Some((0.0, 1.0)),
-                                (420, 300),
-                            )
-                            .map(|svg| Figure {
-                                id: "rl-val".into(),
-                                title: "rl validation".into(),
-                                svg,
-                                caption: format!("Val exact match of input {name:?}."),
-                            }),
-                        );
-                    }
-                }
-                sources.insert(
-                    "rl_curves".into(),
-                    if found.is_empty() {
-                        format!("absent: input {name:?} has no reward/kl/entropy or val columns")
-                    } else {
-                        format!("input {name:?} ({})", found.join(", "))
-                    },
-                );
-            }
-        }
-        match hpo {
-            None => {
-                sources.insert("hpo_history".into(), "absent: no hpo input".into());
-            }
-            Some(a) => {
-                let trials = Columns::read(a, "trials");
-                let minimize = a
-                    .file("report.json")
-                    .ok()
-                    .and_then(|p| std::fs::read(p).ok())
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .and_then(|v| {
-                        v.get("direction")
-                            .and_then(|d| d.as_str().map(str::to_owned))
-                    })
-                    .is_some_and(|d| d.eq_ignore_ascii_case("minimize"));
-                let points = trials
-                    .as_ref()
-                    .map(|t| {
-                        // Any trial with a value counts unless its state says it did not finish.
-                        let done = |i: usize| {
-                            t.text.get("state").is_none_or(|s| {
-                                s[i].as_deref().is_none_or(|x| {
-                                    let x = x.to_ascii_lowercase();
-                                    !(x.starts_with("prun")
-                                        || x.starts_with("fail")
-                                        || x.starts_with("run"))
-                                })
-                            })
-                        };
-                        let (Some(n), Some(v)) = (t.numeric.get("number"), t.numeric.get("value"))
-                        else {
-                            return Vec::new();
-                        };
-                        (0..t.rows)
-                            .filter(|&i| done(i))
-                            .filter_map(|i| match (n[i], v[i]) {
-                                (Some(a), Some(b)) if b.is_finite() => Some((a, b)),
-                                _ => None,
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default();
-                if points.is_empty() {
-                    sources.insert(
-                        "hpo_history".into(),
-                        "absent: the hpo input has no completed trials with a value (table trials: number, state, value)".into(),
-                    );
-                } else {
-                    let mut best = Vec::new();
-                    let mut cur: Option<f64> = None;
-                    for &(x, y) in &points {
-                        let b = match cur {
-                            None => y,
-                            Some(c) if minimize => c.min(y),
-                            Some(c) => c.max(y),
-                        };
-                        cur = Some(b);
-                        best.push((x, b));
-                    }
-                    sources.insert(
-                        "hpo_history".into(),
-                        format!("hpo input, {} completed trials", points.len()),
-                    );
-                    push_figure(
-                        &mut figures,
-                        sources,
-                        "hpo",
-                        plots::line_chart(
-                            "hpo",
-                            "hpo: objective per trial",
-                            "trial",
-                            "objective",
-                            &[
-                                Series {
-                                    name: "trial".into(),
-                                    points: points.clone(),
-                                    markers: true,
-                                    line: false,
-                                },
-                                Series {
-                                    name: "best so far".into(),
-                                    points: best,
-                                    markers: false,
-                                    line: true,
-                                },
-                            ],
-                            None,
-                            (560, 320),
-                        )
-                        .map(|svg| Figure {
-                            id: "hpo".into(),
-                            title: "hpo history".into(),
-                            svg,
-                            caption: format!(
-                                "Objective of each completed trial ({}).",
-                                if minimize { "minimized" } else { "maximized" }
-                            ),
-                        }),
-                    );
-                }
-            }
-        }
-        History { figures }
+        let mut c = Collector {
+            figures: Vec::new(),
+            sources,
+        };
+        c.sft_curves(by_stage("sft"), cross_modal);
+        c.rl_curves(by_stage("rl"));
+        c.hpo_history(hpo);
+        History { figures: c.figures }
     }
 }
 
@@ -849,8 +899,23 @@ fn rl_comparison_section(m: &MetricsFile) -> Option<Section> {
     })
 }
 
+/// The report's sections in order: comparison, RL against its baselines, cross-modal questions, which
+/// modality each question type needs, per question type, all metrics, errors and calibration, training
+/// history.
 fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<Vec<Section>> {
-    let mut out = Vec::new();
+    let mut out = vec![summary_section(m, config)];
+    out.extend(rl_comparison_section(m));
+    out.push(cross_modal_section(m));
+    out.extend(needs_section(m, config));
+    out.push(qtypes_section(m)?);
+    out.push(metrics_section(m, config));
+    out.push(errors_section(m, config)?);
+    out.push(training_section(m, history));
+    Ok(out)
+}
+
+/// "Comparison": the headline figure, the test rows, the cross-modal verdict and every system's scores.
+fn summary_section(m: &MetricsFile, config: &EvalConfig) -> Section {
     let ours = &m.test;
     let verdict = if m.cross_modal.ours_beats_all {
         format!(
@@ -868,7 +933,7 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
             m.cross_modal.not_beaten.join("; ")
         )
     };
-    out.push(Section {
+    Section {
         id: "summary",
         title: "Comparison".into(),
         intro: format!(
@@ -885,36 +950,12 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
         notes: Vec::new(),
         tables: vec![comparison_table(m)],
         figures: Vec::new(),
-    });
-    out.extend(rl_comparison_section(m));
-    let qtypes: Vec<String> = ours.by_question.keys().cloned().collect();
-    let bars = |name: &str, title: &str, pick: &dyn Fn(&SystemReport) -> bool| {
-        let series: Vec<(String, Vec<f64>)> = ordered(m)
-            .into_iter()
-            .filter(|(_, r)| pick(r))
-            .map(|(n, r)| {
-                (
-                    n,
-                    qtypes
-                        .iter()
-                        .map(|q| r.by_question.get(q).copied().unwrap_or(0.0))
-                        .collect(),
-                )
-            })
-            .collect();
-        let labels: Vec<String> = qtypes
-            .iter()
-            .map(|q| {
-                if m.cross_modal.qtypes.contains(q) {
-                    format!("{q} ✱")
-                } else {
-                    q.clone()
-                }
-            })
-            .collect();
-        plots::grouped_bars(name, title, &labels, &series, 980)
-    };
-    out.push(Section {
+    }
+}
+
+/// "Cross-modal questions": exact match of every system on the cross-modal question types.
+fn cross_modal_section(m: &MetricsFile) -> Section {
+    Section {
         id: "cross-modal",
         title: "Cross-modal questions".into(),
         intro: format!(
@@ -924,9 +965,46 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
         notes: Vec::new(),
         tables: vec![cross_modal_table(m)],
         figures: Vec::new(),
-    });
-    out.extend(needs_section(m, config));
-    out.push(Section {
+    }
+}
+
+/// Grouped bars of exact match per question type of the systems `pick` keeps (✱ marks cross-modal types).
+fn qtype_bars(
+    m: &MetricsFile,
+    name: &str,
+    title: &str,
+    pick: &dyn Fn(&SystemReport) -> bool,
+) -> Result<String> {
+    let qtypes: Vec<String> = m.test.by_question.keys().cloned().collect();
+    let series: Vec<(String, Vec<f64>)> = ordered(m)
+        .into_iter()
+        .filter(|(_, r)| pick(r))
+        .map(|(n, r)| {
+            (
+                n,
+                qtypes
+                    .iter()
+                    .map(|q| r.by_question.get(q).copied().unwrap_or(0.0))
+                    .collect(),
+            )
+        })
+        .collect();
+    let labels: Vec<String> = qtypes
+        .iter()
+        .map(|q| {
+            if m.cross_modal.qtypes.contains(q) {
+                format!("{q} ✱")
+            } else {
+                q.clone()
+            }
+        })
+        .collect();
+    plots::grouped_bars(name, title, &labels, &series, 980)
+}
+
+/// "Per question type": the table of every system and the bars of ours vs baselines and vs ablations.
+fn qtypes_section(m: &MetricsFile) -> Result<Section> {
+    Ok(Section {
         id: "qtypes",
         title: "Per question type".into(),
         intro: "Exact match per question type, every system.".into(),
@@ -936,7 +1014,8 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
             Figure {
                 id: "bars-baselines".into(),
                 title: "ours vs baselines".into(),
-                svg: bars(
+                svg: qtype_bars(
+                    m,
                     "bars_baselines",
                     "Exact match per question type: ours, checkpoints and baselines",
                     &|r| r.kind != Kind::Ablation,
@@ -947,7 +1026,8 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
             Figure {
                 id: "bars-ablations".into(),
                 title: "ablations".into(),
-                svg: bars(
+                svg: qtype_bars(
+                    m,
                     "bars_ablations",
                     "Exact match per question type: ours vs modality ablations",
                     &|r| matches!(r.kind, Kind::Ours | Kind::Ablation),
@@ -956,7 +1036,12 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
                     .into(),
             },
         ],
-    });
+    })
+}
+
+/// "All metrics": every metric of ours, per question type, per task and per class.
+fn metrics_section(m: &MetricsFile, config: &EvalConfig) -> Section {
+    let ours = &m.test;
     let mut detail_tables = vec![
         metric_table(m),
         group_table("question type", &ours.by_question_metrics),
@@ -971,7 +1056,7 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
             x.mae, x.values, x.skipped_rows
         )
     });
-    out.push(Section {
+    Section {
         id: "metrics",
         title: format!("All metrics of {}", m.headline),
         intro: format!(
@@ -985,82 +1070,23 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
         notes: Vec::new(),
         tables: detail_tables,
         figures: Vec::new(),
-    });
+    }
+}
+
+/// "Errors and calibration": confusion matrix, reliability diagram and risk-coverage curve of ours.
+fn errors_section(m: &MetricsFile, config: &EvalConfig) -> Result<Section> {
+    let ours = &m.test;
     let mut figures = Vec::new();
     if let Some(d) = &ours.detail {
-        // Heatmap over the most frequent reference classes.
-        let c = &d.classes;
-        let mut idx: Vec<usize> = (0..c.labels.len()).collect();
-        idx.sort_by(|&a, &b| {
-            c.per_class[b]
-                .support
-                .cmp(&c.per_class[a].support)
-                .then(c.labels[a].cmp(&c.labels[b]))
-        });
-        idx.truncate(config.confusion_top);
-        idx.sort_unstable();
-        let labels: Vec<String> = idx.iter().map(|&i| d.confusion.labels[i].clone()).collect();
-        let matrix: Vec<Vec<u64>> = idx
-            .iter()
-            .map(|&i| idx.iter().map(|&j| d.confusion.matrix[i][j]).collect())
-            .collect();
-        figures.push(Figure {
-            id: "confusion".into(),
-            title: "confusion matrix".into(),
-            svg: plots::heatmap(
-                "confusion",
-                &format!("Confusion matrix ({} most frequent classes)", labels.len()),
-                &labels,
-                &matrix,
-            )?,
-            caption: "Rows: reference; columns: answer; shade: share of the row.".into(),
-        });
+        figures.push(confusion_figure(d, config)?);
         if let Some(cal) = &d.calibration {
-            figures.push(Figure {
-                id: "reliability".into(),
-                title: "reliability diagram".into(),
-                svg: plots::reliability(
-                    "reliability",
-                    &format!("Reliability (ECE {:.3})", cal.ece),
-                    cal,
-                )?,
-                caption: format!(
-                    "{} equal-width bins of confidence = exp(sequence log-prob); numbers are rows per bin.",
-                    config.ece_bins
-                ),
-            });
+            figures.push(reliability_figure(cal, config)?);
         }
         if let Some(rc) = &d.risk_coverage {
-            let mut series = vec![Series {
-                name: format!("{} (AURC {:.3})", m.headline, rc.aurc),
-                points: rc.points.iter().map(|p| (p.coverage, p.risk)).collect(),
-                markers: false,
-                line: true,
-            }];
-            series.push(Series {
-                name: "error rate at full coverage".into(),
-                points: vec![(0.0, 1.0 - ours.exact_match), (1.0, 1.0 - ours.exact_match)],
-                markers: false,
-                line: true,
-            });
-            figures.push(Figure {
-                id: "risk-coverage".into(),
-                title: "risk-coverage".into(),
-                svg: plots::line_chart(
-                    "risk_coverage",
-                    "Risk vs coverage (answer only above a confidence threshold)",
-                    "coverage",
-                    "risk (error rate)",
-                    &series,
-                    Some((0.0, 1.0)),
-                    (560, 460),
-                )?,
-                caption: "Lower is better; the gap to the flat line is what the confidence buys."
-                    .into(),
-            });
+            figures.push(risk_coverage_figure(m, rc)?);
         }
     }
-    out.push(Section {
+    Ok(Section {
         id: "errors",
         title: "Errors and calibration".into(),
         intro: format!(
@@ -1071,17 +1097,98 @@ fn sections(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<V
         notes: Vec::new(),
         tables: Vec::new(),
         figures,
+    })
+}
+
+/// Heatmap of the confusion matrix over the `confusion_top` most frequent reference classes.
+fn confusion_figure(d: &Detail, config: &EvalConfig) -> Result<Figure> {
+    let c = &d.classes;
+    let mut idx: Vec<usize> = (0..c.labels.len()).collect();
+    idx.sort_by(|&a, &b| {
+        c.per_class[b]
+            .support
+            .cmp(&c.per_class[a].support)
+            .then(c.labels[a].cmp(&c.labels[b]))
     });
+    idx.truncate(config.confusion_top);
+    idx.sort_unstable();
+    let labels: Vec<String> = idx.iter().map(|&i| d.confusion.labels[i].clone()).collect();
+    let matrix: Vec<Vec<u64>> = idx
+        .iter()
+        .map(|&i| idx.iter().map(|&j| d.confusion.matrix[i][j]).collect())
+        .collect();
+    Ok(Figure {
+        id: "confusion".into(),
+        title: "confusion matrix".into(),
+        svg: plots::heatmap(
+            "confusion",
+            &format!("Confusion matrix ({} most frequent classes)", labels.len()),
+            &labels,
+            &matrix,
+        )?,
+        caption: "Rows: reference; columns: answer; shade: share of the row.".into(),
+    })
+}
+
+/// Reliability diagram of the calibration bins.
+fn reliability_figure(cal: &Calibration, config: &EvalConfig) -> Result<Figure> {
+    Ok(Figure {
+        id: "reliability".into(),
+        title: "reliability diagram".into(),
+        svg: plots::reliability(
+            "reliability",
+            &format!("Reliability (ECE {:.3})", cal.ece),
+            cal,
+        )?,
+        caption: format!(
+            "{} equal-width bins of confidence = exp(sequence log-prob); numbers are rows per bin.",
+            config.ece_bins
+        ),
+    })
+}
+
+/// Risk vs coverage of ours, with the error rate at full coverage as a flat line.
+fn risk_coverage_figure(m: &MetricsFile, rc: &RiskCoverage) -> Result<Figure> {
+    let ours = &m.test;
+    let mut series = vec![Series {
+        name: format!("{} (AURC {:.3})", m.headline, rc.aurc),
+        points: rc.points.iter().map(|p| (p.coverage, p.risk)).collect(),
+        markers: false,
+        line: true,
+    }];
+    series.push(Series {
+        name: "error rate at full coverage".into(),
+        points: vec![(0.0, 1.0 - ours.exact_match), (1.0, 1.0 - ours.exact_match)],
+        markers: false,
+        line: true,
+    });
+    Ok(Figure {
+        id: "risk-coverage".into(),
+        title: "risk-coverage".into(),
+        svg: plots::line_chart(
+            "risk_coverage",
+            "Risk vs coverage (answer only above a confidence threshold)",
+            "coverage",
+            "risk (error rate)",
+            &series,
+            Some((0.0, 1.0)),
+            (560, 460),
+        )?,
+        caption: "Lower is better; the gap to the flat line is what the confidence buys.".into(),
+    })
+}
+
+/// "Training history": the collected curves and where each came from.
+fn training_section(m: &MetricsFile, history: &History) -> Section {
     let notes: Vec<String> = m.sources.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    out.push(Section {
+    Section {
         id: "training",
         title: "Training history".into(),
         intro: "Curves of the trained checkpoints among the inputs; sources:".into(),
         notes,
         tables: Vec::new(),
         figures: history.figures.clone(),
-    });
-    Ok(out)
+    }
 }
 
 const CSS: &str = r#"
@@ -1135,6 +1242,13 @@ fn md_inline(s: &str) -> String {
 /// Renders `report.md` and `report.html`.
 pub fn render(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result<(String, String)> {
     let secs = sections(m, history, config)?;
+    let md = markdown(m, &secs);
+    let html = html(m, &secs);
+    Ok((md, html))
+}
+
+/// `report.md`: the headline line, then each section's intro, notes, tables and a line per plot.
+fn markdown(m: &MetricsFile, secs: &[Section]) -> String {
     let mut md = format!(
         "# Evaluation report\n\nHeadline model: **{}**; split: test ({} samples); seed {}.\n\n{}.\n\n",
         m.headline,
@@ -1142,7 +1256,7 @@ pub fn render(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result
         m.seed,
         capitalized(&m.test_rows.headline())
     );
-    for s in &secs {
+    for s in secs {
         let _ = writeln!(md, "## {}\n\n{}\n", s.title, s.intro);
         for n in &s.notes {
             let _ = writeln!(md, "- {n}");
@@ -1164,6 +1278,32 @@ pub fn render(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result
             md.push('\n');
         }
     }
+    md
+}
+
+/// `report.html`: the header with the headline cards, the navigation, then every section.
+fn html(m: &MetricsFile, secs: &[Section]) -> String {
+    let mut html = String::from(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>mmrl evaluation report</title><style>",
+    );
+    html.push_str(CSS);
+    html.push_str("</style></head><body><header><h1>Evaluation report</h1>");
+    html_cards(m, &mut html);
+    html.push_str("</div></header><nav>");
+    for s in secs {
+        let _ = write!(html, "<a href=\"#{}\">{}</a>", s.id, esc(&s.title));
+    }
+    html.push_str("</nav><main>");
+    for s in secs {
+        html_section(m, s, &mut html);
+    }
+    html.push_str("</main></body></html>\n");
+    html
+}
+
+/// The header's headline line and cards: exact match, cross-modal exact match, macro F1, ECE, best
+/// baseline.
+fn html_cards(m: &MetricsFile, html: &mut String) {
     let ours = &m.test;
     let card = |v: String, label: &str| {
         format!(
@@ -1172,11 +1312,6 @@ pub fn render(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result
             esc(label)
         )
     };
-    let mut html = String::from(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>mmrl evaluation report</title><style>",
-    );
-    html.push_str(CSS);
-    html.push_str("</style></head><body><header><h1>Evaluation report</h1>");
     let _ = write!(
         html,
         "<p>Headline model <b>{}</b> on the held-out test split ({} samples), seed {}.</p><p>{}.</p><div class=\"cards\">",
@@ -1216,59 +1351,54 @@ pub fn render(m: &MetricsFile, history: &History, config: &EvalConfig) -> Result
             "best baseline",
         ));
     }
-    html.push_str("</div></header><nav>");
-    for s in &secs {
-        let _ = write!(html, "<a href=\"#{}\">{}</a>", s.id, esc(&s.title));
+}
+
+/// One `<section>`: title, intro, notes, the cross-modal verdict box, tables and figures.
+fn html_section(m: &MetricsFile, s: &Section, html: &mut String) {
+    let _ = write!(
+        html,
+        "<section id=\"{}\"><h2>{}</h2><p class=\"intro\">{}</p>",
+        s.id,
+        esc(&s.title),
+        md_inline(&s.intro)
+    );
+    if !s.notes.is_empty() {
+        html.push_str("<ul class=\"notes\">");
+        for n in &s.notes {
+            let _ = write!(html, "<li>{}</li>", esc(n));
+        }
+        html.push_str("</ul>");
     }
-    html.push_str("</nav><main>");
-    for s in &secs {
-        let _ = write!(
-            html,
-            "<section id=\"{}\"><h2>{}</h2><p class=\"intro\">{}</p>",
-            s.id,
-            esc(&s.title),
-            md_inline(&s.intro)
-        );
-        if !s.notes.is_empty() {
-            html.push_str("<ul class=\"notes\">");
-            for n in &s.notes {
-                let _ = write!(html, "<li>{}</li>", esc(n));
-            }
-            html.push_str("</ul>");
-        }
-        if s.id == "cross-modal" && !m.cross_modal.qtypes.is_empty() {
-            let (class, text) = if m.cross_modal.ours_beats_all {
-                (
-                    "yes",
-                    "Ours beats every baseline and ablation on every cross-modal question type."
-                        .to_owned(),
-                )
-            } else {
-                (
-                    "no",
-                    format!("Not beaten: {}", m.cross_modal.not_beaten.join("; ")),
-                )
-            };
-            let _ = write!(html, "<div class=\"verdict {class}\">{}</div>", esc(&text));
-        }
-        for t in &s.tables {
-            let _ = write!(html, "<div class=\"scroll\">{}</div>", t.html());
-        }
-        if !s.figures.is_empty() {
-            html.push_str("<div class=\"figs\">");
-            for f in &s.figures {
-                let _ = write!(
-                    html,
-                    "<figure id=\"{}\">{}<figcaption>{}</figcaption></figure>",
-                    f.id,
-                    f.svg,
-                    esc(&f.caption)
-                );
-            }
-            html.push_str("</div>");
-        }
-        html.push_str("</section>");
+    if s.id == "cross-modal" && !m.cross_modal.qtypes.is_empty() {
+        let (class, text) = if m.cross_modal.ours_beats_all {
+            (
+                "yes",
+                "Ours beats every baseline and ablation on every cross-modal question type."
+                    .to_owned(),
+            )
+        } else {
+            (
+                "no",
+                format!("Not beaten: {}", m.cross_modal.not_beaten.join("; ")),
+            )
+        };
+        let _ = write!(html, "<div class=\"verdict {class}\">{}</div>", esc(&text));
     }
-    html.push_str("</main></body></html>\n");
-    Ok((md, html))
+    for t in &s.tables {
+        let _ = write!(html, "<div class=\"scroll\">{}</div>", t.html());
+    }
+    if !s.figures.is_empty() {
+        html.push_str("<div class=\"figs\">");
+        for f in &s.figures {
+            let _ = write!(
+                html,
+                "<figure id=\"{}\">{}<figcaption>{}</figcaption></figure>",
+                f.id,
+                f.svg,
+                esc(&f.caption)
+            );
+        }
+        html.push_str("</div>");
+    }
+    html.push_str("</section>");
 }
