@@ -1,11 +1,11 @@
 //! Fitting: learn every statistic of a [`Recipe`] from train rows, step by step, each step on the train values as
 //! the previous steps leave them (like a scikit-learn `Pipeline`).
 //!
-//! 1. sentinels, NaN and infinities become missing;
-//! 2. outlier bounds (IQR, z-score or MAD) from the non-missing values;
-//! 3. rows breaking a drop rule are removed, clip rules clip;
-//! 4. imputation values (mean, median, mode) from what is left;
-//! 5. scaling statistics from the imputed values, and the categorical vocabularies.
+//! 1. sentinels, NaN and infinities become missing (`clean_train`);
+//! 2. outlier bounds (IQR, z-score or MAD) from the non-missing values (`Fitting::fit_outliers`);
+//! 3. rows breaking a drop rule are removed, clip rules clip (`Fitting::drop_rows`);
+//! 4. imputation values (mean, median, mode) from what is left (`Fitting::fit_imputation`);
+//! 5. scaling statistics from the imputed values, and the categorical vocabularies (`Fitting::fit_scaling`).
 //!
 //! Every statistic is computed explicitly on the frame passed in (never with polars' fill strategies, which
 //! compute on whatever frame they run on), with population std (ddof 0) and linear-interpolated quantiles.
@@ -40,29 +40,66 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
         .map_err(pl("reading the train frame's schema"))?;
     let columns = initial_states(&plans, &schema)?;
     check_output_names(&columns, recipe.flags)?;
-
     if columns.is_empty() {
-        // No features: nothing to fit, but an empty train split is still an error.
-        let n = train
-            .select([len().alias("n")])
-            .collect()
-            .map_err(pl("counting train rows"))?;
-        let rows = Stats(Some(n)).u64("n")?;
-        if rows == 0 {
-            return Err(Error::EmptyTrain(
-                "no train rows to fit on: the train split is empty".into(),
-            ));
-        }
-        return Ok(TabularState {
-            version: STATE_VERSION,
-            train_rows: rows,
-            train_rows_kept: rows,
-            flags: recipe.flags,
-            columns,
-        });
+        return fit_without_features(train, recipe, columns);
     }
+    let clean = clean_train(train, &columns)?;
+    let train_rows = clean.height();
+    let mut fitting = Fitting {
+        plans,
+        views: columns.iter().map(clean_view).collect(),
+        columns,
+    };
+    fitting.fit_outliers(&clean)?;
+    let kept = fitting.drop_rows(clean)?;
+    let counts = fitting.fit_imputation(&kept)?;
+    fitting.fit_scaling(&kept, counts)?;
+    let train_rows_kept = kept.height();
+    let state = TabularState {
+        version: STATE_VERSION,
+        train_rows: train_rows as u64,
+        train_rows_kept: train_rows_kept as u64,
+        flags: recipe.flags,
+        columns: fitting.columns,
+    };
+    check_output_names(&state.columns, state.flags)?;
+    tracing::info!(
+        train_rows,
+        train_rows_kept,
+        columns = state.columns.len(),
+        "tabular state fitted"
+    );
+    Ok(state)
+}
 
-    // Step 1: clean once, materialized, so every later statistic reads memory instead of re-running the input.
+/// A recipe without features: nothing to fit, but an empty train split is still an error.
+fn fit_without_features(
+    train: LazyFrame,
+    recipe: &Recipe,
+    columns: Vec<ColumnState>,
+) -> Result<TabularState> {
+    let n = train
+        .select([len().alias("n")])
+        .collect()
+        .map_err(pl("counting train rows"))?;
+    let rows = Stats(Some(n)).u64("n")?;
+    if rows == 0 {
+        return Err(Error::EmptyTrain(
+            "no train rows to fit on: the train split is empty".into(),
+        ));
+    }
+    Ok(TabularState {
+        version: STATE_VERSION,
+        train_rows: rows,
+        train_rows_kept: rows,
+        flags: recipe.flags,
+        columns,
+    })
+}
+
+/// Step 1: sentinels, NaN and infinities become missing, once and materialized, so every later statistic reads
+/// memory instead of re-running the input. Errors when no train row is left.
+fn clean_train(train: LazyFrame, columns: &[ColumnState]) -> Result<DataFrame> {
     let clean_exprs: Vec<Expr> = columns
         .iter()
         .map(|c| match c {
@@ -85,305 +122,381 @@ pub fn fit(train: LazyFrame, recipe: &Recipe) -> Result<TabularState> {
         rows = clean.height(),
         "fit: train rows cleaned"
     );
-    let train_rows = clean.height();
-    if train_rows == 0 {
+    if clean.height() == 0 {
         return Err(Error::EmptyTrain(
             "no train rows to fit on: the train split is empty (check the split assignment and filters)".into(),
         ));
     }
-    // On the clean frame the values are already clean: fit with views whose sentinels and casts are gone.
-    let mut views: Vec<ColumnState> = columns.iter().map(clean_view).collect();
-    let mut columns = columns;
+    Ok(clean)
+}
 
-    // Step 2: outlier bounds.
-    let mut exprs_out = Vec::new();
-    for (i, c) in views.iter().enumerate() {
-        let (ColumnState::Numeric(n), Some(plan)) = (c, plan_numeric(&plans[i])) else {
-            continue;
+/// What the fitting steps share: the resolved plans, the states being fitted, and their views on the clean frame.
+struct Fitting {
+    /// One plan per feature, in the order of `columns`.
+    plans: Vec<ColumnPlan>,
+    /// The states being fitted (the result).
+    columns: Vec<ColumnState>,
+    /// The same states as seen on the cleaned train frame: no sentinels, no cast (see [`clean_view`]).
+    views: Vec<ColumnState>,
+}
+
+impl Fitting {
+    /// Step 2: outlier bounds from the non-missing clean values.
+    fn fit_outliers(&mut self, clean: &DataFrame) -> Result<()> {
+        let stats = Stats::collect(clean, self.outlier_exprs(), "fitting outlier bounds")?;
+        for (i, plan) in self.plans.iter().enumerate() {
+            let ColumnPlan::Numeric(plan) = plan else {
+                continue;
+            };
+            let Some(fitted) = fitted_outliers(plan, &stats, i)? else {
+                continue;
+            };
+            let (ColumnState::Numeric(state), ColumnState::Numeric(view)) =
+                (&mut self.columns[i], &mut self.views[i])
+            else {
+                continue;
+            };
+            match fitted {
+                Ok(f) => {
+                    state.outliers = Some(f.clone());
+                    view.outliers = Some(f);
+                }
+                Err(w) => warn(state, w),
+            }
+        }
+        Ok(())
+    }
+
+    /// The statistics each numeric column's outlier rule needs, one group per column.
+    fn outlier_exprs(&self) -> Vec<Vec<Expr>> {
+        let mut exprs_out = Vec::new();
+        for (i, c) in self.views.iter().enumerate() {
+            let (ColumnState::Numeric(n), Some(plan)) = (c, plan_numeric(&self.plans[i])) else {
+                continue;
+            };
+            let x = || col(n.name.as_str());
+            let mut g = vec![x().count().alias(key(i, "count"))];
+            match plan.outliers.rule {
+                OutlierRule::None => {}
+                OutlierRule::Iqr => {
+                    g.push(quantile(x(), 0.25).alias(key(i, "q1")));
+                    g.push(quantile(x(), 0.75).alias(key(i, "q3")));
+                }
+                OutlierRule::Zscore => {
+                    g.push(x().mean().alias(key(i, "mean")));
+                    g.push(x().std(0).alias(key(i, "std")));
+                }
+                OutlierRule::Mad => {
+                    g.push(x().drop_nulls().median().alias(key(i, "median")));
+                    g.push(
+                        (x() - x().median())
+                            .abs()
+                            .drop_nulls()
+                            .median()
+                            .alias(key(i, "mad")),
+                    );
+                }
+            }
+            exprs_out.push(g);
+        }
+        exprs_out
+    }
+
+    /// Step 3: drop rules remove train rows (clip rules act through the expressions of the later steps). Errors
+    /// when no row is left.
+    fn drop_rows(&self, clean: DataFrame) -> Result<DataFrame> {
+        let train_rows = clean.height();
+        let numeric_views: Vec<&NumericState> = self
+            .views
+            .iter()
+            .filter_map(|c| match c {
+                ColumnState::Numeric(n) => Some(n),
+                ColumnState::Categorical(_) => None,
+            })
+            .collect();
+        let kept = match exprs::keep_mask(&numeric_views) {
+            Some(keep) => {
+                let mut kept = clean
+                    .lazy()
+                    .filter(keep)
+                    .collect()
+                    .map_err(pl("applying the drop rules to train"))?;
+                rechunk_numeric(&mut kept)?;
+                kept
+            }
+            None => clean,
         };
-        let x = || col(n.name.as_str());
-        let mut g = vec![x().count().alias(key(i, "count"))];
-        match plan.outliers.rule {
-            OutlierRule::None => {}
-            OutlierRule::Iqr => {
-                g.push(quantile(x(), 0.25).alias(key(i, "q1")));
-                g.push(quantile(x(), 0.75).alias(key(i, "q3")));
+        if kept.height() == 0 {
+            return Err(Error::EmptyTrain(format!(
+                "the outlier drop rules removed all {train_rows} train rows: nothing left to fit on; loosen k or use action = \"clip\""
+            )));
+        }
+        Ok(kept)
+    }
+
+    /// Step 4: imputation values from the kept (clipped) train values. Returns the count of each present value
+    /// of every categorical column (empty for numeric ones), which step 5 turns into vocabularies.
+    fn fit_imputation(&mut self, kept: &DataFrame) -> Result<Vec<BTreeMap<String, u64>>> {
+        let train_rows_kept = kept.height();
+        let stats = Stats::collect(kept, self.imputation_exprs(), "fitting imputation values")?;
+        let counts = self.category_counts(kept)?;
+        // `counts` has one entry per column.
+        for (i, column_counts) in counts.iter().enumerate() {
+            let count = match &self.columns[i] {
+                ColumnState::Numeric(_) => stats.u64(&key(i, "count"))?,
+                ColumnState::Categorical(_) => column_counts.values().sum(),
+            };
+            match (&mut self.columns[i], &mut self.views[i]) {
+                (ColumnState::Numeric(state), ColumnState::Numeric(view)) => {
+                    set_numeric_fill(state, count, train_rows_kept, &stats, i)?;
+                    view.fill = state.fill;
+                }
+                (ColumnState::Categorical(state), ColumnState::Categorical(view)) => {
+                    set_categorical_fill(state, count, train_rows_kept, column_counts);
+                    view.fill = state.fill.clone();
+                }
+                _ => {}
             }
-            OutlierRule::Zscore => {
-                g.push(x().mean().alias(key(i, "mean")));
-                g.push(x().std(0).alias(key(i, "std")));
+        }
+        Ok(counts)
+    }
+
+    /// The non-missing count and imputation statistic of each numeric column, one group per column.
+    fn imputation_exprs(&self) -> Vec<Vec<Expr>> {
+        let mut exprs_imp = Vec::new();
+        for (i, c) in self.views.iter().enumerate() {
+            match c {
+                ColumnState::Numeric(n) => {
+                    let x = || exprs::numeric_clipped(n);
+                    let mut g = vec![x().count().alias(key(i, "count"))];
+                    match n.impute {
+                        Impute::Mean => g.push(x().mean().alias(key(i, "fill"))),
+                        Impute::Median => g.push(x().drop_nulls().median().alias(key(i, "fill"))),
+                        Impute::Mode => {
+                            g.push(x().drop_nulls().mode(false).min().alias(key(i, "fill")))
+                        }
+                        Impute::Constant | Impute::Missing => {}
+                    }
+                    exprs_imp.push(g);
+                }
+                ColumnState::Categorical(_) => {}
             }
-            OutlierRule::Mad => {
-                g.push(x().drop_nulls().median().alias(key(i, "median")));
-                g.push(
-                    (x() - x().median())
-                        .abs()
-                        .drop_nulls()
-                        .median()
-                        .alias(key(i, "mad")),
+        }
+        exprs_imp
+    }
+
+    /// Categorical columns: one count per distinct value gives the mode, the vocabulary and the non-missing count.
+    fn category_counts(&self, kept: &DataFrame) -> Result<Vec<BTreeMap<String, u64>>> {
+        let started = std::time::Instant::now();
+        let mut counts: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); self.columns.len()];
+        for (i, c) in self.views.iter().enumerate() {
+            if let ColumnState::Categorical(c) = c {
+                counts[i] = value_counts(kept, &c.name)?;
+            }
+        }
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "fit: category counts"
+        );
+        Ok(counts)
+    }
+
+    /// Step 5: scaling statistics on the imputed values, and the categorical vocabularies.
+    fn fit_scaling(
+        &mut self,
+        kept: &DataFrame,
+        mut counts: Vec<BTreeMap<String, u64>>,
+    ) -> Result<()> {
+        let stats = Stats::collect(kept, self.scaling_exprs(), "fitting scaling statistics")?;
+        for (i, c) in self.columns.iter_mut().enumerate() {
+            match c {
+                ColumnState::Numeric(state) => set_scaling(state, &stats, i)?,
+                ColumnState::Categorical(state) => {
+                    set_vocabulary(state, std::mem::take(&mut counts[i]));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The center and spread each numeric column's scaling needs, one group per column.
+    fn scaling_exprs(&self) -> Vec<Vec<Expr>> {
+        let mut exprs_scale = Vec::new();
+        for (i, c) in self.views.iter().enumerate() {
+            let ColumnState::Numeric(n) = c else { continue };
+            let x = || exprs::numeric_imputed(n);
+            exprs_scale.push(match n.scale {
+                Scale::None => Vec::new(),
+                Scale::Zscore => vec![
+                    x().mean().alias(key(i, "center")),
+                    x().std(0).alias(key(i, "spread")),
+                ],
+                Scale::Minmax => vec![
+                    x().min().cast(DataType::Float64).alias(key(i, "center")),
+                    (x().max() - x().min())
+                        .cast(DataType::Float64)
+                        .alias(key(i, "spread")),
+                ],
+                Scale::Robust => vec![
+                    x().median().alias(key(i, "center")),
+                    (quantile(x(), 0.75) - quantile(x(), 0.25)).alias(key(i, "spread")),
+                ],
+            });
+        }
+        exprs_scale
+    }
+}
+
+/// The fitted bounds of column `i`'s outlier rule from its statistics: `None` without a rule, `Err` with the
+/// warning when the rule has to be skipped.
+fn fitted_outliers(
+    plan: &crate::recipe::NumericPlan,
+    stats: &Stats,
+    i: usize,
+) -> Result<Option<std::result::Result<FittedOutliers, String>>> {
+    let count = stats.u64(&key(i, "count"))?;
+    let k = plan.outliers.effective_k();
+    let (center_lo, center_hi, spread) = match plan.outliers.rule {
+        OutlierRule::None => return Ok(None),
+        OutlierRule::Iqr => {
+            let (q1, q3) = (stats.f64(&key(i, "q1"))?, stats.f64(&key(i, "q3"))?);
+            (q1, q3, q1.zip(q3).map(|(a, b)| b - a))
+        }
+        OutlierRule::Zscore => {
+            let mean = stats.f64(&key(i, "mean"))?;
+            (mean, mean, stats.f64(&key(i, "std"))?)
+        }
+        OutlierRule::Mad => {
+            let median = stats.f64(&key(i, "median"))?;
+            (
+                median,
+                median,
+                stats.f64(&key(i, "mad"))?.map(|m| MAD_TO_STD * m),
+            )
+        }
+    };
+    Ok(Some(match (count, center_lo, center_hi, spread) {
+        (0, ..) => Err("no non-missing train values: outlier rule skipped".to_owned()),
+        (_, Some(lo), Some(hi), Some(spread)) if spread.is_finite() && spread > 0.0 => {
+            let (lower, upper) = (lo - k * spread, hi + k * spread);
+            if lower.is_finite() && upper.is_finite() {
+                Ok(FittedOutliers {
+                    rule: plan.outliers.rule,
+                    k,
+                    action: plan.outliers.action,
+                    lower,
+                    upper,
+                })
+            } else {
+                Err("outlier bounds are not finite: outlier rule skipped".to_owned())
+            }
+        }
+        _ => Err("zero spread in train: outlier rule skipped".to_owned()),
+    }))
+}
+
+/// Sets a numeric column's non-missing train count and fill value (column `i` of `stats`), with the fallback to
+/// the constant 0.
+fn set_numeric_fill(
+    state: &mut NumericState,
+    count: u64,
+    train_rows_kept: usize,
+    stats: &Stats,
+    i: usize,
+) -> Result<()> {
+    state.train_values = count;
+    if count == 0 {
+        warn(
+            state,
+            format!("all {train_rows_kept} train values are missing"),
+        );
+    }
+    let fill = match state.impute {
+        Impute::Constant | Impute::Missing => Some(state.fill),
+        _ => stats.f64(&key(i, "fill"))?.filter(|v| v.is_finite()),
+    };
+    match fill {
+        Some(v) => state.fill = v,
+        None => {
+            state.fill = 0.0;
+            warn(
+                state,
+                format!(
+                    "no {:?} to impute with: imputing the constant 0",
+                    impute_name(state.impute)
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sets a categorical column's mode fill value from its value counts (ties go to the smallest value, like
+/// scikit-learn's most_frequent), or warns that missing values keep the missing code.
+fn set_categorical_fill(
+    state: &mut CategoricalState,
+    count: u64,
+    train_rows_kept: usize,
+    counts: &BTreeMap<String, u64>,
+) {
+    if count == 0 {
+        warn_cat(
+            state,
+            format!("all {train_rows_kept} train values are missing"),
+        );
+    }
+    if state.impute == Impute::Mode {
+        let best = counts.values().copied().max().unwrap_or(0);
+        match counts
+            .iter()
+            .find(|(_, n)| **n == best && best > 0)
+            .map(|(v, _)| v.clone())
+        {
+            Some(mode) => state.fill = Some(mode),
+            None => {
+                state.fill = None;
+                warn_cat(
+                    state,
+                    "no mode to impute with: missing values keep the missing code".into(),
                 );
             }
         }
-        exprs_out.push(g);
     }
-    let stats = Stats::collect(&clean, exprs_out, "fitting outlier bounds")?;
-    for (i, plan) in plans.iter().enumerate() {
-        let ColumnPlan::Numeric(plan) = plan else {
-            continue;
-        };
-        let count = stats.u64(&key(i, "count"))?;
-        let k = plan.outliers.effective_k();
-        let (center_lo, center_hi, spread) = match plan.outliers.rule {
-            OutlierRule::None => continue,
-            OutlierRule::Iqr => {
-                let (q1, q3) = (stats.f64(&key(i, "q1"))?, stats.f64(&key(i, "q3"))?);
-                (q1, q3, q1.zip(q3).map(|(a, b)| b - a))
-            }
-            OutlierRule::Zscore => {
-                let mean = stats.f64(&key(i, "mean"))?;
-                (mean, mean, stats.f64(&key(i, "std"))?)
-            }
-            OutlierRule::Mad => {
-                let median = stats.f64(&key(i, "median"))?;
-                (
-                    median,
-                    median,
-                    stats.f64(&key(i, "mad"))?.map(|m| MAD_TO_STD * m),
-                )
-            }
-        };
-        let fitted = match (count, center_lo, center_hi, spread) {
-            (0, ..) => Err("no non-missing train values: outlier rule skipped".to_owned()),
-            (_, Some(lo), Some(hi), Some(spread)) if spread.is_finite() && spread > 0.0 => {
-                let (lower, upper) = (lo - k * spread, hi + k * spread);
-                if lower.is_finite() && upper.is_finite() {
-                    Ok(FittedOutliers {
-                        rule: plan.outliers.rule,
-                        k,
-                        action: plan.outliers.action,
-                        lower,
-                        upper,
-                    })
-                } else {
-                    Err("outlier bounds are not finite: outlier rule skipped".to_owned())
-                }
-            }
-            _ => Err("zero spread in train: outlier rule skipped".to_owned()),
-        };
-        let (ColumnState::Numeric(state), ColumnState::Numeric(view)) =
-            (&mut columns[i], &mut views[i])
-        else {
-            continue;
-        };
-        match fitted {
-            Ok(f) => {
-                state.outliers = Some(f.clone());
-                view.outliers = Some(f);
-            }
-            Err(w) => warn(state, w),
-        }
-    }
+}
 
-    // Step 3: drop rules remove train rows; clip rules act through the expressions below.
-    let numeric_views: Vec<&NumericState> = views
-        .iter()
-        .filter_map(|c| match c {
-            ColumnState::Numeric(n) => Some(n),
-            ColumnState::Categorical(_) => None,
-        })
-        .collect();
-    let kept = match exprs::keep_mask(&numeric_views) {
-        Some(keep) => {
-            let mut kept = clean
-                .lazy()
-                .filter(keep)
-                .collect()
-                .map_err(pl("applying the drop rules to train"))?;
-            rechunk_numeric(&mut kept)?;
-            kept
-        }
-        None => clean,
-    };
-    let train_rows_kept = kept.height();
-    if train_rows_kept == 0 {
-        return Err(Error::EmptyTrain(format!(
-            "the outlier drop rules removed all {train_rows} train rows: nothing left to fit on; loosen k or use action = \"clip\""
-        )));
+/// Sets a numeric column's center and scale from column `i` of `stats`, with the fallbacks 0 and 1.
+fn set_scaling(state: &mut NumericState, stats: &Stats, i: usize) -> Result<()> {
+    if state.scale == Scale::None {
+        return Ok(());
     }
+    match stats.f64(&key(i, "center"))?.filter(|v| v.is_finite()) {
+        Some(center) => state.center = center,
+        None => warn(state, "no finite center: center set to 0".into()),
+    }
+    match stats.f64(&key(i, "spread"))?.filter(|v| v.is_finite()) {
+        Some(spread) if spread > 0.0 => state.scale_by = spread,
+        _ => warn(
+            state,
+            "zero spread in train after imputation: scale set to 1".into(),
+        ),
+    }
+    Ok(())
+}
 
-    // Step 4: imputation values.
-    let mut exprs_imp = Vec::new();
-    for (i, c) in views.iter().enumerate() {
-        match c {
-            ColumnState::Numeric(n) => {
-                let x = || exprs::numeric_clipped(n);
-                let mut g = vec![x().count().alias(key(i, "count"))];
-                match n.impute {
-                    Impute::Mean => g.push(x().mean().alias(key(i, "fill"))),
-                    Impute::Median => g.push(x().drop_nulls().median().alias(key(i, "fill"))),
-                    Impute::Mode => {
-                        g.push(x().drop_nulls().mode(false).min().alias(key(i, "fill")))
-                    }
-                    Impute::Constant | Impute::Missing => {}
-                }
-                exprs_imp.push(g);
-            }
-            ColumnState::Categorical(_) => {}
-        }
+/// Sets a categorical column's vocabulary: the present train values plus the fill value.
+fn set_vocabulary(state: &mut CategoricalState, counts: BTreeMap<String, u64>) {
+    let mut vocabulary: BTreeSet<String> = counts.into_keys().collect();
+    if let Some(fill) = &state.fill {
+        // A constant fill must encode as itself even when train had no missing value.
+        vocabulary.insert(fill.clone());
     }
-    let stats = Stats::collect(&kept, exprs_imp, "fitting imputation values")?;
-    // Categorical columns: one count per distinct value gives the mode, the vocabulary and the non-missing count.
-    let started = std::time::Instant::now();
-    let mut counts: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); columns.len()];
-    for (i, c) in views.iter().enumerate() {
-        if let ColumnState::Categorical(c) = c {
-            counts[i] = value_counts(&kept, &c.name)?;
-        }
+    state.categories = vocabulary.into_iter().collect();
+    if state.categories.is_empty() {
+        warn_cat(
+            state,
+            "no train categories: every present value encodes as unseen".into(),
+        );
     }
-    tracing::debug!(
-        ms = started.elapsed().as_millis() as u64,
-        "fit: category counts"
-    );
-    for i in 0..columns.len() {
-        let count = match &columns[i] {
-            ColumnState::Numeric(_) => stats.u64(&key(i, "count"))?,
-            ColumnState::Categorical(_) => counts[i].values().sum(),
-        };
-        match (&mut columns[i], &mut views[i]) {
-            (ColumnState::Numeric(state), ColumnState::Numeric(view)) => {
-                state.train_values = count;
-                if count == 0 {
-                    warn(
-                        state,
-                        format!("all {train_rows_kept} train values are missing"),
-                    );
-                }
-                let fill = match state.impute {
-                    Impute::Constant | Impute::Missing => Some(state.fill),
-                    _ => stats.f64(&key(i, "fill"))?.filter(|v| v.is_finite()),
-                };
-                match fill {
-                    Some(v) => state.fill = v,
-                    None => {
-                        state.fill = 0.0;
-                        warn(
-                            state,
-                            format!(
-                                "no {:?} to impute with: imputing the constant 0",
-                                impute_name(state.impute)
-                            ),
-                        );
-                    }
-                }
-                view.fill = state.fill;
-            }
-            (ColumnState::Categorical(state), ColumnState::Categorical(view)) => {
-                if count == 0 {
-                    warn_cat(
-                        state,
-                        format!("all {train_rows_kept} train values are missing"),
-                    );
-                }
-                if state.impute == Impute::Mode {
-                    // Ties go to the smallest value, like scikit-learn's most_frequent.
-                    let best = counts[i].values().copied().max().unwrap_or(0);
-                    match counts[i]
-                        .iter()
-                        .find(|(_, n)| **n == best && best > 0)
-                        .map(|(v, _)| v.clone())
-                    {
-                        Some(mode) => state.fill = Some(mode),
-                        None => {
-                            state.fill = None;
-                            warn_cat(
-                                state,
-                                "no mode to impute with: missing values keep the missing code"
-                                    .into(),
-                            );
-                        }
-                    }
-                }
-                view.fill = state.fill.clone();
-            }
-            _ => {}
-        }
-    }
-
-    // Step 5: scaling statistics on the imputed values, and vocabularies.
-    let mut exprs_scale = Vec::new();
-    for (i, c) in views.iter().enumerate() {
-        let ColumnState::Numeric(n) = c else { continue };
-        let x = || exprs::numeric_imputed(n);
-        exprs_scale.push(match n.scale {
-            Scale::None => Vec::new(),
-            Scale::Zscore => vec![
-                x().mean().alias(key(i, "center")),
-                x().std(0).alias(key(i, "spread")),
-            ],
-            Scale::Minmax => vec![
-                x().min().cast(DataType::Float64).alias(key(i, "center")),
-                (x().max() - x().min())
-                    .cast(DataType::Float64)
-                    .alias(key(i, "spread")),
-            ],
-            Scale::Robust => vec![
-                x().median().alias(key(i, "center")),
-                (quantile(x(), 0.75) - quantile(x(), 0.25)).alias(key(i, "spread")),
-            ],
-        });
-    }
-    let stats = Stats::collect(&kept, exprs_scale, "fitting scaling statistics")?;
-    for (i, c) in columns.iter_mut().enumerate() {
-        match c {
-            ColumnState::Numeric(state) => {
-                if state.scale == Scale::None {
-                    continue;
-                }
-                match stats.f64(&key(i, "center"))?.filter(|v| v.is_finite()) {
-                    Some(center) => state.center = center,
-                    None => warn(state, "no finite center: center set to 0".into()),
-                }
-                match stats.f64(&key(i, "spread"))?.filter(|v| v.is_finite()) {
-                    Some(spread) if spread > 0.0 => state.scale_by = spread,
-                    _ => warn(
-                        state,
-                        "zero spread in train after imputation: scale set to 1".into(),
-                    ),
-                }
-            }
-            ColumnState::Categorical(state) => {
-                // The imputed values are the present ones plus the fill value.
-                let mut vocabulary: BTreeSet<String> =
-                    std::mem::take(&mut counts[i]).into_keys().collect();
-                if let Some(fill) = &state.fill {
-                    // A constant fill must encode as itself even when train had no missing value.
-                    vocabulary.insert(fill.clone());
-                }
-                state.categories = vocabulary.into_iter().collect();
-                if state.categories.is_empty() {
-                    warn_cat(
-                        state,
-                        "no train categories: every present value encodes as unseen".into(),
-                    );
-                }
-            }
-        }
-    }
-    let state = TabularState {
-        version: STATE_VERSION,
-        train_rows: train_rows as u64,
-        train_rows_kept: train_rows_kept as u64,
-        flags: recipe.flags,
-        columns,
-    };
-    check_output_names(&state.columns, state.flags)?;
-    tracing::info!(
-        train_rows,
-        train_rows_kept,
-        columns = state.columns.len(),
-        "tabular state fitted"
-    );
-    Ok(state)
 }
 
 /// Makes every numeric column a single chunk.

@@ -13,7 +13,7 @@ use crate::Result;
 use crate::error::pl;
 use crate::exprs;
 use crate::recipe::OutlierAction;
-use crate::state::{ColumnState, NumericState, TabularState};
+use crate::state::{CategoricalState, ColumnState, NumericState, TabularState};
 use crate::transform::check_input;
 
 /// A distribution summary of a numeric column (missing values ignored).
@@ -89,6 +89,29 @@ pub fn quality(
 ) -> Result<QualityReport> {
     let mut frame = frame;
     check_input(&mut frame, state)?;
+    let aggs = quality_aggs(state);
+    let df = aggregate_per_split(frame, aggs, split)?;
+    let (splits, order) = split_order(&df)?;
+    let stats = QualityStats { df: &df };
+    let mut rows = Vec::new();
+    for (i, column) in state.columns.iter().enumerate() {
+        for &r in &order {
+            rows.push(stats.row(column, i, &splits[r], r)?);
+        }
+    }
+    Ok(QualityReport { rows })
+}
+
+/// The name of split column the quality statistics are grouped by.
+const SPLIT: &str = "__split";
+
+/// Counts `true` values.
+fn count(e: Expr) -> Expr {
+    e.cast(DataType::UInt64).sum()
+}
+
+/// Every statistic of the report as one aggregation each: `rows`, then `{i}|{stat}` per column `i`.
+fn quality_aggs(state: &TabularState) -> Vec<Expr> {
     let numeric: Vec<&NumericState> = state
         .columns
         .iter()
@@ -98,58 +121,69 @@ pub fn quality(
         })
         .collect();
     let keep = exprs::keep_mask(&numeric).unwrap_or(lit(true));
-    let count = |e: Expr| e.cast(DataType::UInt64).sum();
-    let kept = |e: Expr| e.and(keep.clone());
     let mut aggs = vec![len().cast(DataType::UInt64).alias("rows")];
     for (i, column) in state.columns.iter().enumerate() {
-        let k = |stat: &str| format!("{i}|{stat}");
         match column {
-            ColumnState::Numeric(s) => {
-                let x = || exprs::numeric_clean(&s.name, &s.sentinels);
-                let out = || exprs::numeric_output(s).cast(DataType::Float64);
-                aggs.push(count(exprs::numeric_raw(&s.name).is_null()).alias(k("nulls_before")));
-                aggs.push(
-                    count(exprs::is_sentinel(&s.name, &s.sentinels).unwrap_or(lit(false)))
-                        .alias(k("sentinels")),
-                );
-                aggs.push(count(exprs::is_non_finite(&s.name)).alias(k("non_finite")));
-                aggs.push(count(exprs::outlier_flag(s)).alias(k("outliers")));
-                aggs.push(count(kept(x().is_null())).alias(k("imputed")));
-                aggs.push(count(kept(out().is_null())).alias(k("nulls_after")));
-                aggs.push(count(kept(out().is_finite().not())).alias(k("non_finite_after")));
-                push_summary(&mut aggs, x(), &k("before"));
-                push_summary(&mut aggs, out().filter(keep.clone()), &k("after"));
-            }
-            ColumnState::Categorical(c) => {
-                aggs.push(count(exprs::categorical_raw(c).is_null()).alias(k("nulls_before")));
-                aggs.push(
-                    count(exprs::categorical_is_sentinel(c).unwrap_or(lit(false)))
-                        .alias(k("sentinels")),
-                );
-                let missing = kept(exprs::categorical_clean(c).is_null());
-                aggs.push(
-                    count(if c.fill.is_some() {
-                        missing
-                    } else {
-                        lit(false)
-                    })
-                    .alias(k("imputed")),
-                );
-                aggs.push(count(kept(exprs::categorical_is_unseen(c))).alias(k("unseen")));
-                aggs.push(
-                    count(kept(exprs::categorical_imputed(c).is_null())).alias(k("nulls_after")),
-                );
-                aggs.push(
-                    exprs::categorical_clean(c)
-                        .drop_nulls()
-                        .n_unique()
-                        .cast(DataType::UInt64)
-                        .alias(k("distinct")),
-                );
-            }
+            ColumnState::Numeric(s) => push_numeric_aggs(&mut aggs, i, s, &keep),
+            ColumnState::Categorical(c) => push_categorical_aggs(&mut aggs, i, c, &keep),
         }
     }
-    const SPLIT: &str = "__split";
+    aggs
+}
+
+/// The statistics of numeric column `i`; `keep` is true for the rows the drop rules keep.
+fn push_numeric_aggs(aggs: &mut Vec<Expr>, i: usize, s: &NumericState, keep: &Expr) {
+    let k = |stat: &str| format!("{i}|{stat}");
+    let kept = |e: Expr| e.and(keep.clone());
+    let x = || exprs::numeric_clean(&s.name, &s.sentinels);
+    let out = || exprs::numeric_output(s).cast(DataType::Float64);
+    aggs.push(count(exprs::numeric_raw(&s.name).is_null()).alias(k("nulls_before")));
+    aggs.push(
+        count(exprs::is_sentinel(&s.name, &s.sentinels).unwrap_or(lit(false)))
+            .alias(k("sentinels")),
+    );
+    aggs.push(count(exprs::is_non_finite(&s.name)).alias(k("non_finite")));
+    aggs.push(count(exprs::outlier_flag(s)).alias(k("outliers")));
+    aggs.push(count(kept(x().is_null())).alias(k("imputed")));
+    aggs.push(count(kept(out().is_null())).alias(k("nulls_after")));
+    aggs.push(count(kept(out().is_finite().not())).alias(k("non_finite_after")));
+    push_summary(aggs, x(), &k("before"));
+    push_summary(aggs, out().filter(keep.clone()), &k("after"));
+}
+
+/// The statistics of categorical column `i`; `keep` is true for the rows the drop rules keep.
+fn push_categorical_aggs(aggs: &mut Vec<Expr>, i: usize, c: &CategoricalState, keep: &Expr) {
+    let k = |stat: &str| format!("{i}|{stat}");
+    let kept = |e: Expr| e.and(keep.clone());
+    aggs.push(count(exprs::categorical_raw(c).is_null()).alias(k("nulls_before")));
+    aggs.push(count(exprs::categorical_is_sentinel(c).unwrap_or(lit(false))).alias(k("sentinels")));
+    let missing = kept(exprs::categorical_clean(c).is_null());
+    aggs.push(
+        count(if c.fill.is_some() {
+            missing
+        } else {
+            lit(false)
+        })
+        .alias(k("imputed")),
+    );
+    aggs.push(count(kept(exprs::categorical_is_unseen(c))).alias(k("unseen")));
+    aggs.push(count(kept(exprs::categorical_imputed(c).is_null())).alias(k("nulls_after")));
+    aggs.push(
+        exprs::categorical_clean(c)
+            .drop_nulls()
+            .n_unique()
+            .cast(DataType::UInt64)
+            .alias(k("distinct")),
+    );
+}
+
+/// Evaluates `aggs` per value of the column `split` (nulls as `null`), or over the whole frame as split `all`:
+/// one row per split, its name in [`SPLIT`].
+fn aggregate_per_split(
+    frame: LazyFrame,
+    aggs: Vec<Expr>,
+    split: Option<&str>,
+) -> Result<DataFrame> {
     let grouped = match split {
         Some(name) => frame
             .group_by([col(name)
@@ -159,9 +193,14 @@ pub fn quality(
             .agg(aggs),
         None => frame.select(aggs).with_column(lit("all").alias(SPLIT)),
     };
-    let df = grouped
+    grouped
         .collect()
-        .map_err(pl("computing the quality report"))?;
+        .map_err(pl("computing the quality report"))
+}
+
+/// The split names of the aggregated rows, and the row indices in report order: train, val, test, then any other
+/// in byte order.
+fn split_order(df: &DataFrame) -> Result<(Vec<String>, Vec<usize>)> {
     let splits: Vec<String> = df
         .column(SPLIT)
         .and_then(|c| c.str().cloned())
@@ -177,16 +216,29 @@ pub fn quality(
         _ => 3,
     };
     order.sort_by(|&a, &b| (rank(&splits[a]), &splits[a]).cmp(&(rank(&splits[b]), &splits[b])));
+    Ok((splits, order))
+}
 
-    let get_u64 = |name: &str, row: usize| -> Result<u64> {
-        let v = df
+/// Reads the aggregated statistics back, one row per split.
+struct QualityStats<'a> {
+    df: &'a DataFrame,
+}
+
+impl QualityStats<'_> {
+    /// A count (0 when null).
+    fn u64(&self, name: &str, row: usize) -> Result<u64> {
+        let v = self
+            .df
             .column(name)
             .and_then(|c| c.get(row))
             .map_err(pl(format!("quality statistic {name}")))?;
         Ok(v.extract::<u64>().unwrap_or(0))
-    };
-    let get_f64 = |name: &str, row: usize| -> Result<Option<f64>> {
-        let v = df
+    }
+
+    /// A value that may be missing.
+    fn f64(&self, name: &str, row: usize) -> Result<Option<f64>> {
+        let v = self
+            .df
             .column(name)
             .and_then(|c| c.get(row))
             .map_err(pl(format!("quality statistic {name}")))?;
@@ -195,75 +247,76 @@ pub fn quality(
         } else {
             v.extract::<f64>()
         })
-    };
-    let summary = |prefix: &str, row: usize| -> Result<Summary> {
-        Ok(Summary {
-            mean: get_f64(&format!("{prefix}_mean"), row)?,
-            std: get_f64(&format!("{prefix}_std"), row)?,
-            min: get_f64(&format!("{prefix}_min"), row)?,
-            median: get_f64(&format!("{prefix}_median"), row)?,
-            max: get_f64(&format!("{prefix}_max"), row)?,
-        })
-    };
-    let mut rows = Vec::new();
-    for (i, column) in state.columns.iter().enumerate() {
-        let k = |stat: &str| format!("{i}|{stat}");
-        for &r in &order {
-            let base = QualityRow {
-                column: column.name().to_owned(),
-                kind: FeatureKind::Numeric,
-                split: splits[r].clone(),
-                rows: get_u64("rows", r)?,
-                nulls_before: get_u64(&k("nulls_before"), r)?,
-                sentinels: get_u64(&k("sentinels"), r)?,
-                non_finite: 0,
-                outliers: 0,
-                clipped: 0,
-                dropped: 0,
-                imputed: get_u64(&k("imputed"), r)?,
-                unseen: 0,
-                nulls_after: get_u64(&k("nulls_after"), r)?,
-                non_finite_after: 0,
-                distinct: None,
-                before: None,
-                after: None,
-                warnings: column.warnings().join("; "),
-            };
-            rows.push(match column {
-                ColumnState::Numeric(s) => {
-                    let outliers = get_u64(&k("outliers"), r)?;
-                    let action = s.outliers.as_ref().map(|o| o.action);
-                    QualityRow {
-                        non_finite: get_u64(&k("non_finite"), r)?,
-                        outliers,
-                        clipped: if action == Some(OutlierAction::Clip) {
-                            outliers
-                        } else {
-                            0
-                        },
-                        dropped: if action == Some(OutlierAction::Drop) {
-                            outliers
-                        } else {
-                            0
-                        },
-                        non_finite_after: get_u64(&k("non_finite_after"), r)?,
-                        before: Some(summary(&k("before"), r)?),
-                        after: Some(summary(&k("after"), r)?),
-                        ..base
-                    }
-                }
-                ColumnState::Categorical(_) => QualityRow {
-                    kind: FeatureKind::Categorical,
-                    unseen: get_u64(&k("unseen"), r)?,
-                    distinct: Some(get_u64(&k("distinct"), r)?),
-                    ..base
-                },
-            });
-        }
     }
-    Ok(QualityReport { rows })
+
+    /// The summary [`push_summary`] wrote under `prefix`.
+    fn summary(&self, prefix: &str, row: usize) -> Result<Summary> {
+        Ok(Summary {
+            mean: self.f64(&format!("{prefix}_mean"), row)?,
+            std: self.f64(&format!("{prefix}_std"), row)?,
+            min: self.f64(&format!("{prefix}_min"), row)?,
+            median: self.f64(&format!("{prefix}_median"), row)?,
+            max: self.f64(&format!("{prefix}_max"), row)?,
+        })
+    }
+
+    /// The report row of column `i` (`column`) in aggregated row `r` (split `split`).
+    fn row(&self, column: &ColumnState, i: usize, split: &str, r: usize) -> Result<QualityRow> {
+        let k = |stat: &str| format!("{i}|{stat}");
+        let base = QualityRow {
+            column: column.name().to_owned(),
+            kind: FeatureKind::Numeric,
+            split: split.to_owned(),
+            rows: self.u64("rows", r)?,
+            nulls_before: self.u64(&k("nulls_before"), r)?,
+            sentinels: self.u64(&k("sentinels"), r)?,
+            non_finite: 0,
+            outliers: 0,
+            clipped: 0,
+            dropped: 0,
+            imputed: self.u64(&k("imputed"), r)?,
+            unseen: 0,
+            nulls_after: self.u64(&k("nulls_after"), r)?,
+            non_finite_after: 0,
+            distinct: None,
+            before: None,
+            after: None,
+            warnings: column.warnings().join("; "),
+        };
+        Ok(match column {
+            ColumnState::Numeric(s) => {
+                let outliers = self.u64(&k("outliers"), r)?;
+                let action = s.outliers.as_ref().map(|o| o.action);
+                QualityRow {
+                    non_finite: self.u64(&k("non_finite"), r)?,
+                    outliers,
+                    clipped: if action == Some(OutlierAction::Clip) {
+                        outliers
+                    } else {
+                        0
+                    },
+                    dropped: if action == Some(OutlierAction::Drop) {
+                        outliers
+                    } else {
+                        0
+                    },
+                    non_finite_after: self.u64(&k("non_finite_after"), r)?,
+                    before: Some(self.summary(&k("before"), r)?),
+                    after: Some(self.summary(&k("after"), r)?),
+                    ..base
+                }
+            }
+            ColumnState::Categorical(_) => QualityRow {
+                kind: FeatureKind::Categorical,
+                unseen: self.u64(&k("unseen"), r)?,
+                distinct: Some(self.u64(&k("distinct"), r)?),
+                ..base
+            },
+        })
+    }
 }
 
+/// Pushes the mean, population std, min, median and max of `x`, named `{prefix}_{stat}`.
 fn push_summary(aggs: &mut Vec<Expr>, x: Expr, prefix: &str) {
     aggs.push(x.clone().mean().alias(format!("{prefix}_mean")));
     aggs.push(x.clone().std(0).alias(format!("{prefix}_std")));

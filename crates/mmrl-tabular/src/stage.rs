@@ -101,6 +101,65 @@ pub struct TabularSummary {
 /// Runs the stage: reads select's artifact at `samples`, writes the artifact at `output`.
 pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<TabularSummary> {
     config.validate()?;
+    let input = read_samples(config, samples)?;
+    let state = fit_train(&input)?;
+    let (cleaned, drops, report) = apply_state(&input.df, &state)?;
+    let total = input.df.height();
+    let rejects = check_drops(config, &drops, &state, total)?;
+    let mut warnings = state_warnings(&state);
+    let splits = split_rows(&input.split_counts, &cleaned, &mut warnings)?;
+    let table = cleaned
+        .drop(sample::SOURCE_LINE)
+        .map_err(pl("dropping source_line"))?;
+    let batch = crate::io::to_record_batch(&table, &[])?;
+    let summary = TabularSummary {
+        splits,
+        dropped: rejects.len() as u64,
+        features: feature_kinds(&state),
+        output_columns: batch
+            .schema()
+            .fields()
+            .iter()
+            .skip(2)
+            .map(|f| (f.name().clone(), format!("{:?}", f.data_type())))
+            .collect(),
+        warnings,
+        quality: report,
+    };
+    write_artifact(
+        config,
+        output,
+        &input.artifact,
+        &state,
+        batch,
+        &summary,
+        rejects,
+    )?;
+    tracing::info!(
+        rows = total,
+        dropped = summary.dropped,
+        columns = summary.output_columns.len(),
+        "tabular done"
+    );
+    Ok(summary)
+}
+
+/// The checked input of the stage: select's artifact, its samples table and the recipe for its features.
+struct Input {
+    /// Select's artifact.
+    artifact: Artifact,
+    /// Its `samples.parquet`.
+    table_path: std::path::PathBuf,
+    /// The recipe for the table's features.
+    recipe: Recipe,
+    /// `id`, `split`, `source_line` and the feature columns of every row.
+    df: DataFrame,
+    /// Rows per split.
+    split_counts: BTreeMap<String, u64>,
+}
+
+/// Opens select's artifact, checks its schema and splits, and reads only the columns the stage needs.
+fn read_samples(config: &TabularConfig, samples: &Path) -> Result<Input> {
     let artifact = Artifact::open(samples)?;
     let schema = artifact.table_schema("samples")?;
     let table_path = artifact.file("samples.parquet")?;
@@ -116,36 +175,66 @@ pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<Tabu
     names.extend(features.iter().map(|(n, _)| n.as_str()));
     let df = crate::io::read_parquet(&table_path, Some(&names))?;
     let split_counts = check_splits(&df, &table_path)?;
+    Ok(Input {
+        artifact,
+        table_path,
+        recipe,
+        df,
+        split_counts,
+    })
+}
 
-    let train = df
+/// Fits the state on the train rows only; an empty train split names the input file.
+fn fit_train(input: &Input) -> Result<TabularState> {
+    let train = input
+        .df
         .clone()
         .lazy()
         .filter(col(sample::SPLIT).eq(lit(Split::Train.as_str())));
-    let state = fit(train, &recipe).map_err(|e| match e {
-        Error::EmptyTrain(m) => Error::EmptyTrain(format!("{}: {m}", table_path.display())),
+    fit(train, &input.recipe).map_err(|e| match e {
+        Error::EmptyTrain(m) => Error::EmptyTrain(format!("{}: {m}", input.table_path.display())),
         other => other,
-    })?;
+    })
+}
 
-    let cleaned = transform(df.clone().lazy(), &state)?
+/// Applies the state to every split: the model-ready rows, the rows the drop rules remove, and the quality report.
+fn apply_state(
+    df: &DataFrame,
+    state: &TabularState,
+) -> Result<(DataFrame, DataFrame, QualityReport)> {
+    let cleaned = transform(df.clone().lazy(), state)?
         .collect()
         .map_err(pl("transforming the samples"))?;
-    let drops = dropped(df.clone().lazy(), &state)?
+    let drops = dropped(df.clone().lazy(), state)?
         .collect()
         .map_err(pl("collecting dropped rows"))?;
-    let report = quality(df.clone().lazy(), &state, Some(sample::SPLIT))?;
+    let report = quality(df.clone().lazy(), state, Some(sample::SPLIT))?;
+    Ok((cleaned, drops, report))
+}
 
-    let total = df.height();
-    let rejects = rejects(&drops, &state)?;
+/// The rejects of the dropped rows; fails, writing nothing, when they are more than `max_drop_fraction` of the
+/// `total` rows.
+fn check_drops(
+    config: &TabularConfig,
+    drops: &DataFrame,
+    state: &TabularState,
+    total: usize,
+) -> Result<Rejects> {
+    let rejects = rejects(drops, state)?;
     if rejects.len() as f64 > config.max_drop_fraction * total as f64 {
         return Err(Error::TooManyDropped {
             dropped: rejects.len(),
             total,
             max_fraction: config.max_drop_fraction,
-            first: first_drops(&drops, 3)?,
+            first: first_drops(drops, 3)?,
         });
     }
+    Ok(rejects)
+}
 
-    let mut warnings: Vec<String> = state
+/// The fallbacks fit took, each prefixed with its column.
+fn state_warnings(state: &TabularState) -> Vec<String> {
+    state
         .columns
         .iter()
         .flat_map(|c| {
@@ -153,8 +242,16 @@ pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<Tabu
                 .iter()
                 .map(move |w| format!("{}: {w}", c.name()))
         })
-        .collect();
-    let out_counts = count_by_split(&cleaned)?;
+        .collect()
+}
+
+/// Rows in and out of each split; warns (and adds to `warnings`) for a split left without rows.
+fn split_rows(
+    split_counts: &BTreeMap<String, u64>,
+    cleaned: &DataFrame,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeMap<String, SplitRows>> {
+    let out_counts = count_by_split(cleaned)?;
     let mut splits = BTreeMap::new();
     for split in Split::ALL.map(Split::as_str) {
         let rows = SplitRows {
@@ -173,36 +270,34 @@ pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<Tabu
         }
         splits.insert(split.to_owned(), rows);
     }
+    Ok(splits)
+}
 
-    let table = cleaned
-        .drop(sample::SOURCE_LINE)
-        .map_err(pl("dropping source_line"))?;
-    let batch = crate::io::to_record_batch(&table, &[])?;
-    let summary = TabularSummary {
-        splits,
-        dropped: rejects.len() as u64,
-        features: state
-            .columns
-            .iter()
-            .map(|c| {
-                let kind = match c {
-                    ColumnState::Numeric(_) => FeatureKind::Numeric,
-                    ColumnState::Categorical(_) => FeatureKind::Categorical,
-                };
-                (c.name().to_owned(), kind)
-            })
-            .collect(),
-        output_columns: batch
-            .schema()
-            .fields()
-            .iter()
-            .skip(2)
-            .map(|f| (f.name().clone(), format!("{:?}", f.data_type())))
-            .collect(),
-        warnings,
-        quality: report,
-    };
+/// The features and the kind each was cleaned as.
+fn feature_kinds(state: &TabularState) -> Vec<(String, FeatureKind)> {
+    state
+        .columns
+        .iter()
+        .map(|c| {
+            let kind = match c {
+                ColumnState::Numeric(_) => FeatureKind::Numeric,
+                ColumnState::Categorical(_) => FeatureKind::Categorical,
+            };
+            (c.name().to_owned(), kind)
+        })
+        .collect()
+}
 
+/// Writes the artifact: `tabular.parquet`, `state.json`, `quality.parquet`, `rejects.parquet`, `report.json`.
+fn write_artifact(
+    config: &TabularConfig,
+    output: &Path,
+    samples: &Artifact,
+    state: &TabularState,
+    batch: arrow::array::RecordBatch,
+    summary: &TabularSummary,
+    rejects: Rejects,
+) -> Result<()> {
     let info = StageInfo {
         stage: STAGE.into(),
         crate_name: env!("CARGO_PKG_NAME").into(),
@@ -212,7 +307,7 @@ pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<Tabu
         seed: None,
     };
     let mut writer = ArtifactWriter::create(output, info)?;
-    writer.input_artifact("samples", &artifact);
+    writer.input_artifact("samples", samples);
     writer.fit_splits(&[Split::Train.as_str()]);
     writer.write_table("tabular", Role::Data, batch.schema(), &[batch])?;
     writer.write_bytes("state.json", Role::State, state.to_json()?.as_bytes())?;
@@ -229,15 +324,9 @@ pub fn run(config: &TabularConfig, samples: &Path, output: &Path) -> Result<Tabu
         sample::rejects_schema(),
         &[rejects.finish()?],
     )?;
-    writer.write_json("report.json", Role::Report, &summary)?;
+    writer.write_json("report.json", Role::Report, summary)?;
     writer.commit()?;
-    tracing::info!(
-        rows = total,
-        dropped = summary.dropped,
-        columns = summary.output_columns.len(),
-        "tabular done"
-    );
-    Ok(summary)
+    Ok(())
 }
 
 /// Every row must have a split named train, val or test (select assigns them). Returns rows per split.
