@@ -4,8 +4,9 @@
 //! panic, and every refusal must be an error naming the file, row or field.
 //!
 //! `cargo test -p mmrl-tests --test fuzz` runs each target for a few hundred cases; `MMRL_FUZZ_SECONDS=60` runs
-//! each for a minute (see `driver.rs`). Inputs that ever failed are committed in `tests/fuzz/regressions/` and
-//! replayed by `regressions_stay_fixed`.
+//! each for a minute (see `driver.rs`). Inputs that once failed, and hand-made edge cases of each format
+//! (truncated headers, impossible sizes, NaN samples, a cyclic pipeline), live in `tests/fuzz/regressions/` and
+//! are replayed by `regressions_stay_fixed`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // setup of valid seeds; a failure there stops the test
 
