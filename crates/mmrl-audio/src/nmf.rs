@@ -331,13 +331,33 @@ impl NmfWorkspace {
         noise_power: &[f32],
         gains: &mut [f32],
     ) {
-        let n_bins = model.n_bins;
         let ks = model.speech_atoms();
         let kn = model.noise_atoms();
         let ko = params.online_noise_atoms;
-        // Atoms: speech | train noise | clip noise | free noise.
-        let k = ks + kn + 1 + ko;
-        let fixed = ks + kn + 1;
+        let lay = Layout {
+            n_bins: model.n_bins,
+            n_frames,
+            ks,
+            kn,
+            ko,
+            k: ks + kn + 1 + ko,
+            fixed: ks + kn + 1,
+        };
+        self.init_atoms(model, lay, noise_power);
+        self.init_activations(lay, power, noise_power);
+        self.resize_buffers(lay);
+        for _ in 0..params.iterations {
+            self.update_activations(lay, params.sparsity);
+            if ko > 0 {
+                self.update_free_atoms(lay);
+            }
+        }
+        self.write_mask(lay, params.mask_power, gains);
+    }
+
+    /// The dictionary: speech | train noise | clip noise | free noise atoms, each normalized to sum to one.
+    fn init_atoms(&mut self, model: &NmfModel, lay: Layout, noise_power: &[f32]) {
+        let Layout { n_bins, ko, .. } = lay;
         self.w.clear();
         self.w.extend_from_slice(&model.speech);
         self.w.extend_from_slice(&model.noise);
@@ -351,11 +371,23 @@ impl NmfWorkspace {
             }));
         }
         normalize_atoms(&mut self.w, n_bins, None);
+    }
+
+    /// The magnitudes, and the activations' start from the noise estimate: the clip-noise atom explains the
+    /// expected noise magnitude of every frame, the speech atoms share what exceeds it. From a uniform start
+    /// multiplicative updates move mass between atoms too slowly, and the many speech atoms end up explaining the
+    /// noise too.
+    fn init_activations(&mut self, lay: Layout, power: &[f32], noise_power: &[f32]) {
+        let Layout {
+            n_bins,
+            n_frames,
+            ks,
+            kn,
+            ko,
+            ..
+        } = lay;
         self.v.clear();
         self.v.extend(power.iter().map(|p| p.sqrt()));
-        // Start from the noise estimate: the clip-noise atom explains the expected noise magnitude of every frame,
-        // the speech atoms share what exceeds it. From a uniform start multiplicative updates move mass between
-        // atoms too slowly, and the many speech atoms end up explaining the noise too.
         let noise_sum: f32 = noise_power.iter().map(|p| p.sqrt()).sum();
         self.h.clear();
         for t in 0..n_frames {
@@ -371,6 +403,17 @@ impl NmfWorkspace {
             self.h.push(noise.max(EPS));
             self.h.extend(std::iter::repeat_n(other, ko));
         }
+    }
+
+    /// Sizes the scratch buffers for this clip (all zero).
+    fn resize_buffers(&mut self, lay: Layout) {
+        let Layout {
+            n_bins,
+            n_frames,
+            ko,
+            k,
+            ..
+        } = lay;
         self.wh.clear();
         self.wh.resize(n_frames * n_bins, 0.0);
         self.ratio.clear();
@@ -379,58 +422,96 @@ impl NmfWorkspace {
         self.num.resize(k, 0.0);
         self.den.clear();
         self.den.resize(ko * n_bins, 0.0);
-        for _ in 0..params.iterations {
-            reconstruct(&self.w, &self.h, n_bins, k, n_frames, &mut self.wh);
-            for ((r, v), wh) in self.ratio.iter_mut().zip(&self.v).zip(&self.wh) {
-                *r = v / (wh + EPS);
+    }
+
+    /// ratio = v / (W H + eps), with the reconstruction in `wh`.
+    fn update_ratio(&mut self, lay: Layout) {
+        let Layout {
+            n_bins,
+            n_frames,
+            k,
+            ..
+        } = lay;
+        reconstruct(&self.w, &self.h, n_bins, k, n_frames, &mut self.wh);
+        for ((r, v), wh) in self.ratio.iter_mut().zip(&self.v).zip(&self.wh) {
+            *r = v / (wh + EPS);
+        }
+    }
+
+    /// One multiplicative KL update of every activation, with the L1 weight `sparsity` on the speech atoms.
+    fn update_activations(&mut self, lay: Layout, sparsity: f32) {
+        let Layout {
+            n_bins,
+            n_frames,
+            ks,
+            k,
+            ..
+        } = lay;
+        self.update_ratio(lay);
+        let shrink = 1.0 / (1.0 + sparsity);
+        for t in 0..n_frames {
+            let r = &self.ratio[t * n_bins..(t + 1) * n_bins];
+            for a in 0..k {
+                let dot: f32 = self.w[a * n_bins..(a + 1) * n_bins]
+                    .iter()
+                    .zip(r)
+                    .map(|(x, y)| x * y)
+                    .sum();
+                // Atoms sum to one, so the KL update's denominator is 1 (+ the L1 weight for speech atoms).
+                self.h[t * k + a] *= if a < ks { dot * shrink } else { dot };
             }
-            let shrink = 1.0 / (1.0 + params.sparsity);
-            for t in 0..n_frames {
-                let r = &self.ratio[t * n_bins..(t + 1) * n_bins];
-                for a in 0..k {
-                    let dot: f32 = self.w[a * n_bins..(a + 1) * n_bins]
-                        .iter()
-                        .zip(r)
-                        .map(|(x, y)| x * y)
-                        .sum();
-                    // Atoms sum to one, so the KL update's denominator is 1 (+ the L1 weight for speech atoms).
-                    self.h[t * k + a] *= if a < ks { dot * shrink } else { dot };
-                }
-            }
-            if ko > 0 {
-                reconstruct(&self.w, &self.h, n_bins, k, n_frames, &mut self.wh);
-                for ((r, v), wh) in self.ratio.iter_mut().zip(&self.v).zip(&self.wh) {
-                    *r = v / (wh + EPS);
-                }
-                self.den.fill(0.0);
-                self.num[..ko].fill(0.0);
-                for t in 0..n_frames {
-                    let r = &self.ratio[t * n_bins..(t + 1) * n_bins];
-                    for o in 0..ko {
-                        let hto = self.h[t * k + fixed + o];
-                        self.num[o] += hto;
-                        for (d, x) in self.den[o * n_bins..(o + 1) * n_bins].iter_mut().zip(r) {
-                            *d += hto * x;
-                        }
-                    }
-                }
-                for o in 0..ko {
-                    let inv = 1.0 / (self.num[o] + EPS);
-                    let atom = &mut self.w[(fixed + o) * n_bins..(fixed + o + 1) * n_bins];
-                    for (x, d) in atom.iter_mut().zip(&self.den[o * n_bins..(o + 1) * n_bins]) {
-                        *x *= d * inv;
-                    }
-                    let s: f32 = atom.iter().sum::<f32>().max(EPS);
-                    for x in atom.iter_mut() {
-                        *x /= s;
-                    }
-                    for t in 0..n_frames {
-                        self.h[t * k + fixed + o] *= s;
-                    }
+        }
+    }
+
+    /// One multiplicative KL update of the free noise atoms (the others stay fixed), each renormalized to sum to
+    /// one with its scale moved into its activations.
+    fn update_free_atoms(&mut self, lay: Layout) {
+        let Layout {
+            n_bins,
+            n_frames,
+            ko,
+            k,
+            fixed,
+            ..
+        } = lay;
+        self.update_ratio(lay);
+        self.den.fill(0.0);
+        self.num[..ko].fill(0.0);
+        for t in 0..n_frames {
+            let r = &self.ratio[t * n_bins..(t + 1) * n_bins];
+            for o in 0..ko {
+                let hto = self.h[t * k + fixed + o];
+                self.num[o] += hto;
+                for (d, x) in self.den[o * n_bins..(o + 1) * n_bins].iter_mut().zip(r) {
+                    *d += hto * x;
                 }
             }
         }
-        // Speech part S into wh, noise part N into ratio; mask = S^p / (S^p + N^p).
+        for o in 0..ko {
+            let inv = 1.0 / (self.num[o] + EPS);
+            let atom = &mut self.w[(fixed + o) * n_bins..(fixed + o + 1) * n_bins];
+            for (x, d) in atom.iter_mut().zip(&self.den[o * n_bins..(o + 1) * n_bins]) {
+                *x *= d * inv;
+            }
+            let s: f32 = atom.iter().sum::<f32>().max(EPS);
+            for x in atom.iter_mut() {
+                *x /= s;
+            }
+            for t in 0..n_frames {
+                self.h[t * k + fixed + o] *= s;
+            }
+        }
+    }
+
+    /// Speech part S into wh, noise part N into ratio; mask = S^p / (S^p + N^p) into `gains`.
+    fn write_mask(&mut self, lay: Layout, p: f32, gains: &mut [f32]) {
+        let Layout {
+            n_bins,
+            n_frames,
+            ks,
+            k,
+            ..
+        } = lay;
         reconstruct(
             &self.w[..ks * n_bins],
             speech_rows(&self.h, k, ks, &mut self.num),
@@ -449,7 +530,6 @@ impl NmfWorkspace {
                 }
             }
         }
-        let p = params.mask_power;
         for ((g, s), n) in gains.iter_mut().zip(&self.wh).zip(&self.ratio) {
             let (sp, np) = if p == 2.0 {
                 (s * s, n * n)
@@ -459,6 +539,19 @@ impl NmfWorkspace {
             *g = sp / (sp + np + EPS * EPS);
         }
     }
+}
+
+/// The sizes of one clip's factorization: the atoms are speech (`ks`) | train noise (`kn`) | clip noise (1) |
+/// free noise (`ko`), `k` in all, the first `fixed` of them fixed.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    n_bins: usize,
+    n_frames: usize,
+    ks: usize,
+    kn: usize,
+    ko: usize,
+    k: usize,
+    fixed: usize,
 }
 
 /// Copies the speech activations (first `ks` of every row of `k`) into `buf` and returns it.

@@ -1010,6 +1010,7 @@ pub fn run(config: &AudioConfig, samples: &Path, output: &Path, seed: u64) -> Re
     pool.install(|| run_in_pool(config, samples, output, seed))
 }
 
+/// The stage inside its thread pool: the steps in the order of the README.
 fn run_in_pool(
     config: &AudioConfig,
     samples: &Path,
@@ -1023,135 +1024,13 @@ fn run_in_pool(
 
     let (fitted, fit_clips) = fit_denoiser(config, &rows, seed)?;
     let fitted = Arc::new(fitted);
+    let mut outs = process_rows(config, &rows, &fitted, seed)?;
+    let (mel_norm, mel_clips) = fit_mel_norm(config, &rows, &outs);
+    normalize_and_augment(config, &rows, &mut outs, &mel_norm, seed)?;
 
-    let outs: Vec<Result<RowOut>> = rows
-        .par_iter()
-        .map_init(
-            || ClipProcessor::new(config, Arc::clone(&fitted)),
-            |processor, row| {
-                let processor = processor
-                    .as_mut()
-                    .map_err(|e| Error::State(e.to_string()))?;
-                process_row(processor, config, row, seed)
-            },
-        )
-        .collect();
-    let mut outs = outs.into_iter().collect::<Result<Vec<_>>>()?;
-
-    // Per-mel-bin normalization: train view 0 only, in row order.
-    let [n_mels, n_frames] = config.mel_shape();
-    let mut acc = MelNormAccumulator::new(n_mels);
-    let mut mel_clips = 0;
-    for (row, out) in rows.iter().zip(&outs) {
-        if let Some(mel) = out
-            .views
-            .first()
-            .and_then(|v| v.mel.as_ref())
-            .filter(|_| row.split == Split::Train)
-        {
-            acc.add(mel, n_frames);
-            mel_clips += 1;
-        }
-    }
-    let mel_norm = acc.finish();
-    outs.par_iter_mut()
-        .zip(rows.par_iter())
-        .try_for_each(|(out, row)| -> Result<()> {
-            for (view, v) in out.views.iter_mut().enumerate() {
-                if let Some(mel) = v.mel.as_mut() {
-                    mel_norm.apply(mel, n_frames)?;
-                    if view > 0 {
-                        let mut rng = rng_for(seed, &row.id, view as u16, "specaugment");
-                        spec_augment(mel, n_mels, n_frames, &config.augment, &mut rng);
-                    }
-                }
-            }
-            Ok(())
-        })?;
-
-    let info = StageInfo {
-        stage: STAGE.into(),
-        crate_name: env!("CARGO_PKG_NAME").into(),
-        crate_version: env!("CARGO_PKG_VERSION").into(),
-        config: serde_json::to_value(config)
-            .map_err(|e| Error::State(format!("serializing the config: {e}")))?,
-        seed: Some(seed),
-    };
-    let mut writer = ArtifactWriter::create(output, info)?;
-    writer.input_artifact("samples", &input);
-    writer.fit_splits(&["train"]);
-
-    let schema = output_schema(config);
-    let mut summary = AudioSummary {
-        rows: rows.len(),
-        kept: 0,
-        dropped: 0,
-        present: 0,
-        absent_by_reason: BTreeMap::new(),
-        rejects_by_reason: BTreeMap::new(),
-        flagged: BTreeMap::new(),
-        rows_per_view: BTreeMap::new(),
-        method: config.denoise.method,
-        noise_source: config.denoise.noise_source,
-        snr: snr_summary(
-            outs.iter()
-                .filter_map(|o| o.views.first().filter(|v| v.mel.is_some())),
-        ),
-        snr_by_split: BTreeMap::new(),
-        mel_shape: [n_mels, n_frames],
-        denoiser_fit_clips: fit_clips,
-        mel_fit_clips: mel_clips,
-    };
-    for split in Split::ALL {
-        let s = snr_summary(
-            rows.iter()
-                .zip(&outs)
-                .filter(|(r, _)| r.split == split)
-                .filter_map(|(_, o)| o.views.first().filter(|v| v.mel.is_some())),
-        );
-        summary.snr_by_split.insert(split.as_str().to_owned(), s);
-    }
-    let mut rejects = Rejects::new(STAGE);
-    {
-        let mut table = writer.table(TABLE, Role::Data, Arc::clone(&schema))?;
-        let mut pending: Vec<(&Row, u16, &ViewOut)> = Vec::new();
-        for (row, out) in rows.iter().zip(&outs) {
-            for flag in &out.flags {
-                *summary.flagged.entry(flag.code().to_owned()).or_insert(0) += 1;
-            }
-            match &out.fate {
-                Fate::Dropped(reason, detail) => {
-                    summary.dropped += 1;
-                    *summary
-                        .rejects_by_reason
-                        .entry((*reason).to_owned())
-                        .or_insert(0) += 1;
-                    rejects.push(row.line, Some(&row.id), reason, detail);
-                    continue;
-                }
-                Fate::Absent(reason) => {
-                    *summary
-                        .absent_by_reason
-                        .entry((*reason).to_owned())
-                        .or_insert(0) += 1;
-                }
-                Fate::Present => summary.present += 1,
-            }
-            summary.kept += 1;
-            for (view, v) in out.views.iter().enumerate() {
-                *summary.rows_per_view.entry(view as u16).or_insert(0) += 1;
-                pending.push((row, view as u16, v));
-            }
-            if pending.len() >= 1024 {
-                table.write(&build_batch(&schema, config, &pending)?)?;
-                pending.clear();
-            }
-        }
-        if !pending.is_empty() {
-            table.write(&build_batch(&schema, config, &pending)?)?;
-        }
-        table.finish()?;
-    }
+    let mut writer = create_writer(config, &input, output, seed)?;
+    let mut summary = new_summary(config, &rows, &outs, fit_clips, mel_clips);
+    let rejects = write_rows(&mut writer, config, &rows, &outs, &mut summary)?;
     writer.write_table(
         "rejects",
         Role::Rejects,
@@ -1161,7 +1040,7 @@ fn run_in_pool(
     let state = AudioState {
         sample_rate: config.sample_rate,
         clip_samples: config.clip_samples(),
-        mel_shape: [n_mels, n_frames],
+        mel_shape: config.mel_shape(),
         method: config.denoise.method,
         fit_clips,
         fitted: (*fitted).clone(),
@@ -1181,4 +1060,186 @@ fn run_in_pool(
         "audio stage done"
     );
     Ok(summary)
+}
+
+/// Decodes, filters, denoises and featurizes every row in parallel (one [`ClipProcessor`] per worker); the
+/// first error in row order fails the stage.
+fn process_rows(
+    config: &AudioConfig,
+    rows: &[Row],
+    fitted: &Arc<Fitted>,
+    seed: u64,
+) -> Result<Vec<RowOut>> {
+    let outs: Vec<Result<RowOut>> = rows
+        .par_iter()
+        .map_init(
+            || ClipProcessor::new(config, Arc::clone(fitted)),
+            |processor, row| {
+                let processor = processor
+                    .as_mut()
+                    .map_err(|e| Error::State(e.to_string()))?;
+                process_row(processor, config, row, seed)
+            },
+        )
+        .collect();
+    outs.into_iter().collect::<Result<Vec<_>>>()
+}
+
+/// Per-mel-bin normalization, fit on train view 0 only, in row order. Returns it and the number of clips it saw.
+fn fit_mel_norm(config: &AudioConfig, rows: &[Row], outs: &[RowOut]) -> (MelNorm, usize) {
+    let [n_mels, n_frames] = config.mel_shape();
+    let mut acc = MelNormAccumulator::new(n_mels);
+    let mut mel_clips = 0;
+    for (row, out) in rows.iter().zip(outs) {
+        if let Some(mel) = out
+            .views
+            .first()
+            .and_then(|v| v.mel.as_ref())
+            .filter(|_| row.split == Split::Train)
+        {
+            acc.add(mel, n_frames);
+            mel_clips += 1;
+        }
+    }
+    (acc.finish(), mel_clips)
+}
+
+/// Applies the mel normalization to every view, then SpecAugment to the augmented views (each from its own
+/// seeded generator, so the result does not depend on the thread count).
+fn normalize_and_augment(
+    config: &AudioConfig,
+    rows: &[Row],
+    outs: &mut [RowOut],
+    mel_norm: &MelNorm,
+    seed: u64,
+) -> Result<()> {
+    let [n_mels, n_frames] = config.mel_shape();
+    outs.par_iter_mut()
+        .zip(rows.par_iter())
+        .try_for_each(|(out, row)| -> Result<()> {
+            for (view, v) in out.views.iter_mut().enumerate() {
+                if let Some(mel) = v.mel.as_mut() {
+                    mel_norm.apply(mel, n_frames)?;
+                    if view > 0 {
+                        let mut rng = rng_for(seed, &row.id, view as u16, "specaugment");
+                        spec_augment(mel, n_mels, n_frames, &config.augment, &mut rng);
+                    }
+                }
+            }
+            Ok(())
+        })
+}
+
+/// Opens the output artifact and records the input and that fitting read only train.
+fn create_writer(
+    config: &AudioConfig,
+    input: &Artifact,
+    output: &Path,
+    seed: u64,
+) -> Result<ArtifactWriter> {
+    let info = StageInfo {
+        stage: STAGE.into(),
+        crate_name: env!("CARGO_PKG_NAME").into(),
+        crate_version: env!("CARGO_PKG_VERSION").into(),
+        config: serde_json::to_value(config)
+            .map_err(|e| Error::State(format!("serializing the config: {e}")))?,
+        seed: Some(seed),
+    };
+    let mut writer = ArtifactWriter::create(output, info)?;
+    writer.input_artifact("samples", input);
+    writer.fit_splits(&["train"]);
+    Ok(writer)
+}
+
+/// The summary before the rows are counted: row count, fit sizes and the SNR summaries (overall and per split,
+/// over view 0 of the rows with a mel).
+fn new_summary(
+    config: &AudioConfig,
+    rows: &[Row],
+    outs: &[RowOut],
+    fit_clips: usize,
+    mel_clips: usize,
+) -> AudioSummary {
+    let mut summary = AudioSummary {
+        rows: rows.len(),
+        kept: 0,
+        dropped: 0,
+        present: 0,
+        absent_by_reason: BTreeMap::new(),
+        rejects_by_reason: BTreeMap::new(),
+        flagged: BTreeMap::new(),
+        rows_per_view: BTreeMap::new(),
+        method: config.denoise.method,
+        noise_source: config.denoise.noise_source,
+        snr: snr_summary(
+            outs.iter()
+                .filter_map(|o| o.views.first().filter(|v| v.mel.is_some())),
+        ),
+        snr_by_split: BTreeMap::new(),
+        mel_shape: config.mel_shape(),
+        denoiser_fit_clips: fit_clips,
+        mel_fit_clips: mel_clips,
+    };
+    for split in Split::ALL {
+        let s = snr_summary(
+            rows.iter()
+                .zip(outs)
+                .filter(|(r, _)| r.split == split)
+                .filter_map(|(_, o)| o.views.first().filter(|v| v.mel.is_some())),
+        );
+        summary.snr_by_split.insert(split.as_str().to_owned(), s);
+    }
+    summary
+}
+
+/// Writes `audio.parquet` (one row per kept row and view, in batches of 1,024) and counts flags, fates and views
+/// into `summary`. Returns the rejects of the dropped rows.
+fn write_rows(
+    writer: &mut ArtifactWriter,
+    config: &AudioConfig,
+    rows: &[Row],
+    outs: &[RowOut],
+    summary: &mut AudioSummary,
+) -> Result<Rejects> {
+    let schema = output_schema(config);
+    let mut rejects = Rejects::new(STAGE);
+    let mut table = writer.table(TABLE, Role::Data, Arc::clone(&schema))?;
+    let mut pending: Vec<(&Row, u16, &ViewOut)> = Vec::new();
+    for (row, out) in rows.iter().zip(outs) {
+        for flag in &out.flags {
+            *summary.flagged.entry(flag.code().to_owned()).or_insert(0) += 1;
+        }
+        match &out.fate {
+            Fate::Dropped(reason, detail) => {
+                summary.dropped += 1;
+                *summary
+                    .rejects_by_reason
+                    .entry((*reason).to_owned())
+                    .or_insert(0) += 1;
+                rejects.push(row.line, Some(&row.id), reason, detail);
+                continue;
+            }
+            Fate::Absent(reason) => {
+                *summary
+                    .absent_by_reason
+                    .entry((*reason).to_owned())
+                    .or_insert(0) += 1;
+            }
+            Fate::Present => summary.present += 1,
+        }
+        summary.kept += 1;
+        for (view, v) in out.views.iter().enumerate() {
+            *summary.rows_per_view.entry(view as u16).or_insert(0) += 1;
+            pending.push((row, view as u16, v));
+        }
+        if pending.len() >= 1024 {
+            table.write(&build_batch(&schema, config, &pending)?)?;
+            pending.clear();
+        }
+    }
+    if !pending.is_empty() {
+        table.write(&build_batch(&schema, config, &pending)?)?;
+    }
+    table.finish()?;
+    Ok(rejects)
 }
