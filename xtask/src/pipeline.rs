@@ -205,10 +205,10 @@ impl Pipeline {
                 }
             }
         }
-        if let Some(ds) = &self.pipeline.dataset_stage {
-            if !self.stages.contains_key(ds) {
-                bail!("[pipeline] dataset_stage = {ds:?} is not a stage");
-            }
+        if let Some(ds) = &self.pipeline.dataset_stage
+            && !self.stages.contains_key(ds)
+        {
+            bail!("[pipeline] dataset_stage = {ds:?} is not a stage");
         }
         self.order()?;
         Ok(())

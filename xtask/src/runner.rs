@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{Pipeline, Source};
+use crate::pipeline::{Pipeline, Source, StageSpec};
 
 /// What `cargo xtask pipeline` was asked to do.
 #[derive(Debug, Clone)]
@@ -108,6 +108,48 @@ const LOCK_FILE: &str = "pipeline.lock.json";
 pub fn run(opts: &Options) -> Result<Outcome> {
     let mut pipeline = Pipeline::load(&opts.config)?;
     let overrides = dataset_override(&mut pipeline, opts)?;
+    let root = artifact_root(&pipeline, opts);
+    let order = pipeline.order()?;
+    let selected = select(&pipeline, opts)?;
+    check_inputs_apart(&pipeline, &overrides, &root)?;
+    let _lock = lock_artifacts(&root)?;
+
+    let bin_dir = build(opts, &pipeline)?;
+    let runner_dir = root.join(".runner");
+    std::fs::create_dir_all(&runner_dir)
+        .with_context(|| format!("creating {}", runner_dir.display()))?;
+    let resolved = check_params(opts, &pipeline, &order, &bin_dir, &runner_dir)?;
+
+    let mut run = Run {
+        opts,
+        pipeline: &pipeline,
+        overrides: &overrides,
+        root: &root,
+        bin_dir: &bin_dir,
+        resolved,
+        total: order.len(),
+        progress: Progress::new(order.len() as u64),
+        lock: read_lock(&root),
+        content: BTreeMap::new(),
+        changed_upstream: BTreeSet::new(),
+        error: None,
+    };
+    let mut reports = Vec::new();
+    for (i, stage) in order.iter().enumerate() {
+        reports.push(run.stage(i, stage, selected.contains(stage))?);
+    }
+    run.progress.bar.finish_and_clear();
+    let error = run.error;
+    Ok(Outcome {
+        stages: reports,
+        root,
+        error,
+    })
+}
+
+/// The artifact root: `--artifacts`, or `artifacts/<pipeline name>` (with `-<dataset folder>` under
+/// `--dataset`) under the workspace root.
+fn artifact_root(pipeline: &Pipeline, opts: &Options) -> PathBuf {
     let name = match &opts.dataset {
         Some(dir) => format!(
             "{}-{}",
@@ -118,23 +160,25 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         ),
         None => pipeline.pipeline.name.clone(),
     };
-    let root = opts
-        .artifacts
+    opts.artifacts
         .clone()
-        .unwrap_or_else(|| opts.workspace.join("artifacts").join(&name));
-    let order = pipeline.order()?;
-    let selected = select(&pipeline, opts)?;
-    check_inputs_apart(&pipeline, &overrides, &root)?;
-    let _lock = lock_artifacts(&root)?;
+        .unwrap_or_else(|| opts.workspace.join("artifacts").join(&name))
+}
 
-    let bin_dir = build(opts, &pipeline)?;
-    let runner_dir = root.join(".runner");
-    std::fs::create_dir_all(&runner_dir)
-        .with_context(|| format!("creating {}", runner_dir.display()))?;
+/// A stage's params file, seed and the resolved config its `--check` printed.
+type Resolved = (PathBuf, u64, serde_json::Value);
 
-    // Validate every stage's params before the first stage runs.
+/// Validates every stage's params before the first stage runs: writes each stage's params file under
+/// `runner_dir` and asks the stage binary to `--check` it.
+fn check_params(
+    opts: &Options,
+    pipeline: &Pipeline,
+    order: &[String],
+    bin_dir: &Path,
+    runner_dir: &Path,
+) -> Result<BTreeMap<String, Resolved>> {
     let mut resolved = BTreeMap::new();
-    for stage in &order {
+    for stage in order {
         let spec = &pipeline.stages[stage];
         let (bin, cmd) = spec.command()?;
         let params_path = runner_dir.join(format!("{stage}.params.toml"));
@@ -160,43 +204,112 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             .with_context(|| format!("stage {stage}: --check printed no JSON config"))?;
         resolved.insert(stage.clone(), (params_path, seed, config));
     }
+    Ok(resolved)
+}
 
-    let progress = Progress::new(order.len() as u64);
-    let mut lock = read_lock(&root);
-    let mut reports = Vec::new();
-    let mut content: BTreeMap<String, String> = BTreeMap::new();
-    let mut changed_upstream: BTreeSet<String> = BTreeSet::new();
-    let mut error = None;
-    for (i, stage) in order.iter().enumerate() {
-        let spec = &pipeline.stages[stage];
+/// What the stages of one run share: the plan, where things are, and what the stages before left behind
+/// (content hashes, the lock, which stages ran, the error that stopped the run).
+struct Run<'a> {
+    opts: &'a Options,
+    pipeline: &'a Pipeline,
+    overrides: &'a BTreeMap<String, Source>,
+    root: &'a Path,
+    bin_dir: &'a Path,
+    resolved: BTreeMap<String, Resolved>,
+    total: usize,
+    progress: Progress,
+    lock: Lock,
+    content: BTreeMap<String, String>,
+    changed_upstream: BTreeSet<String>,
+    error: Option<String>,
+}
+
+/// A stage's inputs: name and path, as `--input NAME=PATH` passes them.
+type StageInputs = Vec<(String, PathBuf)>;
+
+/// One selected stage on its way through the run.
+struct StageRun<'a> {
+    /// Position in the run order.
+    index: usize,
+    name: &'a str,
+    spec: &'a StageSpec,
+    bin: &'a str,
+    cmd: &'a str,
+    report: StageReport,
+}
+
+impl<'a> Run<'a> {
+    /// One stage: outside the slice or after a failure it is only reported; otherwise its inputs are
+    /// resolved, its key computed, and it is skipped (lock matches), planned (dry run) or run.
+    fn stage(&mut self, index: usize, stage: &'a str, selected: bool) -> Result<StageReport> {
+        let spec = &self.pipeline.stages[stage];
         let (bin, cmd) = spec.command()?;
-        let output = root.join(stage);
+        let output = self.root.join(stage);
         let mut report = StageReport {
-            stage: stage.clone(),
+            stage: stage.to_owned(),
             status: Status::NotRun,
             wall: Duration::ZERO,
             rows_in: None,
             rows_out: None,
             output: output.clone(),
         };
-        if error.is_some() || !selected.contains(stage) {
+        if self.error.is_some() || !selected {
             if let Some(m) = read_manifest(&output) {
-                content.insert(stage.clone(), m.content_hash.clone());
+                self.content
+                    .insert(stage.to_owned(), m.content_hash.clone());
                 report.rows_in = m.rows_in();
                 report.rows_out = Some(m.data_rows());
             }
-            reports.push(report);
-            continue;
+            return Ok(report);
         }
-        // Resolve inputs to paths and content identities.
+        let mut s = StageRun {
+            index,
+            name: stage,
+            spec,
+            bin,
+            cmd,
+            report,
+        };
+        let (inputs, identities) = self.resolve_inputs(stage, spec)?;
+        let key = self.key(&s, &identities)?;
+        let current = read_manifest(&output);
+        let disk = match (self.lock.stages.get(stage), &current) {
+            (Some(entry), Some(m)) if !self.opts.force => on_disk(entry, &output, m)?,
+            _ => Disk::Unchanged,
+        };
+        match self.rerun_reason(stage, &key, current.as_ref(), &disk) {
+            None => self.skip(&mut s, current, disk)?,
+            Some(why) if self.opts.dry_run => {
+                self.changed_upstream.insert(stage.to_owned());
+                self.progress.log(format!(
+                    "[{}/{}] {stage}: would run ({why})",
+                    index + 1,
+                    self.total
+                ));
+                s.report.status = Status::WouldRun(why);
+            }
+            Some(why) => self.execute(&mut s, &inputs, key, &why)?,
+        }
+        self.progress.bar.inc(1);
+        Ok(s.report)
+    }
+
+    /// The paths and content identities of the stage's inputs; an upstream stage without an artifact is an
+    /// error unless this is a dry run.
+    fn resolve_inputs(
+        &self,
+        stage: &str,
+        spec: &StageSpec,
+    ) -> Result<(StageInputs, BTreeMap<String, String>)> {
         let mut inputs = Vec::new();
         let mut identities = BTreeMap::new();
         let mut missing = None;
         for (input, reference) in &spec.inputs {
-            let source = overrides
+            let source = self
+                .overrides
                 .get(reference)
                 .cloned()
-                .unwrap_or_else(|| pipeline.source(reference));
+                .unwrap_or_else(|| self.pipeline.source(reference));
             let (path, identity) = match source {
                 Source::External(path) => {
                     let id = fingerprint(&path)?;
@@ -207,8 +320,8 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                     stage: up,
                     output: sub,
                 } => {
-                    let dir = root.join(&up);
-                    let id = match content.get(&up) {
+                    let dir = self.root.join(&up);
+                    let id = match self.content.get(&up) {
                         Some(id) => id.clone(),
                         None => {
                             missing = Some(up.clone());
@@ -221,43 +334,62 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             identities.insert(input.clone(), identity);
             inputs.push((input.clone(), path));
         }
-        if let Some(up) = missing {
-            if !opts.dry_run {
-                bail!(
-                    "stage {stage} reads stage {up}, which has no artifact under {}; run without --from first",
-                    root.display()
-                );
-            }
+        if let Some(up) = missing
+            && !self.opts.dry_run
+        {
+            bail!(
+                "stage {stage} reads stage {up}, which has no artifact under {}; run without --from first",
+                self.root.display()
+            );
         }
-        let (params_path, seed, config) = &resolved[stage];
-        let mut binary_hash = hash_file(&bin_dir.join(bin))?;
+        Ok((inputs, identities))
+    }
+
+    /// The stage's cache key: blake3 of its `run`, resolved config, seed, input identities and binary hash.
+    fn key(&self, s: &StageRun, identities: &BTreeMap<String, String>) -> Result<String> {
+        let (_, seed, config) = &self.resolved[s.name];
+        let mut binary_hash = hash_file(&self.bin_dir.join(s.bin))?;
         // A tuner runs the tuned stage's binary for its trials: a change there re-runs the search too.
-        if let Some(tuned) = spec.tune.as_ref().and_then(|t| pipeline.stages.get(t)) {
+        if let Some(tuned) = s
+            .spec
+            .tune
+            .as_ref()
+            .and_then(|t| self.pipeline.stages.get(t))
+        {
             let (tuned_bin, _) = tuned.command()?;
-            binary_hash = format!("{binary_hash}+{}", hash_file(&bin_dir.join(tuned_bin))?);
+            binary_hash = format!(
+                "{binary_hash}+{}",
+                hash_file(&self.bin_dir.join(tuned_bin))?
+            );
         }
-        let key = blake3::hash(
+        Ok(blake3::hash(
             serde_json::to_string(&serde_json::json!({
-                "run": spec.run, "config": config, "seed": seed, "inputs": identities, "binary": binary_hash,
+                "run": s.spec.run, "config": config, "seed": seed, "inputs": identities, "binary": binary_hash,
             }))?
             .as_bytes(),
         )
         .to_hex()
-        .to_string();
-        let current = read_manifest(&output);
-        let disk = match (lock.stages.get(stage), &current) {
-            (Some(entry), Some(m)) if !opts.force => on_disk(entry, &output, m)?,
-            _ => Disk::Unchanged,
-        };
+        .to_string())
+    }
+
+    /// Why the stage must run; `None` when its lock matches and it is skipped.
+    fn rerun_reason(
+        &self,
+        stage: &str,
+        key: &str,
+        current: Option<&ManifestView>,
+        disk: &Disk,
+    ) -> Option<String> {
         // In a real run the key already holds the upstream content hashes; a dry run cannot know them yet for
         // upstream stages that would run, so it says so.
-        let upstream_runs = pipeline
+        let upstream_runs = self
+            .pipeline
             .upstream(stage)
             .into_iter()
-            .find(|u| changed_upstream.contains(u));
-        let reason = match (lock.stages.get(stage), &current) {
-            _ if opts.force => Some("--force".to_owned()),
-            _ if opts.dry_run && upstream_runs.is_some() => {
+            .find(|u| self.changed_upstream.contains(u));
+        match (self.lock.stages.get(stage), current) {
+            _ if self.opts.force => Some("--force".to_owned()),
+            _ if self.opts.dry_run && upstream_runs.is_some() => {
                 upstream_runs.map(|u| format!("upstream {u} would run"))
             }
             (None, _) => Some("never ran".to_owned()),
@@ -270,106 +402,113 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 Some("params, inputs or code changed".to_owned())
             }
             _ => None,
+        }
+    }
+
+    /// Skips a stage whose lock matches; when only file metadata changed, the lock records the new metadata.
+    fn skip(&mut self, s: &mut StageRun, current: Option<ManifestView>, disk: Disk) -> Result<()> {
+        let stage = s.name;
+        let m = current.ok_or_else(|| anyhow!("stage {stage}: artifact vanished"))?;
+        if let (Disk::Touched(files), Some(entry), false) =
+            (disk, self.lock.stages.get_mut(stage), self.opts.dry_run)
+        {
+            // Same bytes under new metadata: remember it, so the next run need not hash again.
+            entry.files = files;
+            write_lock(self.root, &self.lock)?;
+        }
+        self.content
+            .insert(stage.to_owned(), m.content_hash.clone());
+        s.report.status = Status::Skipped;
+        s.report.rows_in = m.rows_in();
+        s.report.rows_out = Some(m.data_rows());
+        self.progress.log(format!(
+            "[{}/{}] {stage}: up to date, skipped",
+            s.index + 1,
+            self.total
+        ));
+        Ok(())
+    }
+
+    /// Runs the stage process (it dies with this runner) with its params, seed, inputs and output, then
+    /// records what it wrote.
+    fn execute(
+        &mut self,
+        s: &mut StageRun,
+        inputs: &[(String, PathBuf)],
+        key: String,
+        why: &str,
+    ) -> Result<()> {
+        let stage = s.name;
+        let output = s.report.output.clone();
+        self.progress.log(format!(
+            "[{}/{}] {stage}: running {} ({why})",
+            s.index + 1,
+            self.total,
+            s.spec.run
+        ));
+        let (params_path, seed, _) = &self.resolved[stage];
+        let mut command = Command::new(self.bin_dir.join(s.bin));
+        // mmrl_artifact::cli::PARENT_PID_ENV: the stage dies with this runner, even under kill -9.
+        command.env("MMRL_PARENT_PID", std::process::id().to_string());
+        command
+            .args([s.cmd, "--seed", &seed.to_string(), "--params"])
+            .arg(params_path)
+            .arg("--output")
+            .arg(&output);
+        for (input, path) in inputs {
+            command
+                .arg("--input")
+                .arg(format!("{input}={}", path.display()));
+        }
+        let started = Instant::now();
+        let status = self
+            .progress
+            .run_stage(stage, &mut command)
+            .with_context(|| format!("starting stage {stage}"))?;
+        s.report.wall = started.elapsed();
+        let manifest = if status.success() {
+            read_manifest(&output)
+        } else {
+            None
         };
-        match reason {
+        match manifest {
+            Some(m) => self.record(s, key, &m)?,
             None => {
-                let m = current.ok_or_else(|| anyhow!("stage {stage}: artifact vanished"))?;
-                if let (Disk::Touched(files), Some(entry), false) =
-                    (disk, lock.stages.get_mut(stage), opts.dry_run)
-                {
-                    // Same bytes under new metadata: remember it, so the next run need not hash again.
-                    entry.files = files;
-                    write_lock(&root, &lock)?;
-                }
-                content.insert(stage.clone(), m.content_hash.clone());
-                report.status = Status::Skipped;
-                report.rows_in = m.rows_in();
-                report.rows_out = Some(m.data_rows());
-                progress.log(format!(
-                    "[{}/{}] {stage}: up to date, skipped",
-                    i + 1,
-                    order.len()
-                ));
-            }
-            Some(why) if opts.dry_run => {
-                changed_upstream.insert(stage.clone());
-                progress.log(format!(
-                    "[{}/{}] {stage}: would run ({why})",
-                    i + 1,
-                    order.len()
-                ));
-                report.status = Status::WouldRun(why);
-            }
-            Some(why) => {
-                progress.log(format!(
-                    "[{}/{}] {stage}: running {} ({why})",
-                    i + 1,
-                    order.len(),
-                    spec.run
-                ));
-                let mut command = Command::new(bin_dir.join(bin));
-                // mmrl_artifact::cli::PARENT_PID_ENV: the stage dies with this runner, even under kill -9.
-                command.env("MMRL_PARENT_PID", std::process::id().to_string());
-                command
-                    .args([cmd, "--seed", &seed.to_string(), "--params"])
-                    .arg(params_path)
-                    .arg("--output")
-                    .arg(&output);
-                for (input, path) in &inputs {
-                    command
-                        .arg("--input")
-                        .arg(format!("{input}={}", path.display()));
-                }
-                let started = Instant::now();
-                let status = progress
-                    .run_stage(stage, &mut command)
-                    .with_context(|| format!("starting stage {stage}"))?;
-                report.wall = started.elapsed();
-                let manifest = if status.success() {
-                    read_manifest(&output)
+                s.report.status = Status::Failed;
+                self.error = Some(if status.success() {
+                    format!(
+                        "stage {stage} exited successfully but wrote no valid artifact at {}",
+                        output.display()
+                    )
                 } else {
-                    None
-                };
-                match manifest {
-                    Some(m) => {
-                        content.insert(stage.clone(), m.content_hash.clone());
-                        changed_upstream.insert(stage.clone());
-                        lock.stages.insert(
-                            stage.clone(),
-                            LockEntry {
-                                key,
-                                content_hash: m.content_hash.clone(),
-                                files: file_metas(&output)?,
-                            },
-                        );
-                        write_lock(&root, &lock)?;
-                        report.status = Status::Ran;
-                        report.rows_in = m.rows_in();
-                        report.rows_out = Some(m.data_rows());
-                    }
-                    None => {
-                        report.status = Status::Failed;
-                        error = Some(if status.success() {
-                            format!(
-                                "stage {stage} exited successfully but wrote no valid artifact at {}",
-                                output.display()
-                            )
-                        } else {
-                            format!("stage {stage} failed ({status}); earlier artifacts are intact")
-                        });
-                    }
-                }
+                    format!("stage {stage} failed ({status}); earlier artifacts are intact")
+                });
             }
         }
-        progress.bar.inc(1);
-        reports.push(report);
+        Ok(())
     }
-    progress.bar.finish_and_clear();
-    Ok(Outcome {
-        stages: reports,
-        root,
-        error,
-    })
+
+    /// Records a stage that ran: its content hash for the stages downstream, and its key, content hash and
+    /// file metadata in the lock.
+    fn record(&mut self, s: &mut StageRun, key: String, m: &ManifestView) -> Result<()> {
+        let stage = s.name;
+        self.content
+            .insert(stage.to_owned(), m.content_hash.clone());
+        self.changed_upstream.insert(stage.to_owned());
+        self.lock.stages.insert(
+            stage.to_owned(),
+            LockEntry {
+                key,
+                content_hash: m.content_hash.clone(),
+                files: file_metas(&s.report.output)?,
+            },
+        );
+        write_lock(self.root, &self.lock)?;
+        s.report.status = Status::Ran;
+        s.report.rows_in = m.rows_in();
+        s.report.rows_out = Some(m.data_rows());
+        Ok(())
+    }
 }
 
 /// The runner's progress bar, on stderr when it is a terminal and `CI` is unset. A stage's stderr is piped
@@ -501,7 +640,9 @@ fn check_dataset_layout(dir: &Path, origin: &str) -> Result<()> {
     let mut todo = vec![(dir.to_path_buf(), 0)];
     while let Some((d, depth)) = todo.pop() {
         for entry in std::fs::read_dir(&d).with_context(|| format!("{origin} {}", d.display()))? {
-            let path = entry.with_context(|| format!("{origin} {}", d.display()))?.path();
+            let path = entry
+                .with_context(|| format!("{origin} {}", d.display()))?
+                .path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if name.starts_with('.') {
                 continue;
