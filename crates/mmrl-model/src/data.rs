@@ -426,6 +426,153 @@ fn load_tabular(dir: &Path) -> Result<(TabularStore, HashMap<String, usize>)> {
     Ok((store, rows))
 }
 
+/// The columns of one batch of select's samples table (an absent optional column reads as nulls).
+struct SampleColumns {
+    ids: Vec<Option<String>>,
+    splits: Vec<Option<String>>,
+    qtypes: Vec<Option<String>>,
+    questions: Vec<Option<String>>,
+    answers: Vec<Option<String>>,
+    rationales: Vec<Option<String>>,
+    modalities: Vec<Option<String>>,
+    labeled: Option<Vec<bool>>,
+    /// The answer-checker columns, by name.
+    checkers: Vec<(String, Vec<Option<String>>)>,
+    repeats: Option<Vec<u32>>,
+}
+
+impl SampleColumns {
+    /// Reads the sample columns of `batch` (of the samples table at `path`).
+    fn read(batch: &RecordBatch, path: &Path) -> Result<Self> {
+        let ids = strings(batch, sample::ID, path)?;
+        let splits = strings(batch, sample::SPLIT, path)?;
+        let qtypes = strings(batch, sample::QTYPE, path)?;
+        let questions = strings(batch, sample::QUESTION, path)?;
+        let answers = strings(batch, sample::ANSWER, path)?;
+        let optional = |name: &str| -> Result<Vec<Option<String>>> {
+            match batch.column_by_name(name) {
+                Some(_) => strings(batch, name, path),
+                None => Ok(vec![None; batch.num_rows()]),
+            }
+        };
+        let rationales = optional(sample::RATIONALE)?;
+        let modalities = optional(sample::MODALITIES)?;
+        let labeled = presence(batch, sample::LABELED, path)?;
+        let checkers: Vec<(String, Vec<Option<String>>)> = batch
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| sample::is_checker_column(f.name()))
+            .map(|f| Ok((f.name().clone(), strings(batch, f.name(), path)?)))
+            .collect::<Result<_>>()?;
+        let repeats: Option<Vec<u32>> = batch.column_by_name("repeat").and_then(|c| {
+            c.as_primitive_opt::<UInt32Type>()
+                .map(|a| a.iter().map(|v| v.unwrap_or(1)).collect())
+        });
+        Ok(Self {
+            ids,
+            splits,
+            qtypes,
+            questions,
+            answers,
+            rationales,
+            modalities,
+            labeled,
+            checkers,
+            repeats,
+        })
+    }
+}
+
+/// The modality inputs joined to the samples: each store with its rows by sample id.
+struct Joins {
+    image: Option<(TensorStore, IdRows)>,
+    audio: Option<(TensorStore, IdRows)>,
+    tabular: Option<(TabularStore, HashMap<String, usize>)>,
+}
+
+impl Joins {
+    /// Row `r` joined to its modality rows (every view for train, view 0 otherwise); `None` when a modality
+    /// stage dropped it and its split is not in `keep` (counted in `dropped` by modality).
+    fn sample(
+        &self,
+        c: &SampleColumns,
+        r: usize,
+        path: &Path,
+        keep: &[Split],
+        dropped: &mut BTreeMap<String, usize>,
+    ) -> Result<Option<SampleRow>> {
+        let id = c.ids[r]
+            .clone()
+            .ok_or_else(|| input_err(path, format!("row {r}: null id")))?;
+        let split_name = c.splits[r].clone().unwrap_or_default();
+        let split = Split::parse(&split_name).ok_or_else(|| {
+            input_err(
+                path,
+                format!(
+                    "sample {id:?}: split {split_name:?} is not train/val/test; run select first"
+                ),
+            )
+        })?;
+        let view_rows = |rows: &IdRows| -> Vec<usize> {
+            let v = rows.get(&id).map(Vec::as_slice).unwrap_or_default();
+            match split {
+                Split::Train => v.iter().map(|&(_, r)| r).collect(),
+                _ => v
+                    .iter()
+                    .filter(|(view, _)| *view == 0)
+                    .map(|&(_, r)| r)
+                    .collect(),
+            }
+        };
+        let image_rows = self.image.as_ref().map(|(_, rows)| view_rows(rows));
+        let audio_rows = self.audio.as_ref().map(|(_, rows)| view_rows(rows));
+        let tab_row = self
+            .tabular
+            .as_ref()
+            .map(|(_, rows)| rows.get(&id).copied());
+        let mut drop_reason = None;
+        if image_rows.as_ref().is_some_and(Vec::is_empty) {
+            drop_reason = Some("image");
+        } else if audio_rows.as_ref().is_some_and(Vec::is_empty) {
+            drop_reason = Some("audio");
+        } else if matches!(tab_row, Some(None)) {
+            drop_reason = Some("tabular");
+        }
+        if let Some(m) = drop_reason.filter(|_| !keep.contains(&split)) {
+            *dropped.entry(m.to_owned()).or_default() += 1;
+            return Ok(None);
+        }
+        let needs = c.modalities[r]
+            .as_deref()
+            .map(Needs::parse)
+            .transpose()
+            .map_err(|e| input_err(path, format!("sample {id:?}: column \"modalities\": {e}")))?;
+        Ok(Some(SampleRow {
+            id,
+            split,
+            qtype: c.qtypes[r].clone().unwrap_or_default(),
+            question: c.questions[r].clone().unwrap_or_default(),
+            answer: c.answers[r].clone().unwrap_or_default(),
+            repeat: c.repeats.as_ref().map_or(1, |v| v[r]).max(1),
+            image: image_rows.unwrap_or_default(),
+            audio: audio_rows.unwrap_or_default(),
+            tabular: tab_row.flatten(),
+            rationale: c.rationales[r].clone(),
+            needs,
+            labeled: c.labeled.as_ref().is_none_or(|l| l[r]),
+            checks: c
+                .checkers
+                .iter()
+                .filter_map(|(name, cells)| {
+                    let cell = cells[r].as_deref().filter(|c| !c.trim().is_empty())?;
+                    Some((name.clone(), cell.to_owned()))
+                })
+                .collect(),
+        }))
+    }
+}
+
 impl Dataset {
     /// Reads the samples and joins every modality input given.
     pub fn load(inputs: &InputPaths) -> Result<Self> {
@@ -446,114 +593,34 @@ impl Dataset {
                 ));
             }
         }
-        let image = inputs
-            .image
-            .as_deref()
-            .map(|d| load_tensor_table(d, "images", "image_tensor", "image_present"))
-            .transpose()?;
-        let audio = inputs
-            .audio
-            .as_deref()
-            .map(|d| load_tensor_table(d, "audio", "audio_mel", "audio_present"))
-            .transpose()?;
-        let tabular = inputs.tabular.as_deref().map(load_tabular).transpose()?;
+        let joins = Joins {
+            image: inputs
+                .image
+                .as_deref()
+                .map(|d| load_tensor_table(d, "images", "image_tensor", "image_present"))
+                .transpose()?,
+            audio: inputs
+                .audio
+                .as_deref()
+                .map(|d| load_tensor_table(d, "audio", "audio_mel", "audio_present"))
+                .transpose()?,
+            tabular: inputs.tabular.as_deref().map(load_tabular).transpose()?,
+        };
         let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
         let mut samples = Vec::new();
         for batch in &batches {
-            let ids = strings(batch, sample::ID, path)?;
-            let splits = strings(batch, sample::SPLIT, path)?;
-            let qtypes = strings(batch, sample::QTYPE, path)?;
-            let questions = strings(batch, sample::QUESTION, path)?;
-            let answers = strings(batch, sample::ANSWER, path)?;
-            let optional = |name: &str| -> Result<Vec<Option<String>>> {
-                match batch.column_by_name(name) {
-                    Some(_) => strings(batch, name, path),
-                    None => Ok(vec![None; batch.num_rows()]),
-                }
-            };
-            let rationales = optional(sample::RATIONALE)?;
-            let modalities = optional(sample::MODALITIES)?;
-            let labeled = presence(batch, sample::LABELED, path)?;
-            let checkers: Vec<(String, Vec<Option<String>>)> = batch
-                .schema()
-                .fields()
-                .iter()
-                .filter(|f| sample::is_checker_column(f.name()))
-                .map(|f| Ok((f.name().clone(), strings(batch, f.name(), path)?)))
-                .collect::<Result<_>>()?;
-            let repeats: Option<Vec<u32>> = batch.column_by_name("repeat").and_then(|c| {
-                c.as_primitive_opt::<UInt32Type>()
-                    .map(|a| a.iter().map(|v| v.unwrap_or(1)).collect())
-            });
+            let columns = SampleColumns::read(batch, path)?;
             for r in 0..batch.num_rows() {
-                let id = ids[r]
-                    .clone()
-                    .ok_or_else(|| input_err(path, format!("row {r}: null id")))?;
-                let split_name = splits[r].clone().unwrap_or_default();
-                let split = Split::parse(&split_name).ok_or_else(|| {
-                    input_err(path, format!("sample {id:?}: split {split_name:?} is not train/val/test; run select first"))
-                })?;
-                let view_rows = |rows: &IdRows| -> Vec<usize> {
-                    let v = rows.get(&id).map(Vec::as_slice).unwrap_or_default();
-                    match split {
-                        Split::Train => v.iter().map(|&(_, r)| r).collect(),
-                        _ => v
-                            .iter()
-                            .filter(|(view, _)| *view == 0)
-                            .map(|&(_, r)| r)
-                            .collect(),
-                    }
-                };
-                let image_rows = image.as_ref().map(|(_, rows)| view_rows(rows));
-                let audio_rows = audio.as_ref().map(|(_, rows)| view_rows(rows));
-                let tab_row = tabular.as_ref().map(|(_, rows)| rows.get(&id).copied());
-                let mut drop_reason = None;
-                if image_rows.as_ref().is_some_and(Vec::is_empty) {
-                    drop_reason = Some("image");
-                } else if audio_rows.as_ref().is_some_and(Vec::is_empty) {
-                    drop_reason = Some("audio");
-                } else if matches!(tab_row, Some(None)) {
-                    drop_reason = Some("tabular");
+                if let Some(row) = joins.sample(&columns, r, path, keep, &mut dropped)? {
+                    samples.push(row);
                 }
-                if let Some(m) = drop_reason.filter(|_| !keep.contains(&split)) {
-                    *dropped.entry(m.to_owned()).or_default() += 1;
-                    continue;
-                }
-                let needs = modalities[r]
-                    .as_deref()
-                    .map(Needs::parse)
-                    .transpose()
-                    .map_err(|e| {
-                        input_err(path, format!("sample {id:?}: column \"modalities\": {e}"))
-                    })?;
-                samples.push(SampleRow {
-                    id,
-                    split,
-                    qtype: qtypes[r].clone().unwrap_or_default(),
-                    question: questions[r].clone().unwrap_or_default(),
-                    answer: answers[r].clone().unwrap_or_default(),
-                    repeat: repeats.as_ref().map_or(1, |v| v[r]).max(1),
-                    image: image_rows.unwrap_or_default(),
-                    audio: audio_rows.unwrap_or_default(),
-                    tabular: tab_row.flatten(),
-                    rationale: rationales[r].clone(),
-                    needs,
-                    labeled: labeled.as_ref().is_none_or(|l| l[r]),
-                    checks: checkers
-                        .iter()
-                        .filter_map(|(name, cells)| {
-                            let cell = cells[r].as_deref().filter(|c| !c.trim().is_empty())?;
-                            Some((name.clone(), cell.to_owned()))
-                        })
-                        .collect(),
-                });
             }
         }
         Ok(Self {
             samples,
-            image: image.map(|(s, _)| s),
-            audio: audio.map(|(s, _)| s),
-            tabular: tabular.map(|(s, _)| s),
+            image: joins.image.map(|(s, _)| s),
+            audio: joins.audio.map(|(s, _)| s),
+            tabular: joins.tabular.map(|(s, _)| s),
             dropped,
         })
     }

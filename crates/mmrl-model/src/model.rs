@@ -392,7 +392,9 @@ impl<'a> Dropout<'a> {
             // On a GPU the mask is drawn where the tensor lives, seeded from `rng`: drawing it here and
             // uploading it cost more than the layer itself (a host pass and a copy per dropout site).
             device.seed(rng.random());
-            let mask = x.random_like(Distribution::Bernoulli(keep)).mul_scalar(scale);
+            let mask = x
+                .random_like(Distribution::Bernoulli(keep))
+                .mul_scalar(scale);
             return x * mask;
         }
         // One u32 per element, kept when below `keep * 2^32`: a quarter of the ChaCha output that
@@ -900,6 +902,35 @@ fn bias_tensor(masked: &[bool], b: usize, n: usize, device: &Device) -> Tensor<4
     Tensor::<4>::from_data(TensorData::new(values, [b, 1, 1, n]), device)
 }
 
+/// The token segments of a batch being encoded, in order, each with its key mask.
+#[derive(Default)]
+struct Segments {
+    tokens: Vec<Tensor<3>>,
+    /// Key mask per segment, row-major [b, tokens of the segment].
+    masks: Vec<(usize, Vec<bool>)>,
+}
+
+impl Segments {
+    /// Appends a segment of `len` tokens per row and its key mask (true: masked).
+    fn push(&mut self, tokens: Tensor<3>, len: usize, mask: Vec<bool>) {
+        self.tokens.push(tokens);
+        self.masks.push((len, mask));
+    }
+
+    /// The segments concatenated along the token axis, and the attention bias of their key masks.
+    fn fuse(self, b: usize, device: &Device) -> (Tensor<3>, Tensor<4>) {
+        let n: usize = self.masks.iter().map(|(len, _)| len).sum();
+        let mut masked = Vec::with_capacity(b * n);
+        for i in 0..b {
+            for (len, m) in &self.masks {
+                masked.extend_from_slice(&m[i * len..(i + 1) * len]);
+            }
+        }
+        let bias = bias_tensor(&masked, b, n, device);
+        (Tensor::cat(self.tokens, 1), bias)
+    }
+}
+
 impl MultimodalModel {
     /// The config the model was built from.
     pub fn config(&self) -> &ModelConfig {
@@ -929,7 +960,39 @@ impl MultimodalModel {
     pub fn encode(&self, batch: &Batch, drop: &mut Dropout) -> Encoded {
         let device = self.device();
         let cfg = &self.config;
-        let (b, d) = (batch.size, cfg.d_model);
+        let b = batch.size;
+        let mut segments = Segments::default();
+        self.fusion_tokens(b, &mut segments);
+        self.question_tokens(batch, &device, &mut segments);
+        self.image_tokens(batch, &device, &mut segments);
+        self.audio_tokens(batch, &device, &mut segments);
+        self.tabular_tokens(batch, &device, &mut segments);
+        let (tokens, bias) = segments.fuse(b, &device);
+        let mut x = drop.apply(tokens);
+        for layer in &self.encoder {
+            x = layer.forward(x, bias.clone(), cfg.heads, drop);
+        }
+        Encoded {
+            memory: self.encoder_norm.forward(x),
+            bias,
+        }
+    }
+
+    /// The fusion token (learned), never masked.
+    fn fusion_tokens(&self, b: usize, segments: &mut Segments) {
+        let d = self.config.d_model;
+        segments.push(
+            self.fusion.val().reshape([1, 1, d]).expand([b, 1, d]) + self.type_row(Segment::Fusion),
+            1,
+            vec![false; b],
+        );
+    }
+
+    /// The question words (ids past the vocabulary clamped to its last id), with learned positions;
+    /// padding masked.
+    fn question_tokens(&self, batch: &Batch, device: &Device, segments: &mut Segments) {
+        let cfg = &self.config;
+        let b = batch.size;
         let lq = batch
             .questions
             .iter()
@@ -937,15 +1000,6 @@ impl MultimodalModel {
             .max()
             .unwrap_or(1)
             .clamp(1, cfg.max_question_len);
-        let mut segments: Vec<Tensor<3>> = Vec::with_capacity(5);
-        // Key mask per segment, row-major [b, tokens of the segment].
-        let mut masks: Vec<(usize, Vec<bool>)> = Vec::with_capacity(5);
-
-        segments.push(
-            self.fusion.val().reshape([1, 1, d]).expand([b, 1, d]) + self.type_row(Segment::Fusion),
-        );
-        masks.push((1, vec![false; b]));
-
         let mut ids = vec![PAD as i64; b * lq];
         let mut q_mask = vec![true; b * lq];
         for (i, q) in batch.questions.iter().enumerate() {
@@ -954,30 +1008,38 @@ impl MultimodalModel {
                 q_mask[i * lq + t] = false;
             }
         }
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, lq]), &device);
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, lq]), device);
         let q = ops::embedding(self.question_embed.val(), ids)
             + self.question_pos.val().narrow(0, 0, lq).unsqueeze_dim(0)
             + self.type_row(Segment::Question);
-        segments.push(q);
-        masks.push((lq, q_mask));
+        segments.push(q, lq, q_mask);
+    }
 
+    /// The image's non-overlapping patches, projected, with learned positions; masked where absent.
+    fn image_tokens(&self, batch: &Batch, device: &Device, segments: &mut Segments) {
+        let cfg = &self.config;
+        let b = batch.size;
         if let (Some(embed), Some(img), Some([c, h, w])) =
             (&self.image, &batch.image, cfg.image_shape)
         {
             let p = cfg.image_patch;
             let (gh, gw) = (h / p, w / p);
             let x =
-                Tensor::<4>::from_data(TensorData::new(img.values.clone(), [b, c, h, w]), &device)
+                Tensor::<4>::from_data(TensorData::new(img.values.clone(), [b, c, h, w]), device)
                     .reshape([b, c, gh, p, gw, p])
                     .permute([0, 2, 4, 1, 3, 5])
                     .reshape([b, gh * gw, c * p * p]);
             let tokens = embed.proj.forward(x)
                 + embed.pos.val().unsqueeze_dim(0)
                 + self.type_row(Segment::Image);
-            segments.push(tokens);
-            masks.push((gh * gw, absent_mask(&img.present, gh * gw)));
+            segments.push(tokens, gh * gw, absent_mask(&img.present, gh * gw));
         }
+    }
 
+    /// The audio's groups of `audio_patch` frames, projected, with learned positions; masked where absent.
+    fn audio_tokens(&self, batch: &Batch, device: &Device, segments: &mut Segments) {
+        let cfg = &self.config;
+        let b = batch.size;
         if let (Some(embed), Some(aud), Some([mels, frames])) =
             (&self.audio, &batch.audio, cfg.audio_shape)
         {
@@ -985,7 +1047,7 @@ impl MultimodalModel {
             let n = frames / pf;
             let x = Tensor::<3>::from_data(
                 TensorData::new(aud.values.clone(), [b, mels, frames]),
-                &device,
+                device,
             )
             .narrow(2, 0, n * pf)
             .swap_dims(1, 2)
@@ -993,62 +1055,46 @@ impl MultimodalModel {
             let tokens = embed.proj.forward(x)
                 + embed.pos.val().unsqueeze_dim(0)
                 + self.type_row(Segment::Audio);
-            segments.push(tokens);
-            masks.push((n, absent_mask(&aud.present, n)));
+            segments.push(tokens, n, absent_mask(&aud.present, n));
         }
+    }
 
-        if let Some(tab) = &batch.tabular {
-            if let Some(embed) = &self.numeric {
-                let f = cfg.numeric_features;
-                let x = Tensor::<3>::from_data(
-                    TensorData::new(tab.numeric.clone(), [b, f, 1]),
-                    &device,
-                );
-                let tokens = x * embed.weight.val().unsqueeze_dim(0)
-                    + embed.bias.val().unsqueeze_dim(0)
-                    + self.type_row(Segment::Tabular);
-                segments.push(tokens);
-                masks.push((f, absent_mask(&tab.present, f)));
-            }
-            if let Some(table) = &self.categorical {
-                let cards = &cfg.categorical_cardinalities;
-                let nc = cards.len();
-                let mut offsets = Vec::with_capacity(nc);
-                let mut acc = 0usize;
-                for c in cards {
-                    offsets.push(acc);
-                    acc += c + 1;
-                }
-                let idx: Vec<i64> = (0..b * nc)
-                    .map(|k| {
-                        let j = k % nc;
-                        let code =
-                            (tab.categorical.get(k).copied().unwrap_or(0) as usize).min(cards[j]);
-                        (offsets[j] + code) as i64
-                    })
-                    .collect();
-                let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [b, nc]), &device);
-                let tokens = ops::embedding(table.val(), idx) + self.type_row(Segment::Tabular);
-                segments.push(tokens);
-                masks.push((nc, absent_mask(&tab.present, nc)));
-            }
+    /// The tabular features: a token per numeric feature, then one per categorical feature (its own
+    /// embedding table; the last row is the unseen code); masked where absent.
+    fn tabular_tokens(&self, batch: &Batch, device: &Device, segments: &mut Segments) {
+        let cfg = &self.config;
+        let b = batch.size;
+        let Some(tab) = &batch.tabular else {
+            return;
+        };
+        if let Some(embed) = &self.numeric {
+            let f = cfg.numeric_features;
+            let x = Tensor::<3>::from_data(TensorData::new(tab.numeric.clone(), [b, f, 1]), device);
+            let tokens = x * embed.weight.val().unsqueeze_dim(0)
+                + embed.bias.val().unsqueeze_dim(0)
+                + self.type_row(Segment::Tabular);
+            segments.push(tokens, f, absent_mask(&tab.present, f));
         }
-
-        let n: usize = masks.iter().map(|(len, _)| len).sum();
-        let mut masked = Vec::with_capacity(b * n);
-        for i in 0..b {
-            for (len, m) in &masks {
-                masked.extend_from_slice(&m[i * len..(i + 1) * len]);
+        if let Some(table) = &self.categorical {
+            let cards = &cfg.categorical_cardinalities;
+            let nc = cards.len();
+            let mut offsets = Vec::with_capacity(nc);
+            let mut acc = 0usize;
+            for c in cards {
+                offsets.push(acc);
+                acc += c + 1;
             }
-        }
-        let bias = bias_tensor(&masked, b, n, &device);
-        let mut x = drop.apply(Tensor::cat(segments, 1));
-        for layer in &self.encoder {
-            x = layer.forward(x, bias.clone(), cfg.heads, drop);
-        }
-        Encoded {
-            memory: self.encoder_norm.forward(x),
-            bias,
+            let idx: Vec<i64> = (0..b * nc)
+                .map(|k| {
+                    let j = k % nc;
+                    let code =
+                        (tab.categorical.get(k).copied().unwrap_or(0) as usize).min(cards[j]);
+                    (offsets[j] + code) as i64
+                })
+                .collect();
+            let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [b, nc]), device);
+            let tokens = ops::embedding(table.val(), idx) + self.type_row(Segment::Tabular);
+            segments.push(tokens, nc, absent_mask(&tab.present, nc));
         }
     }
 

@@ -717,6 +717,71 @@ pub fn run(
     config.validate()?;
     let samples_artifact = Artifact::open(&inputs.samples)?;
     let data = Dataset::load(inputs)?;
+    let (train, val) = train_and_val(&data, inputs)?;
+    let (vocab, model_config) = shape_model(config, &data)?;
+    let key = run_key(config, seed, inputs)?;
+
+    let base = config.device.device()?;
+    let device = base.clone().autodiff();
+    let model = model_config.init(&device, seed)?;
+    let parameters = model.num_params();
+    tracing::info!(
+        parameters,
+        d_model = model_config.d_model,
+        train = train.len(),
+        val = val.len(),
+        "sft model"
+    );
+    let optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .init();
+    let planned = planned_steps(config, &data, seed);
+    let mut schedule = Schedule {
+        config: config.schedule.clone(),
+        lr: config.lr,
+        total_steps: planned,
+        state: ScheduleState::default(),
+    };
+
+    let work = work_dir(output);
+    let (model, optim, saved) = resume(&work, &key, model, optim)?;
+    let state = match saved {
+        Some(saved) => {
+            schedule.state = saved.schedule.clone();
+            saved
+        }
+        None => TrainState::fresh(key, seed),
+    };
+    let mut training = Training {
+        config,
+        seed,
+        data: &data,
+        vocab: &vocab,
+        val: &val,
+        work,
+        planned,
+        optim,
+        schedule,
+        state,
+    };
+    let mut hooks = hooks;
+    if let Some(step) = training.train(model, &mut hooks)? {
+        return Ok(Outcome::Interrupted { step });
+    }
+    let report = training.commit(
+        inputs,
+        output,
+        &samples_artifact,
+        &model_config,
+        parameters,
+        train.len(),
+    )?;
+    Ok(Outcome::Done(Box::new(report)))
+}
+
+/// The train and val rows of `data`; either empty is an input error that says what to change.
+fn train_and_val(data: &Dataset, inputs: &InputPaths) -> Result<(Vec<usize>, Vec<usize>)> {
     let train = data.split(Split::Train);
     let val = data.split(Split::Val);
     if train.is_empty() {
@@ -731,168 +796,263 @@ pub fn run(
             message: "the val split is empty; give select a val fraction above 0 (sft needs val for early stopping)".into(),
         });
     }
+    Ok((train, val))
+}
+
+/// The vocabulary (fit on labeled train rows) and the model config shaped to the data and that vocabulary.
+fn shape_model(config: &SftConfig, data: &Dataset) -> Result<(Vocab, ModelConfig)> {
     // The vocabulary sees what supervised training sees: labeled train rows.
-    let vocab = fit_vocab(&data, &data.labeled_train());
+    let vocab = fit_vocab(data, &data.labeled_train());
     let mut model_config = data.shape_config(config.model_config(), &vocab);
     // Room for the intermediate tokens select derived (see `mmrl_artifact::sample::RATIONALE`).
     model_config.max_answer_len += data.rationale_len(&vocab);
     model_config.check()?;
+    Ok((vocab, model_config))
+}
 
+/// The checkpoint key: a hash of the resolved config, the seed and the inputs' content.
+fn run_key(config: &SftConfig, seed: u64, inputs: &InputPaths) -> Result<String> {
     let key = format!(
         "{}|{seed}|{}",
         serde_json::to_string(config)?,
         inputs.content_key()?
     );
-    let key = mmrl_artifact::hash::hash_bytes(key.as_bytes());
+    Ok(mmrl_artifact::hash::hash_bytes(key.as_bytes()))
+}
 
-    let base = config.device.device()?;
-    let device = base.clone().autodiff();
-    let mut model = model_config.init(&device, seed)?;
-    let parameters = model.num_params();
-    tracing::info!(
-        parameters,
-        d_model = model_config.d_model,
-        train = train.len(),
-        val = val.len(),
-        "sft model"
-    );
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .with_epsilon(1e-8)
-        .init();
-
+/// Optimizer steps the run plans: every batch of every epoch, capped by `max_steps`.
+fn planned_steps(config: &SftConfig, data: &Dataset, seed: u64) -> u64 {
     let epoch_len = data.epoch_order(seed, 0).len().div_ceil(config.batch_size) as u64;
-    let planned = {
-        let all = epoch_len * u64::from(config.epochs);
-        if config.max_steps > 0 {
-            all.min(config.max_steps)
-        } else {
-            all
-        }
-    };
-    let mut schedule = Schedule {
-        config: config.schedule.clone(),
-        lr: config.lr,
-        total_steps: planned,
-        state: ScheduleState::default(),
-    };
+    let all = epoch_len * u64::from(config.epochs);
+    if config.max_steps > 0 {
+        all.min(config.max_steps)
+    } else {
+        all
+    }
+}
 
-    let work = work_dir(output);
-    let mut state = TrainState {
-        key: key.clone(),
-        seed,
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        schedule: ScheduleState::default(),
-        best_exact_match: None,
-        best_epoch: None,
-        bad_epochs: 0,
-        finished: false,
-        stopped_early: false,
-        steps: Vec::new(),
-        val: Vec::new(),
-    };
+/// Loads the work folder's checkpoint (model, optimizer, training state) when it was saved under `key`;
+/// one of another config, seed or inputs is removed and training starts over.
+fn resume(
+    work: &Path,
+    key: &str,
+    mut model: MultimodalModel,
+    mut optim: ModuleOptimizer,
+) -> Result<(MultimodalModel, ModuleOptimizer, Option<TrainState>)> {
     let state_path = work.join("state.json");
-    if state_path.is_file() {
-        let text = std::fs::read(&state_path).map_err(io("reading", &state_path))?;
-        let saved: TrainState = serde_json::from_slice(&text)?;
-        if saved.key == key {
-            model = load_model(model, &work.join("model.bpk"))?;
-            optim = optim
-                .load(work.join("optimizer.bpk"))
-                .map_err(|e| Error::Checkpoint {
-                    path: work.join("optimizer.bpk"),
-                    message: e.to_string(),
-                })?;
-            tracing::info!(step = saved.step, epoch = saved.epoch, dir = %work.display(), "resuming from checkpoint");
-            state = saved;
-            schedule.state = state.schedule.clone();
-        } else {
-            tracing::warn!(dir = %work.display(), "checkpoint of another config, seed or inputs: starting over");
-            std::fs::remove_dir_all(&work).map_err(io("removing", &work))?;
+    if !state_path.is_file() {
+        return Ok((model, optim, None));
+    }
+    let text = std::fs::read(&state_path).map_err(io("reading", &state_path))?;
+    let saved: TrainState = serde_json::from_slice(&text)?;
+    if saved.key == key {
+        model = load_model(model, &work.join("model.bpk"))?;
+        optim = optim
+            .load(work.join("optimizer.bpk"))
+            .map_err(|e| Error::Checkpoint {
+                path: work.join("optimizer.bpk"),
+                message: e.to_string(),
+            })?;
+        tracing::info!(step = saved.step, epoch = saved.epoch, dir = %work.display(), "resuming from checkpoint");
+        Ok((model, optim, Some(saved)))
+    } else {
+        tracing::warn!(dir = %work.display(), "checkpoint of another config, seed or inputs: starting over");
+        std::fs::remove_dir_all(work).map_err(io("removing", work))?;
+        Ok((model, optim, None))
+    }
+}
+
+impl TrainState {
+    /// The state of a run that has not taken a step.
+    fn fresh(key: String, seed: u64) -> Self {
+        TrainState {
+            key,
+            seed,
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            schedule: ScheduleState::default(),
+            best_exact_match: None,
+            best_epoch: None,
+            bad_epochs: 0,
+            finished: false,
+            stopped_early: false,
+            steps: Vec::new(),
+            val: Vec::new(),
+        }
+    }
+}
+
+/// What the steps of one sft run share: config, data and vocabulary, the work folder, the optimizer and
+/// schedule, and the training state a checkpoint saves.
+struct Training<'a> {
+    config: &'a SftConfig,
+    seed: u64,
+    data: &'a Dataset,
+    vocab: &'a Vocab,
+    val: &'a [usize],
+    work: PathBuf,
+    planned: u64,
+    optim: ModuleOptimizer,
+    schedule: Schedule,
+    state: TrainState,
+}
+
+impl Training<'_> {
+    /// Trains epoch by epoch, validating after each, until the epochs, the step budget or early stopping
+    /// end it; `Some(step)` when [`Hooks::stop_after_step`] interrupted it.
+    fn train(&mut self, mut model: MultimodalModel, hooks: &mut Hooks) -> Result<Option<u64>> {
+        let started = Instant::now();
+        let first_step = self.state.step;
+        while !self.state.finished {
+            let epoch = self.state.epoch;
+            let (next, interrupted) = self.train_epoch(model, epoch, hooks)?;
+            model = next;
+            if interrupted {
+                return Ok(Some(self.state.step));
+            }
+            self.end_epoch(&model, epoch, started, first_step)?;
+        }
+        Ok(None)
+    }
+
+    /// The steps of one epoch from the checkpointed batch on, saving a checkpoint every `checkpoint_every`
+    /// steps; true when [`Hooks::stop_after_step`] stopped it.
+    fn train_epoch(
+        &mut self,
+        mut model: MultimodalModel,
+        epoch: u32,
+        hooks: &mut Hooks,
+    ) -> Result<(MultimodalModel, bool)> {
+        let config = self.config;
+        let order = self.data.epoch_order(self.seed, u64::from(epoch));
+        let batches: Vec<&[(usize, usize)]> = order.chunks(config.batch_size).collect();
+        let mut b = self.state.batch_in_epoch as usize;
+        while b < batches.len() {
+            if config.max_steps > 0 && self.state.step >= config.max_steps {
+                break;
+            }
+            let lr = self.schedule.lr(self.state.step);
+            let (next, result) = self.step(model, batches[b], lr)?;
+            model = next;
+            self.state.step += 1;
+            b += 1;
+            self.state.batch_in_epoch = b as u64;
+            self.log_step(epoch, lr, result, hooks);
+            let stop_here = hooks.stop_after_step == Some(self.state.step);
+            if stop_here
+                || (config.checkpoint_every > 0
+                    && self.state.step.is_multiple_of(config.checkpoint_every))
+            {
+                self.state.schedule = self.schedule.state.clone();
+                save_checkpoint(&self.work, &model, &self.optim, &self.state)?;
+            }
+            if stop_here {
+                return Ok((model, true));
+            }
+        }
+        Ok((model, false))
+    }
+
+    /// One optimizer step on `batch` at learning rate `lr`, its random draws seeded by `(seed, step)`.
+    fn step(
+        &mut self,
+        model: MultimodalModel,
+        batch: &[(usize, usize)],
+        lr: f64,
+    ) -> Result<(MultimodalModel, Option<(f64, f64)>)> {
+        let config = self.config;
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(self.seed, 1, self.state.step));
+        let step = self.state.step;
+        train_step(
+            model,
+            &mut self.optim,
+            self.data,
+            self.vocab,
+            batch,
+            config.grad_accum * config.shards,
+            lr,
+            config.grad_clip,
+            config.modality_dropout,
+            &mut rng,
+        )
+        .map_err(|e| match e {
+            Error::Diverged { message, .. } => Error::Diverged {
+                step: step + 1,
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Records the step's row of `metrics_steps` (a skipped batch has NaN loss) and reports progress.
+    fn log_step(&mut self, epoch: u32, lr: f64, result: Option<(f64, f64)>, hooks: &mut Hooks) {
+        let (loss, grad_norm, skipped) = match result {
+            Some((loss, norm)) => (loss, norm, false),
+            None => (f64::NAN, f64::NAN, true),
+        };
+        self.state.steps.push(StepRow {
+            step: self.state.step,
+            epoch,
+            loss,
+            lr,
+            grad_norm,
+            skipped,
+        });
+        if let Some(p) = hooks.progress.as_deref_mut() {
+            p(Progress {
+                step: self.state.step,
+                total: self.planned,
+                loss,
+            });
         }
     }
 
-    let mut hooks = hooks;
-    let started = Instant::now();
-    let first_step = state.step;
-    while !state.finished {
-        let epoch = state.epoch;
-        let order = data.epoch_order(seed, u64::from(epoch));
-        let batches: Vec<&[(usize, usize)]> = order.chunks(config.batch_size).collect();
-        let mut b = state.batch_in_epoch as usize;
-        while b < batches.len() {
-            if config.max_steps > 0 && state.step >= config.max_steps {
-                break;
-            }
-            let lr = schedule.lr(state.step);
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, 1, state.step));
-            let (next, result) = train_step(
-                model,
-                &mut optim,
-                &data,
-                &vocab,
-                batches[b],
-                config.grad_accum * config.shards,
-                lr,
-                config.grad_clip,
-                config.modality_dropout,
-                &mut rng,
-            )
-            .map_err(|e| match e {
-                Error::Diverged { message, .. } => Error::Diverged {
-                    step: state.step + 1,
-                    message,
-                },
-                other => other,
-            })?;
-            model = next;
-            state.step += 1;
-            b += 1;
-            state.batch_in_epoch = b as u64;
-            let (loss, grad_norm, skipped) = match result {
-                Some((loss, norm)) => (loss, norm, false),
-                None => (f64::NAN, f64::NAN, true),
-            };
-            state.steps.push(StepRow {
-                step: state.step,
-                epoch,
-                loss,
-                lr,
-                grad_norm,
-                skipped,
-            });
-            if let Some(p) = hooks.progress.as_deref_mut() {
-                p(Progress {
-                    step: state.step,
-                    total: planned,
-                    loss,
-                });
-            }
-            let stop_here = hooks.stop_after_step == Some(state.step);
-            if stop_here
-                || (config.checkpoint_every > 0
-                    && state.step.is_multiple_of(config.checkpoint_every))
-            {
-                state.schedule = schedule.state.clone();
-                save_checkpoint(&work, &model, &optim, &state)?;
-            }
-            if stop_here {
-                return Ok(Outcome::Interrupted { step: state.step });
-            }
-        }
-
-        // End of epoch (or of the step budget): validate.
+    /// End of an epoch (or of the step budget): validates, keeps the best model, decides whether training
+    /// is finished, and saves a checkpoint.
+    fn end_epoch(
+        &mut self,
+        model: &MultimodalModel,
+        epoch: u32,
+        started: Instant,
+        first_step: u64,
+    ) -> Result<()> {
         let valid = model.valid();
+        let overall = self.validate(&valid, epoch, started, first_step);
+        self.schedule.observe(overall);
+        // Under hpo, the trial's pruner reads this (a no-op otherwise).
+        mmrl_artifact::trial::report_intermediate(u64::from(epoch), overall);
+        self.keep_best(&valid, epoch, overall)?;
+        self.state.epoch += 1;
+        self.state.batch_in_epoch = 0;
+        let config = self.config;
+        let out_of_steps = config.max_steps > 0 && self.state.step >= config.max_steps;
+        let early = config.early_stopping_patience > 0
+            && self.state.bad_epochs >= config.early_stopping_patience;
+        self.state.stopped_early = early && !out_of_steps && self.state.epoch < config.epochs;
+        self.state.finished = early || out_of_steps || self.state.epoch >= config.epochs;
+        self.state.schedule = self.schedule.state.clone();
+        save_checkpoint(&self.work, model, &self.optim, &self.state)
+    }
+
+    /// Val exact match of the epoch, overall and per question type, recorded in `metrics_val` and logged;
+    /// returns the overall figure.
+    fn validate(
+        &mut self,
+        valid: &MultimodalModel,
+        epoch: u32,
+        started: Instant,
+        first_step: u64,
+    ) -> f64 {
+        let (data, vocab, val) = (self.data, self.vocab, self.val);
         let predicted: Vec<String> =
-            decode_split(&valid, &data, &vocab, &val, config.eval_batch_size)
+            decode_split(valid, data, vocab, val, self.config.eval_batch_size)
                 .iter()
                 .map(|g| vocab.decode_answer(&g.tokens))
                 .collect();
-        let em = exact_match(&data, &val, &predicted);
+        let em = exact_match(data, val, &predicted);
         for (qtype, (n, acc)) in &em {
-            state.val.push(ValRow {
+            self.state.val.push(ValRow {
                 epoch,
                 qtype: qtype.clone(),
                 samples: *n,
@@ -903,22 +1063,28 @@ pub fn run(
         let elapsed = started.elapsed().as_secs_f64();
         tracing::info!(
             epoch,
-            step = state.step,
+            step = self.state.step,
             val_exact_match = format!("{overall:.4}"),
             samples_per_s = format!(
                 "{:.1}",
-                (state.step - first_step) as f64 * config.batch_size as f64 / elapsed.max(1e-9)
+                (self.state.step - first_step) as f64 * self.config.batch_size as f64
+                    / elapsed.max(1e-9)
             ),
             "epoch done"
         );
-        schedule.observe(overall);
-        // Under hpo, the trial's pruner reads this (a no-op otherwise).
-        mmrl_artifact::trial::report_intermediate(u64::from(epoch), overall);
+        overall
+    }
+
+    /// Early stopping's bookkeeping: a better val exact match saves the model as `best.bpk` in the work
+    /// folder, anything else counts a bad epoch.
+    fn keep_best(&mut self, valid: &MultimodalModel, epoch: u32, overall: f64) -> Result<()> {
+        let state = &mut self.state;
         if state.best_exact_match.is_none_or(|b| overall > b) {
             state.best_exact_match = Some(overall);
             state.best_epoch = Some(epoch);
             state.bad_epochs = 0;
-            std::fs::create_dir_all(&work).map_err(io("creating", &work))?;
+            let work = &self.work;
+            std::fs::create_dir_all(work).map_err(io("creating", work))?;
             valid
                 .clone()
                 .into_record()
@@ -930,90 +1096,100 @@ pub fn run(
         } else {
             state.bad_epochs += 1;
         }
-        state.epoch += 1;
-        state.batch_in_epoch = 0;
-        let out_of_steps = config.max_steps > 0 && state.step >= config.max_steps;
-        let early = config.early_stopping_patience > 0
-            && state.bad_epochs >= config.early_stopping_patience;
-        state.stopped_early = early && !out_of_steps && state.epoch < config.epochs;
-        state.finished = early || out_of_steps || state.epoch >= config.epochs;
-        state.schedule = schedule.state.clone();
-        save_checkpoint(&work, &model, &optim, &state)?;
+        Ok(())
     }
 
-    // Commit the artifact.
-    let mut writer = ArtifactWriter::create(output, stage_info(config, seed)?)?;
-    writer.input_artifact("samples", &samples_artifact);
-    inputs.record_modalities(&mut writer)?;
-    writer.fit_splits(&["train"]);
-    let tmp = writer.tmp_dir().to_path_buf();
-    let copy = |from: &Path, to: &Path| {
-        std::fs::copy(from, to)
-            .map(|_| ())
-            .map_err(io("copying", from))
-    };
-    copy(&work.join("best.bpk"), &tmp.join("model.bpk"))?;
-    writer.add_file("model.bpk", Role::State)?;
-    // The optimizer state stays in the work folder: burn serializes it in hash-map order, so its bytes differ
-    // between identical runs and would make the artifact's content hash irreproducible.
-    let ck = tmp.join("checkpoint");
-    std::fs::create_dir_all(&ck).map_err(io("creating", &ck))?;
-    for f in ["model.bpk", "state.json"] {
-        copy(&work.join(f), &ck.join(f))?;
+    /// Commits the artifact (best model, last checkpoint, config, vocabulary, metrics tables, report) and
+    /// removes the work folder.
+    fn commit(
+        &self,
+        inputs: &InputPaths,
+        output: &Path,
+        samples_artifact: &Artifact,
+        model_config: &ModelConfig,
+        parameters: usize,
+        train_samples: usize,
+    ) -> Result<SftReport> {
+        let work = &self.work;
+        let mut writer = ArtifactWriter::create(output, stage_info(self.config, self.seed)?)?;
+        writer.input_artifact("samples", samples_artifact);
+        inputs.record_modalities(&mut writer)?;
+        writer.fit_splits(&["train"]);
+        let tmp = writer.tmp_dir().to_path_buf();
+        let copy = |from: &Path, to: &Path| {
+            std::fs::copy(from, to)
+                .map(|_| ())
+                .map_err(io("copying", from))
+        };
+        copy(&work.join("best.bpk"), &tmp.join("model.bpk"))?;
+        writer.add_file("model.bpk", Role::State)?;
+        // The optimizer state stays in the work folder: burn serializes it in hash-map order, so its bytes
+        // differ between identical runs and would make the artifact's content hash irreproducible.
+        let ck = tmp.join("checkpoint");
+        std::fs::create_dir_all(&ck).map_err(io("creating", &ck))?;
+        for f in ["model.bpk", "state.json"] {
+            copy(&work.join(f), &ck.join(f))?;
+        }
+        writer.add_dir("checkpoint", Role::State, None)?;
+        writer.write_json("config.json", Role::State, model_config)?;
+        writer.write_json("vocab.json", Role::State, self.vocab)?;
+        let steps = steps_table(&self.state.steps)?;
+        writer.write_table("metrics_steps", Role::Report, steps.schema(), &[steps])?;
+        let vals = val_table(&self.state.val)?;
+        writer.write_table("metrics_val", Role::Report, vals.schema(), &[vals])?;
+        let report = self.report(parameters, train_samples);
+        writer.write_json("report.json", Role::Report, &report)?;
+        writer.commit()?;
+        std::fs::remove_dir_all(work).map_err(io("removing", work))?;
+        Ok(report)
     }
-    writer.add_dir("checkpoint", Role::State, None)?;
-    writer.write_json("config.json", Role::State, &model_config)?;
-    writer.write_json("vocab.json", Role::State, &vocab)?;
-    let steps = steps_table(&state.steps)?;
-    writer.write_table("metrics_steps", Role::Report, steps.schema(), &[steps])?;
-    let vals = val_table(&state.val)?;
-    writer.write_table("metrics_val", Role::Report, vals.schema(), &[vals])?;
 
-    let best_epoch = state.best_epoch.unwrap_or(0);
-    let majority = majority_answers(&data);
-    let baseline: Vec<String> = val
-        .iter()
-        .map(|&i| {
-            majority
-                .get(&data.samples[i].qtype)
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect();
-    let base_em = exact_match(&data, &val, &baseline);
-    let mut by_qtype = BTreeMap::new();
-    for row in state
-        .val
-        .iter()
-        .filter(|r| r.epoch == best_epoch && r.qtype != "all")
-    {
-        by_qtype.insert(
-            row.qtype.clone(),
-            QtypeReport {
-                samples: row.samples,
-                exact_match: row.exact_match,
-                majority_baseline: base_em.get(&row.qtype).map_or(0.0, |e| e.1),
-                majority_answer: majority.get(&row.qtype).cloned().unwrap_or_default(),
-            },
-        );
+    /// `report.json`: the best epoch's val exact match, overall and per question type, next to the
+    /// train-majority baseline, and the run's counts.
+    fn report(&self, parameters: usize, train_samples: usize) -> SftReport {
+        let (data, val, state) = (self.data, self.val, &self.state);
+        let best_epoch = state.best_epoch.unwrap_or(0);
+        let majority = majority_answers(data);
+        let baseline: Vec<String> = val
+            .iter()
+            .map(|&i| {
+                majority
+                    .get(&data.samples[i].qtype)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        let base_em = exact_match(data, val, &baseline);
+        let mut by_qtype = BTreeMap::new();
+        for row in state
+            .val
+            .iter()
+            .filter(|r| r.epoch == best_epoch && r.qtype != "all")
+        {
+            by_qtype.insert(
+                row.qtype.clone(),
+                QtypeReport {
+                    samples: row.samples,
+                    exact_match: row.exact_match,
+                    majority_baseline: base_em.get(&row.qtype).map_or(0.0, |e| e.1),
+                    majority_answer: majority.get(&row.qtype).cloned().unwrap_or_default(),
+                },
+            );
+        }
+        SftReport {
+            val_exact_match: state.best_exact_match.unwrap_or(0.0),
+            majority_baseline: base_em.get("all").map_or(0.0, |e| e.1),
+            by_qtype,
+            best_epoch,
+            steps: state.step,
+            skipped_steps: state.steps.iter().filter(|r| r.skipped).count() as u64,
+            stopped_early: state.stopped_early,
+            parameters,
+            train_samples,
+            val_samples: val.len(),
+            dropped: data.dropped.clone(),
+        }
     }
-    let report = SftReport {
-        val_exact_match: state.best_exact_match.unwrap_or(0.0),
-        majority_baseline: base_em.get("all").map_or(0.0, |e| e.1),
-        by_qtype,
-        best_epoch,
-        steps: state.step,
-        skipped_steps: state.steps.iter().filter(|r| r.skipped).count() as u64,
-        stopped_early: state.stopped_early,
-        parameters,
-        train_samples: train.len(),
-        val_samples: val.len(),
-        dropped: data.dropped.clone(),
-    };
-    writer.write_json("report.json", Role::Report, &report)?;
-    writer.commit()?;
-    std::fs::remove_dir_all(&work).map_err(io("removing", &work))?;
-    Ok(Outcome::Done(Box::new(report)))
 }
 
 /// The vocabularies of the train rows: questions, answers and their rationales, with the separator token when
