@@ -784,6 +784,21 @@ pub struct RunOutcomes<'a> {
     pub accepted: &'a [bool],
 }
 
+/// The columns of the comparison table.
+const TABLE_HEADER: [&str; 11] = [
+    "run",
+    "fwd+bwd passes",
+    "answers generated",
+    "label-scarce EM",
+    "Δ vs sft (points, 95% CI per seed)",
+    "Δ vs continued sft",
+    "set-valued accepted",
+    "set-valued EM",
+    "other types EM",
+    "all EM",
+    "seconds",
+];
+
 /// The table over `runs` (outcomes on `split`, whose samples have question types `qtypes`).
 pub fn table(
     groups: &QtypeGroups,
@@ -798,22 +813,7 @@ pub fn table(
     let other = in_group("other");
     let mut t = ComparisonTable {
         split: split.to_owned(),
-        header: [
-            "run",
-            "fwd+bwd passes",
-            "answers generated",
-            "label-scarce EM",
-            "Δ vs sft (points, 95% CI per seed)",
-            "Δ vs continued sft",
-            "set-valued accepted",
-            "set-valued EM",
-            "other types EM",
-            "all EM",
-            "seconds",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect(),
+        header: TABLE_HEADER.iter().map(|s| (*s).to_owned()).collect(),
         ..Default::default()
     };
     for (name, keep) in [
@@ -824,10 +824,6 @@ pub fn table(
         t.samples
             .insert(name.to_owned(), qtypes.iter().filter(|q| keep(q)).count());
     }
-    let reference = |seed: u64, kind: RunKind| {
-        runs.iter()
-            .find(|r| r.row.kind == kind && (kind == RunKind::Start || r.row.seed == seed))
-    };
     let mut names: Vec<&str> = Vec::new();
     for r in runs {
         if !names.contains(&r.row.name.as_str()) {
@@ -836,60 +832,9 @@ pub fn table(
     }
     for name in names {
         let mine: Vec<&RunOutcomes> = runs.iter().filter(|r| r.row.name == name).collect();
-        let mean = |f: &dyn Fn(&RunOutcomes) -> f64| {
-            let v: Vec<f64> = mine.iter().map(|r| f(r)).filter(|x| !x.is_nan()).collect();
-            if v.is_empty() {
-                "-".to_owned()
-            } else {
-                let m = v.iter().sum::<f64>() / v.len() as f64;
-                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                if v.len() > 1 {
-                    format!("{m:.3} ± {:.3}", (hi - lo) / 2.0)
-                } else {
-                    format!("{m:.3}")
-                }
-            }
-        };
-        let mut seeds = Vec::new();
-        for r in &mine {
-            let delta = |kind: RunKind| {
-                let b = reference(r.row.seed, kind)?;
-                let pick = |v: &[bool]| -> Vec<bool> {
-                    v.iter()
-                        .zip(qtypes)
-                        .filter(|(_, q)| scarce(q))
-                        .map(|(x, _)| *x)
-                        .collect()
-                };
-                let (d, lo, hi) =
-                    paired_delta(&pick(r.exact), &pick(b.exact), bootstrap, r.row.seed)?;
-                Some((100.0 * d, 100.0 * lo, 100.0 * hi))
-            };
-            if let (Some(vs_sft), Some(vs_continued)) =
-                (delta(RunKind::Start), delta(RunKind::SftBest))
-            {
-                seeds.push(SeedDelta {
-                    seed: r.row.seed,
-                    vs_sft,
-                    vs_continued,
-                });
-            }
-        }
-        let show = |f: &dyn Fn(&SeedDelta) -> (f64, f64, f64)| {
-            if seeds.is_empty() || name == "sft checkpoint" {
-                return "-".to_owned();
-            }
-            let above = seeds.iter().filter(|s| f(s).1 > 0.0).count();
-            let each: Vec<String> = seeds
-                .iter()
-                .map(|s| {
-                    let (d, lo, hi) = f(s);
-                    format!("{d:+.1} [{lo:+.1}, {hi:+.1}]")
-                })
-                .collect();
-            format!("{} (CI > 0 in {above}/{})", each.join("; "), seeds.len())
-        };
+        let mean = |f: &dyn Fn(&RunOutcomes) -> f64| mean_cell(&mine, f);
+        let seeds = seed_deltas(&mine, runs, qtypes, &scarce, bootstrap);
+        let show = |f: &dyn Fn(&SeedDelta) -> (f64, f64, f64)| delta_cell(name, &seeds, f);
         let first = mine[0].row;
         t.rows.push(vec![
             name.to_owned(),
@@ -912,6 +857,83 @@ pub fn table(
         }
     }
     t
+}
+
+/// A cell over the seeds of one run: the mean of `f` (NaN left out) ± half its range, or `-`.
+fn mean_cell(mine: &[&RunOutcomes], f: &dyn Fn(&RunOutcomes) -> f64) -> String {
+    let v: Vec<f64> = mine.iter().map(|r| f(r)).filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        "-".to_owned()
+    } else {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if v.len() > 1 {
+            format!("{m:.3} ± {:.3}", (hi - lo) / 2.0)
+        } else {
+            format!("{m:.3}")
+        }
+    }
+}
+
+/// Per seed of one run, its label-scarce exact-match difference (points, paired-bootstrap interval) against
+/// the sft checkpoint and against continued sft of the same seed; seeds without both are left out.
+fn seed_deltas(
+    mine: &[&RunOutcomes],
+    runs: &[RunOutcomes],
+    qtypes: &[&str],
+    scarce: &dyn Fn(&str) -> bool,
+    bootstrap: usize,
+) -> Vec<SeedDelta> {
+    let reference = |seed: u64, kind: RunKind| {
+        runs.iter()
+            .find(|r| r.row.kind == kind && (kind == RunKind::Start || r.row.seed == seed))
+    };
+    let mut seeds = Vec::new();
+    for r in mine {
+        let delta = |kind: RunKind| {
+            let b = reference(r.row.seed, kind)?;
+            let pick = |v: &[bool]| -> Vec<bool> {
+                v.iter()
+                    .zip(qtypes)
+                    .filter(|(_, q)| scarce(q))
+                    .map(|(x, _)| *x)
+                    .collect()
+            };
+            let (d, lo, hi) = paired_delta(&pick(r.exact), &pick(b.exact), bootstrap, r.row.seed)?;
+            Some((100.0 * d, 100.0 * lo, 100.0 * hi))
+        };
+        if let (Some(vs_sft), Some(vs_continued)) = (delta(RunKind::Start), delta(RunKind::SftBest))
+        {
+            seeds.push(SeedDelta {
+                seed: r.row.seed,
+                vs_sft,
+                vs_continued,
+            });
+        }
+    }
+    seeds
+}
+
+/// A Δ cell: each seed's difference `f` with its interval, and in how many seeds the interval lies above
+/// zero; `-` for the sft checkpoint itself or without seeds.
+fn delta_cell(
+    name: &str,
+    seeds: &[SeedDelta],
+    f: &dyn Fn(&SeedDelta) -> (f64, f64, f64),
+) -> String {
+    if seeds.is_empty() || name == "sft checkpoint" {
+        return "-".to_owned();
+    }
+    let above = seeds.iter().filter(|s| f(s).1 > 0.0).count();
+    let each: Vec<String> = seeds
+        .iter()
+        .map(|s| {
+            let (d, lo, hi) = f(s);
+            format!("{d:+.1} [{lo:+.1}, {hi:+.1}]")
+        })
+        .collect();
+    format!("{} (CI > 0 in {above}/{})", each.join("; "), seeds.len())
 }
 
 /// A table as Markdown.
