@@ -346,7 +346,15 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
         None => Ok(table),
         Some(toml::Value::String(base)) => {
             let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
-            let mut merged = load_table(&base_path, depth + 1)?;
+            if base.trim().is_empty() || !base_path.is_file() {
+                bail!(
+                    "{}: extends = {base:?}: expected a pipeline file beside it, but {} is not a file",
+                    path.display(),
+                    base_path.display()
+                );
+            }
+            let mut merged = load_table(&base_path, depth + 1)
+                .with_context(|| format!("{}: extends = {base:?}", path.display()))?;
             merge(&mut merged, table);
             Ok(merged)
         }

@@ -640,8 +640,10 @@ fn every_rate_length_and_encoding_goes_through_the_stage() {
             ));
         }
     }
-    let mut c = AudioConfig::default();
-    c.threads = 2;
+    let c = AudioConfig {
+        threads: 2,
+        ..AudioConfig::default()
+    };
     let (_t, out) = run(&c, &rows, 1);
     assert!(out.rejects.is_empty(), "{:?}", out.rejects);
     for r in &rows {

@@ -644,6 +644,57 @@ pub fn run(
     output: &Path,
 ) -> Result<CompressReport> {
     config.validate()?;
+    let source = load_source(config, model_dir, inputs)?;
+    let mut writer = create_writer(config, seed, model_dir, inputs, output)?;
+    let mut variants = Variants::new(config, &source, writer.tmp_dir().to_path_buf());
+    let mut report = CompressReport {
+        variants: Vec::new(),
+        sparsity: Vec::new(),
+        sparse_overall: None,
+        structured_keep: None,
+        structured_removed: None,
+        recovery_loss: BTreeMap::new(),
+        notes: BTreeMap::new(),
+    };
+    let mut pruned_model: Option<MultimodalModel> = None;
+    if config.sparse.enabled {
+        build_sparse(config, seed, &source, &mut variants, &mut report)?;
+    }
+    if config.structured.enabled {
+        pruned_model = Some(build_pruned(
+            config,
+            seed,
+            &source,
+            &mut variants,
+            &mut report,
+        )?);
+    }
+    if config.quantize.enabled {
+        build_quantized(config, &source, pruned_model, &mut variants, &mut report)?;
+    }
+    variants.measure_throughput(config);
+    write_outputs(&mut writer, variants, &mut report)?;
+    writer.commit()?;
+    Ok(report)
+}
+
+/// The input model, its vocabulary, the samples and the val indices it is measured on.
+struct Source {
+    /// The model to compress.
+    model: MultimodalModel,
+    /// Its vocabulary.
+    vocab: Vocab,
+    /// The samples with their modality inputs.
+    data: Dataset,
+    /// The val samples, where every variant is measured.
+    val: Vec<usize>,
+    /// The size of the input's `model.bpk`.
+    source_bytes: u64,
+}
+
+/// Loads the model and the data and checks that they fit each other and the config: an unquantized model, train
+/// and val samples.
+fn load_source(config: &CompressConfig, model_dir: &Path, inputs: &InputPaths) -> Result<Source> {
     let trained = load_trained(model_dir, config.device).map_err(|e| Error::Input {
         path: model_dir.to_path_buf(),
         message: format!("loading the model artifact (model.bpk, config.json, vocab.json): {e}"),
@@ -673,7 +724,23 @@ pub fn run(
     let source_bytes = std::fs::metadata(Artifact::open(model_dir)?.file("model.bpk")?)
         .map_err(io("reading", model_dir))?
         .len();
+    Ok(Source {
+        model,
+        vocab,
+        data,
+        val,
+        source_bytes,
+    })
+}
 
+/// Opens the output artifact and records the inputs and that fitting read only train.
+fn create_writer(
+    config: &CompressConfig,
+    seed: u64,
+    model_dir: &Path,
+    inputs: &InputPaths,
+    output: &Path,
+) -> Result<ArtifactWriter> {
     let info = StageInfo {
         stage: STAGE.into(),
         crate_name: env!("CARGO_PKG_NAME").into(),
@@ -686,139 +753,212 @@ pub fn run(
     writer.input_artifact("samples", &Artifact::open(&inputs.samples)?);
     inputs.record_modalities(&mut writer)?;
     writer.fit_splits(&["train"]);
-    let tmp = writer.tmp_dir().to_path_buf();
+    Ok(writer)
+}
 
-    let base_em = val_exact_match(&model, &data, &vocab, &val, config.eval_batch_size);
-    tracing::info!(val_exact_match = format!("{base_em:.4}"), "original");
-    let mut rows = vec![VariantRow {
-        variant: "original".into(),
-        parameters: model.num_params() as u64,
-        nonzero_parameters: count_nonzero(&model),
-        file_bytes: source_bytes,
-        cpu_infer_samples_per_s: 0.0,
-        val_exact_match: base_em,
-        delta_exact_match: 0.0,
-    }];
-    let mut report = CompressReport {
-        variants: Vec::new(),
-        sparsity: Vec::new(),
-        sparse_overall: None,
-        structured_keep: None,
-        structured_removed: None,
-        recovery_loss: BTreeMap::new(),
-        notes: BTreeMap::new(),
-    };
-    let mut entries = Vec::new();
-    let mut built: Vec<MultimodalModel> = Vec::new();
-    let mut pruned_model: Option<MultimodalModel> = None;
-    let mut finish = |name: &str, m: MultimodalModel, rows: &mut Vec<VariantRow>| -> Result<()> {
-        let bytes = save_model(&tmp.join(name), &m, &vocab)?;
-        let em = val_exact_match(&m, &data, &vocab, &val, config.eval_batch_size);
+/// The variants built so far: their saved folders, their rows (the original first) and the models.
+struct Variants<'a> {
+    /// The input: the original model, the data and val.
+    source: &'a Source,
+    /// The writer's temporary folder, where each variant's folder is saved.
+    tmp: std::path::PathBuf,
+    /// Val batch size.
+    eval_batch_size: usize,
+    /// The original's val exact match.
+    base_em: f64,
+    /// One row per model, the original first.
+    rows: Vec<VariantRow>,
+    /// One entry per variant for `models.json`.
+    entries: Vec<ModelEntry>,
+    /// The variants' models, in the order of `entries`.
+    built: Vec<MultimodalModel>,
+}
+
+impl<'a> Variants<'a> {
+    /// Measures the original on val: the first row.
+    fn new(config: &CompressConfig, source: &'a Source, tmp: std::path::PathBuf) -> Self {
+        let (model, data, vocab, val) = (&source.model, &source.data, &source.vocab, &source.val);
+        let base_em = val_exact_match(model, data, vocab, val, config.eval_batch_size);
+        tracing::info!(val_exact_match = format!("{base_em:.4}"), "original");
+        let rows = vec![VariantRow {
+            variant: "original".into(),
+            parameters: model.num_params() as u64,
+            nonzero_parameters: count_nonzero(model),
+            file_bytes: source.source_bytes,
+            cpu_infer_samples_per_s: 0.0,
+            val_exact_match: base_em,
+            delta_exact_match: 0.0,
+        }];
+        Self {
+            source,
+            tmp,
+            eval_batch_size: config.eval_batch_size,
+            base_em,
+            rows,
+            entries: Vec::new(),
+            built: Vec::new(),
+        }
+    }
+
+    /// Saves variant `name`, measures it on val and adds its row.
+    fn finish(&mut self, name: &str, m: MultimodalModel) -> Result<()> {
+        let Source {
+            data, vocab, val, ..
+        } = self.source;
+        let bytes = save_model(&self.tmp.join(name), &m, vocab)?;
+        let em = val_exact_match(&m, data, vocab, val, self.eval_batch_size);
         tracing::info!(
             variant = name,
             val_exact_match = format!("{em:.4}"),
             file_bytes = bytes,
             "compressed"
         );
-        rows.push(VariantRow {
+        self.rows.push(VariantRow {
             variant: name.into(),
             parameters: m.num_params() as u64,
             nonzero_parameters: count_nonzero(&m),
             file_bytes: bytes,
             cpu_infer_samples_per_s: 0.0,
             val_exact_match: em,
-            delta_exact_match: em - base_em,
+            delta_exact_match: em - self.base_em,
         });
-        entries.push(ModelEntry {
+        self.entries.push(ModelEntry {
             name: name.into(),
             dir: name.into(),
         });
-        built.push(m);
+        self.built.push(m);
         Ok(())
-    };
-
-    if config.sparse.enabled {
-        let (m, layer_rows, loss) =
-            sparse_variant(&model, &config.sparse, &data, &vocab, seed, config.device)?;
-        report.sparse_overall = Some(crate::sparse::overall(&layer_rows));
-        report.sparsity = layer_rows;
-        report.recovery_loss.insert("sparse".into(), loss);
-        report.notes.insert(
-            "sparse".into(),
-            "dense f32 storage with exact zeros: the file and the dense matmuls do not shrink"
-                .into(),
-        );
-        finish("sparse", m, &mut rows)?;
-    }
-    if config.structured.enabled {
-        let (m, keep, loss) = structured_variant(
-            &model,
-            &config.structured,
-            &data,
-            &vocab,
-            seed,
-            config.device,
-        )?;
-        let (mut h0, mut h1, mut f0, mut f1) = (0usize, 0usize, 0usize, 0usize);
-        let cfg = model.config();
-        for (l, k) in keep.iter().enumerate() {
-            let s = cfg.layer_shape(l);
-            h0 += s.heads + s.cross_heads;
-            h1 += k.heads.len() + k.cross_heads.len();
-            f0 += s.ff;
-            f1 += k.ff.len();
-        }
-        report.structured_removed = Some((
-            1.0 - h1 as f64 / h0.max(1) as f64,
-            1.0 - f1 as f64 / f0.max(1) as f64,
-        ));
-        report.structured_keep = Some(keep);
-        report.recovery_loss.insert("pruned".into(), loss);
-        report.notes.insert(
-            "pruned".into(),
-            "physically smaller f32 tensors (config.json layer_shapes)".into(),
-        );
-        pruned_model = Some(m.clone());
-        finish("pruned", m, &mut rows)?;
-    }
-    if config.quantize.enabled {
-        let bits = config.quantize.bits.name();
-        let note = format!(
-            "burn QFloat weights ({bits}, symmetric, min/max scales {}): the record stores the quantized values and their scales and reloads quantized; burn's flex backend dequantizes the weights for each matmul (f32 compute){}",
-            if config.quantize.block == 0 {
-                "per tensor".to_owned()
-            } else {
-                format!("per block of {}", config.quantize.block)
-            },
-            if config.quantize.bits == Bits::Int4 {
-                "; flex keeps one byte per 4-bit value, so int4 files are no smaller than int8"
-            } else {
-                ""
-            }
-        );
-        let mut todo = vec![(bits.to_owned(), model.clone())];
-        if let Some(p) = pruned_model.take().filter(|_| config.quantize.pruned) {
-            todo.push((format!("pruned_{bits}"), p));
-        }
-        for (name, m) in todo {
-            let q = quantize(m, config.quantize.spec())?;
-            report.notes.insert(name.clone(), note.clone());
-            finish(&name, q, &mut rows)?;
-        }
     }
 
-    let all: Vec<&MultimodalModel> = std::iter::once(&model).chain(built.iter()).collect();
-    let speeds = throughput(
-        &all,
-        &data,
-        &vocab,
-        &val,
-        config.eval_batch_size,
-        config.throughput_rounds,
+    /// Times the original and every variant on val, interleaved, and fills in the rows' speeds.
+    fn measure_throughput(&mut self, config: &CompressConfig) {
+        let source = self.source;
+        let all: Vec<&MultimodalModel> = std::iter::once(&source.model)
+            .chain(self.built.iter())
+            .collect();
+        let speeds = throughput(
+            &all,
+            &source.data,
+            &source.vocab,
+            &source.val,
+            config.eval_batch_size,
+            config.throughput_rounds,
+        );
+        for (r, s) in self.rows.iter_mut().zip(speeds) {
+            r.cpu_infer_samples_per_s = s;
+        }
+    }
+}
+
+/// The sparse variant: magnitude pruning with recovery, and its measured sparsity.
+fn build_sparse(
+    config: &CompressConfig,
+    seed: u64,
+    source: &Source,
+    variants: &mut Variants,
+    report: &mut CompressReport,
+) -> Result<()> {
+    let (m, layer_rows, loss) = sparse_variant(
+        &source.model,
+        &config.sparse,
+        &source.data,
+        &source.vocab,
+        seed,
+        config.device,
+    )?;
+    report.sparse_overall = Some(crate::sparse::overall(&layer_rows));
+    report.sparsity = layer_rows;
+    report.recovery_loss.insert("sparse".into(), loss);
+    report.notes.insert(
+        "sparse".into(),
+        "dense f32 storage with exact zeros: the file and the dense matmuls do not shrink".into(),
     );
-    for (r, s) in rows.iter_mut().zip(speeds) {
-        r.cpu_infer_samples_per_s = s;
+    variants.finish("sparse", m)
+}
+
+/// The pruned variant: heads and neurons removed, with recovery. Returns the pruned model (before saving) for
+/// the quantized copy.
+fn build_pruned(
+    config: &CompressConfig,
+    seed: u64,
+    source: &Source,
+    variants: &mut Variants,
+    report: &mut CompressReport,
+) -> Result<MultimodalModel> {
+    let (m, keep, loss) = structured_variant(
+        &source.model,
+        &config.structured,
+        &source.data,
+        &source.vocab,
+        seed,
+        config.device,
+    )?;
+    let (mut h0, mut h1, mut f0, mut f1) = (0usize, 0usize, 0usize, 0usize);
+    let cfg = source.model.config();
+    for (l, k) in keep.iter().enumerate() {
+        let s = cfg.layer_shape(l);
+        h0 += s.heads + s.cross_heads;
+        h1 += k.heads.len() + k.cross_heads.len();
+        f0 += s.ff;
+        f1 += k.ff.len();
     }
+    report.structured_removed = Some((
+        1.0 - h1 as f64 / h0.max(1) as f64,
+        1.0 - f1 as f64 / f0.max(1) as f64,
+    ));
+    report.structured_keep = Some(keep);
+    report.recovery_loss.insert("pruned".into(), loss);
+    report.notes.insert(
+        "pruned".into(),
+        "physically smaller f32 tensors (config.json layer_shapes)".into(),
+    );
+    let pruned = m.clone();
+    variants.finish("pruned", m)?;
+    Ok(pruned)
+}
+
+/// The quantized variants: the original's, and the pruned model's when asked.
+fn build_quantized(
+    config: &CompressConfig,
+    source: &Source,
+    pruned_model: Option<MultimodalModel>,
+    variants: &mut Variants,
+    report: &mut CompressReport,
+) -> Result<()> {
+    let bits = config.quantize.bits.name();
+    let note = format!(
+        "burn QFloat weights ({bits}, symmetric, min/max scales {}): the record stores the quantized values and their scales and reloads quantized; burn's flex backend dequantizes the weights for each matmul (f32 compute){}",
+        if config.quantize.block == 0 {
+            "per tensor".to_owned()
+        } else {
+            format!("per block of {}", config.quantize.block)
+        },
+        if config.quantize.bits == Bits::Int4 {
+            "; flex keeps one byte per 4-bit value, so int4 files are no smaller than int8"
+        } else {
+            ""
+        }
+    );
+    let mut todo = vec![(bits.to_owned(), source.model.clone())];
+    if let Some(p) = pruned_model.filter(|_| config.quantize.pruned) {
+        todo.push((format!("pruned_{bits}"), p));
+    }
+    for (name, m) in todo {
+        let q = quantize(m, config.quantize.spec())?;
+        report.notes.insert(name.clone(), note.clone());
+        variants.finish(&name, q)?;
+    }
+    Ok(())
+}
+
+/// Writes `compress.parquet`, `sparsity.parquet` (when there is a sparse variant), the variant folders,
+/// `models.json` and `report.json`.
+fn write_outputs(
+    writer: &mut ArtifactWriter,
+    variants: Variants,
+    report: &mut CompressReport,
+) -> Result<()> {
+    let Variants { rows, entries, .. } = variants;
     let (schema, batch) = table(&rows)?;
     writer.write_table("compress", Role::Report, schema, &[batch])?;
     if !report.sparsity.is_empty() {
@@ -830,7 +970,6 @@ pub fn run(
     }
     writer.write_json(mmrl_model::predict::MODELS_FILE, Role::State, &entries)?;
     report.variants = rows;
-    writer.write_json("report.json", Role::Report, &report)?;
-    writer.commit()?;
-    Ok(report)
+    writer.write_json("report.json", Role::Report, &*report)?;
+    Ok(())
 }

@@ -195,12 +195,12 @@ impl Domain {
                 }
                 for (i, c) in choices.iter().enumerate() {
                     if choices[..i].contains(c) {
-                        return Err(bad(name, format!("choice {c} is listed twice")));
+                        return Err(bad(name, format!("choices: {c} is listed twice")));
                     }
                     if c.is_null() || c.is_array() || c.is_object() {
                         return Err(bad(
                             name,
-                            format!("choice {c} must be a string, number or bool"),
+                            format!("choices: {c} must be a string, number or bool"),
                         ));
                     }
                 }

@@ -38,7 +38,7 @@ fn bad_spaces_are_errors_naming_the_parameter() {
         ),
         (
             r#"c = { type = "categorical", choices = ["a", "a"] }"#,
-            "\"c\": choice \"a\" is listed twice",
+            "\"c\": choices: \"a\" is listed twice",
         ),
         (
             r#"c = { type = "categorical" }"#,

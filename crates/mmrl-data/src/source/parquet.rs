@@ -17,7 +17,26 @@ use crate::{Error, Result};
 const BATCH_ROWS: usize = 256;
 
 /// Reads every row of a Parquet file; a row's line is its index + 1.
+///
+/// The parquet crate panics on some malformed files (metadata offsets out of range, found by the fuzz targets
+/// in tests/tests/fuzz); a user's file must get an error naming it, so a panic while reading becomes one.
 pub(super) fn read_parquet(file: &SourceFile) -> Result<FilePart> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_parquet_file(file))).unwrap_or_else(
+        |panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("malformed data");
+            Err(Error::Dataset {
+                path: file.path.clone(),
+                message: format!("not a readable Parquet file: the Parquet reader failed: {why}"),
+            })
+        },
+    )
+}
+
+fn read_parquet_file(file: &SourceFile) -> Result<FilePart> {
     let parquet_error = |e: &dyn std::fmt::Display| Error::Dataset {
         path: file.path.clone(),
         message: format!("not a readable Parquet file: {e}"),
