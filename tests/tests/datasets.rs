@@ -86,10 +86,8 @@ fn check_runs(name: &str, dataset: &Path) {
     );
     let root = tmp.path().join("artifacts");
     let select_test = test_rows(&root.join("select"));
-    let metrics: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(root.join("eval/metrics.json")).unwrap(),
-    )
-    .unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("eval/metrics.json")).unwrap()).unwrap();
     assert!(select_test > 0, "{name}: select wrote no test rows");
     assert_eq!(
         metrics["test"]["samples"].as_u64(),
@@ -128,7 +126,12 @@ fn generated(dir: &Path, samples: usize, keep: impl Fn(&str) -> bool) -> PathBuf
     let mut reader = csv::Reader::from_path(&manifest).unwrap();
     let header = reader.headers().unwrap().clone();
     let columns: Vec<usize> = (0..header.len()).filter(|&i| keep(&header[i])).collect();
-    let mut rows = vec![columns.iter().map(|&i| header[i].to_owned()).collect::<Vec<_>>()];
+    let mut rows = vec![
+        columns
+            .iter()
+            .map(|&i| header[i].to_owned())
+            .collect::<Vec<_>>(),
+    ];
     for record in reader.records() {
         let record = record.unwrap();
         rows.push(columns.iter().map(|&i| record[i].to_owned()).collect());
@@ -177,13 +180,25 @@ fn init_writes_a_pipeline_that_every_stage_accepts_and_names_only_what_the_data_
     let output = tmp.path().join("pipelines/mine.toml");
     let recipe = workspace_root().join("pipelines/recipe.toml");
     let profile = mmrl_data::profile::init(&folder, &output, "mine", &recipe, false).unwrap();
-    assert_eq!(profile.rows, 120 - profile.ingest["rejected"].as_u64().unwrap() as usize);
+    assert_eq!(
+        profile.rows,
+        120 - profile.ingest["rejected"].as_u64().unwrap() as usize
+    );
     let text = std::fs::read_to_string(&output).unwrap();
-    for fragment in ["extends = ", "dataset = ", "[stages.image.params]", "size = 32", "sample_rate = 8000"] {
+    for fragment in [
+        "extends = ",
+        "dataset = ",
+        "[stages.image.params]",
+        "size = 32",
+        "sample_rate = 8000",
+    ] {
         assert!(text.contains(fragment), "{fragment:?} missing from\n{text}");
     }
     // No question type, task or column of any dataset is named outside the comments.
-    let settings: String = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    let settings: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
     for name in ["shapes", "temperature", "battery", "count_shapes"] {
         assert!(!settings.contains(name), "{name} in the settings:\n{text}");
     }

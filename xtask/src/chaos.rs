@@ -176,7 +176,9 @@ impl Tally {
 /// Runs the crash test; returns what it found (an `Err` only when the test itself could not run).
 pub fn run(opts: &ChaosOptions) -> Result<Tally> {
     if !Path::new("/proc/self/stat").exists() {
-        bail!("xtask chaos finds and kills processes through /proc, which this system does not have");
+        bail!(
+            "xtask chaos finds and kills processes through /proc, which this system does not have"
+        );
     }
     let started = Instant::now();
     let pipeline = Pipeline::load(&opts.config)?;
@@ -224,7 +226,10 @@ pub fn run(opts: &ChaosOptions) -> Result<Tally> {
 fn selected(opts: &ChaosOptions, order: &[String]) -> Result<Vec<String>> {
     for s in &opts.stages {
         if !order.contains(s) {
-            bail!("--stage {s}: no such stage; stages are {}", order.join(", "));
+            bail!(
+                "--stage {s}: no such stage; stages are {}",
+                order.join(", ")
+            );
         }
     }
     Ok(order
@@ -381,8 +386,8 @@ impl Chaos<'_> {
     /// Drops `stage`'s entry from the runner's lock, so the next run runs it (over its current artifact).
     fn forget(&self, stage: &str) -> Result<()> {
         let path = self.dir.join("pipeline.lock.json");
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let mut lock: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         if let Some(stages) = lock.get_mut("stages").and_then(|s| s.as_object_mut()) {
@@ -446,7 +451,9 @@ impl Chaos<'_> {
     /// Records every directory under the artifacts folder that reads as complete but is not.
     fn check_artifacts(&mut self, when: &str) {
         for problem in incomplete_artifacts(&self.dir) {
-            self.tally.read_as_complete.push(format!("{when}: {problem}"));
+            self.tally
+                .read_as_complete
+                .push(format!("{when}: {problem}"));
         }
     }
 
@@ -942,7 +949,10 @@ mod tests {
         assert_eq!(points.len(), 5);
         for (i, p) in points.iter().enumerate() {
             let slice = Duration::from_secs(2);
-            assert!(*p >= slice * i as u32 && *p < slice * (i as u32 + 1), "{points:?}");
+            assert!(
+                *p >= slice * i as u32 && *p < slice * (i as u32 + 1),
+                "{points:?}"
+            );
         }
         assert_eq!(points, kill_points(&mut Rng::new(7), 5, d));
         assert_ne!(points, kill_points(&mut Rng::new(8), 5, d));
@@ -969,7 +979,10 @@ mod tests {
         std::fs::write(dir.join("models/m/w.bin"), b"weights").unwrap();
         let a = hash_file(&dir.join("a.txt")).unwrap();
         let m = hash_dir(&dir.join("models")).unwrap();
-        let content = combine(vec![("a.txt".into(), a.clone()), ("models".into(), m.clone())]);
+        let content = combine(vec![
+            ("a.txt".into(), a.clone()),
+            ("models".into(), m.clone()),
+        ]);
         let manifest = serde_json::json!({
             "content_hash": content,
             "finished_at": "2026-01-01T00:00:00.000Z",

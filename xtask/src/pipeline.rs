@@ -438,7 +438,8 @@ mod tests {
             "[stages.a]\n        run = \"bin-a gen\"",
             "[stages.a]\n        run = \"bin-a gen\"\n        inputs = { dataset = \"$dataset\" }",
         );
-        let p = Pipeline::parse(&text.replace("name = \"t\"", "name = \"t\"\ndataset = \"../d\"")).unwrap();
+        let p = Pipeline::parse(&text.replace("name = \"t\"", "name = \"t\"\ndataset = \"../d\""))
+            .unwrap();
         assert!(p.reads_dataset());
         assert_eq!(p.source("$dataset"), Source::Dataset);
         assert_eq!(p.pipeline.dataset.as_deref(), Some("../d"));

@@ -590,7 +590,13 @@ fn search_space(profile: &Profile, c: &Choices) -> String {
     }
     t.lines()
         .enumerate()
-        .map(|(i, l)| if i < 2 { l.to_owned() } else { format!("# {l}") })
+        .map(|(i, l)| {
+            if i < 2 {
+                l.to_owned()
+            } else {
+                format!("# {l}")
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }

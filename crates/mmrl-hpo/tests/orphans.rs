@@ -54,8 +54,12 @@ fn children(pid: u32, word: &str) -> Vec<u32> {
 
 /// Whether `pid` is a live process (a zombie waiting to be reaped is not).
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !matches!(s[s.rfind(')').unwrap() + 1..].split_whitespace().next(), Some("Z" | "X")))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !matches!(
+            s[s.rfind(')').unwrap() + 1..].split_whitespace().next(),
+            Some("Z" | "X")
+        )
+    })
 }
 
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -88,8 +92,10 @@ fn a_trial_dies_with_the_hpo_process_that_started_it() {
     let started = wait_until(Duration::from_secs(60), || {
         trial = children(hpo.id(), " toy --params");
         trial.retain(|&p| {
-            String::from_utf8_lossy(&std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default())
-                .contains("--output")
+            String::from_utf8_lossy(
+                &std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default(),
+            )
+            .contains("--output")
         });
         !trial.is_empty()
     });
@@ -100,9 +106,14 @@ fn a_trial_dies_with_the_hpo_process_that_started_it() {
     hpo.wait().unwrap();
     let gone = wait_until(Duration::from_secs(5), || !alive(trial));
     if !gone {
-        let _ = Command::new("kill").args(["-9", &trial.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-9", &trial.to_string()])
+            .status();
     }
-    assert!(gone, "trial process {trial} outlived the killed hpo process");
+    assert!(
+        gone,
+        "trial process {trial} outlived the killed hpo process"
+    );
     // Nothing writes into the study any more: the interrupted trial never committed an artifact.
     assert!(!Path::new(&tmp.path().join(".hpo.hpo-study/trials/0/manifest.json")).exists());
 }
@@ -135,5 +146,8 @@ fn a_stage_whose_starter_is_already_gone_stops_at_once() {
     );
     let out = check_with_parent("not-a-pid");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("MMRL_PARENT_PID=\"not-a-pid\""), "{err}");
+    assert!(
+        !out.status.success() && err.contains("MMRL_PARENT_PID=\"not-a-pid\""),
+        "{err}"
+    );
 }

@@ -225,8 +225,9 @@ pub fn run(bench: &BenchConfig) -> Result<BenchResult> {
             phases = TrainPhases::default();
         }
         let seeds: Vec<u64> = (0..shards).map(|_| rng.random()).collect();
-        let (step_phases, next) =
-            train_step(model, &mut optim, &parts, &seeds, normalizer, &config, threads)?;
+        let (step_phases, next) = train_step(
+            model, &mut optim, &parts, &seeds, normalizer, &config, threads,
+        )?;
         phases.add(&step_phases);
         model = next;
     }

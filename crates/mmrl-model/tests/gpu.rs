@@ -27,8 +27,7 @@ fn a_gpu_device_this_binary_lacks_is_a_config_error_naming_the_feature() {
         let err = kind.device().unwrap_err();
         let message = err.to_string();
         assert!(
-            message.contains("device")
-                && message.contains(&format!("--features {}", kind.name())),
+            message.contains("device") && message.contains(&format!("--features {}", kind.name())),
             "{message}"
         );
     }
@@ -141,8 +140,18 @@ mod parity {
             cpu.1,
             rel(cpu.1, gpu.1)
         );
-        assert!(rel(cpu.0.into(), gpu.0.into()) <= 1e-4, "loss {} vs {}", cpu.0, gpu.0);
-        assert!(rel(cpu.1, gpu.1) <= 1e-3, "grad norm {} vs {}", cpu.1, gpu.1);
+        assert!(
+            rel(cpu.0.into(), gpu.0.into()) <= 1e-4,
+            "loss {} vs {}",
+            cpu.0,
+            gpu.0
+        );
+        assert!(
+            rel(cpu.1, gpu.1) <= 1e-3,
+            "grad norm {} vs {}",
+            cpu.1,
+            gpu.1
+        );
         assert_eq!(cpu.2, gpu.2, "greedy answers");
     }
 
@@ -185,7 +194,12 @@ mod parity {
         );
         assert_eq!(cpu.1, gpu.1, "optimizer steps");
         assert!(cpu.0 > 0.0, "the cpu run learned nothing: {}", cpu.0);
-        assert!((cpu.0 - gpu.0).abs() <= 0.05, "val exact match {} vs cpu {}", gpu.0, cpu.0);
+        assert!(
+            (cpu.0 - gpu.0).abs() <= 0.05,
+            "val exact match {} vs cpu {}",
+            gpu.0,
+            cpu.0
+        );
     }
 
     #[cfg(feature = "cuda")]

@@ -13,9 +13,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use proptest::strategy::Strategy;
-use proptest::test_runner::{
-    Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
-};
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
 /// What one case of a target came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +32,11 @@ enum Budget {
 }
 
 fn budget(default_cases: u64) -> Budget {
-    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<f64>().ok());
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
     match (var("MMRL_FUZZ_SECONDS"), var("MMRL_FUZZ_CASES")) {
         (Some(s), _) if s > 0.0 => Budget::Time(Duration::from_secs_f64(s)),
         (_, Some(n)) if n >= 1.0 => Budget::Cases(n as u64),

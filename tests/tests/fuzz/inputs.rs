@@ -5,7 +5,9 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray, StructArray};
+use arrow::array::{
+    ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray, StructArray,
+};
 use arrow::datatypes::{DataType, Field, Fields, Schema};
 use mmrl_tests::workspace_root;
 use proptest::prelude::*;
@@ -90,7 +92,9 @@ fn images() -> Vec<(String, Vec<u8>)> {
     let px = |x: u32, y: u32, c: u32| ((x * 37 + y * 11 + c * 71) % 256) as u8;
     let l8 = ImageBuffer::from_fn(w, h, |x, y| image::Luma([px(x, y, 0)]));
     let la8 = ImageBuffer::from_fn(w, h, |x, y| image::LumaA([px(x, y, 0), px(x, y, 1)]));
-    let rgb8 = ImageBuffer::from_fn(w, h, |x, y| image::Rgb([px(x, y, 0), px(x, y, 1), px(x, y, 2)]));
+    let rgb8 = ImageBuffer::from_fn(w, h, |x, y| {
+        image::Rgb([px(x, y, 0), px(x, y, 1), px(x, y, 2)])
+    });
     let rgba8 = ImageBuffer::from_fn(w, h, |x, y| {
         image::Rgba([px(x, y, 0), px(x, y, 1), px(x, y, 2), px(x, y, 3)])
     });
@@ -101,13 +105,34 @@ fn images() -> Vec<(String, Vec<u8>)> {
         out.into_inner()
     };
     vec![
-        ("l8.png".into(), encode(DynamicImage::ImageLuma8(l8.clone()), ImageFormat::Png)),
-        ("la8.png".into(), encode(DynamicImage::ImageLumaA8(la8), ImageFormat::Png)),
-        ("rgb8.png".into(), encode(DynamicImage::ImageRgb8(rgb8.clone()), ImageFormat::Png)),
-        ("rgba8.png".into(), encode(DynamicImage::ImageRgba8(rgba8), ImageFormat::Png)),
-        ("l16.png".into(), encode(DynamicImage::ImageLuma16(l16), ImageFormat::Png)),
-        ("grey.jpg".into(), encode(DynamicImage::ImageLuma8(l8), ImageFormat::Jpeg)),
-        ("rgb.jpg".into(), encode(DynamicImage::ImageRgb8(rgb8), ImageFormat::Jpeg)),
+        (
+            "l8.png".into(),
+            encode(DynamicImage::ImageLuma8(l8.clone()), ImageFormat::Png),
+        ),
+        (
+            "la8.png".into(),
+            encode(DynamicImage::ImageLumaA8(la8), ImageFormat::Png),
+        ),
+        (
+            "rgb8.png".into(),
+            encode(DynamicImage::ImageRgb8(rgb8.clone()), ImageFormat::Png),
+        ),
+        (
+            "rgba8.png".into(),
+            encode(DynamicImage::ImageRgba8(rgba8), ImageFormat::Png),
+        ),
+        (
+            "l16.png".into(),
+            encode(DynamicImage::ImageLuma16(l16), ImageFormat::Png),
+        ),
+        (
+            "grey.jpg".into(),
+            encode(DynamicImage::ImageLuma8(l8), ImageFormat::Jpeg),
+        ),
+        (
+            "rgb.jpg".into(),
+            encode(DynamicImage::ImageRgb8(rgb8), ImageFormat::Jpeg),
+        ),
     ]
 }
 
@@ -145,22 +170,30 @@ fn write_artifact(dir: &Path) {
         let n = 16;
         let ids: Vec<String> = (from..from + n).map(|i| format!("s{i}")).collect();
         let questions: Vec<String> = (from..from + n).map(|i| format!("what is {i}?")).collect();
-        let images: Vec<Option<Vec<u8>>> =
-            (from..from + n).map(|i| (i % 3 != 0).then(|| vec![i as u8; i % 40])).collect();
+        let images: Vec<Option<Vec<u8>>> = (from..from + n)
+            .map(|i| (i % 3 != 0).then(|| vec![i as u8; i % 40]))
+            .collect();
         RecordBatch::try_new(
             schema.clone(),
             vec![
                 Arc::new(StringArray::from(ids)) as ArrayRef,
                 Arc::new(StringArray::from(questions)),
                 Arc::new(BinaryArray::from_iter(images.iter().map(|v| v.as_deref()))),
-                Arc::new(Float64Array::from_iter((from..from + n).map(|i| (i % 5 != 0).then_some(i as f64 / 3.0)))),
+                Arc::new(Float64Array::from_iter(
+                    (from..from + n).map(|i| (i % 5 != 0).then_some(i as f64 / 3.0)),
+                )),
             ],
         )
         .unwrap()
     };
     let mut writer = mmrl_artifact::ArtifactWriter::create(dir, info).unwrap();
     writer
-        .write_table("samples", mmrl_artifact::Role::Data, schema.clone(), &[batch(0), batch(16), batch(32)])
+        .write_table(
+            "samples",
+            mmrl_artifact::Role::Data,
+            schema.clone(),
+            &[batch(0), batch(16), batch(32)],
+        )
         .unwrap();
     writer.commit().unwrap();
 }
@@ -177,7 +210,12 @@ pub fn rehash(dir: &Path, file: &str) {
     }
     let listed: Vec<(String, String)> = outputs
         .iter()
-        .map(|o| (o["file"].as_str().unwrap().to_owned(), o["blake3"].as_str().unwrap().to_owned()))
+        .map(|o| {
+            (
+                o["file"].as_str().unwrap().to_owned(),
+                o["blake3"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     m["content_hash"] =
         mmrl_artifact::hash::combine(listed.iter().map(|(f, h)| (f.as_str(), h.as_str()))).into();
@@ -232,32 +270,91 @@ pub enum Layout {
 
 /// Cells users write, good and bad.
 const CELLS: &[&str] = &[
-    "", " ", "x", "What color is the shape?", "red", "2", "-0", "1e309", "NaN", "inf", "-inf", "0x10", "3.5",
-    "train", "val", "test", "validation", "Train", "bogus", "image", "audio", "image audio", "tabular video",
-    "a.png", "b.wav", "c.png", "d.wav", "e.jpg", "missing.png", "../a.png", "/etc/passwd", "a.png;b.wav",
-    "sub/../a.png", "file:///a.png", "\"quoted, comma\"", "line\nbreak", "é中文🙂", "\u{0}", "null", "[1,2]",
-    "{\"a\":1}", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "",
+    " ",
+    "x",
+    "What color is the shape?",
+    "red",
+    "2",
+    "-0",
+    "1e309",
+    "NaN",
+    "inf",
+    "-inf",
+    "0x10",
+    "3.5",
+    "train",
+    "val",
+    "test",
+    "validation",
+    "Train",
+    "bogus",
+    "image",
+    "audio",
+    "image audio",
+    "tabular video",
+    "a.png",
+    "b.wav",
+    "c.png",
+    "d.wav",
+    "e.jpg",
+    "missing.png",
+    "../a.png",
+    "/etc/passwd",
+    "a.png;b.wav",
+    "sub/../a.png",
+    "file:///a.png",
+    "\"quoted, comma\"",
+    "line\nbreak",
+    "é中文🙂",
+    "\u{0}",
+    "null",
+    "[1,2]",
+    "{\"a\":1}",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
 ];
 
 /// Columns of a manifest or metadata file: the roles, mapped names and features.
 const COLUMNS: &[&str] = &[
-    "id", "question", "answer", "image", "audio", "split", "task", "qtype", "modalities", "file_name",
-    "image_file_name", "audio_file_name", "label", "f1", "color", "accept", "check_range", "id",
+    "id",
+    "question",
+    "answer",
+    "image",
+    "audio",
+    "split",
+    "task",
+    "qtype",
+    "modalities",
+    "file_name",
+    "image_file_name",
+    "audio_file_name",
+    "label",
+    "f1",
+    "color",
+    "accept",
+    "check_range",
+    "id",
 ];
 
 /// Media files beside the manifest: valid ones, and mutated copies under the names the cells use.
 fn media() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
     let seeds = Seeds::get();
-    (0..seeds.images.len(), 0..seeds.wavs.len(), mutations(3), mutations(3)).prop_map(|(i, w, mi, mw)| {
-        let seeds = Seeds::get();
-        vec![
-            ("a.png".into(), seeds.images[2].1.clone()),
-            ("b.wav".into(), seeds.wavs[1].clone()),
-            ("c.png".into(), mutate(&seeds.images[i].1, &mi)),
-            ("d.wav".into(), mutate(&seeds.wavs[w], &mw)),
-            ("e.jpg".into(), seeds.images[6].1.clone()),
-        ]
-    })
+    (
+        0..seeds.images.len(),
+        0..seeds.wavs.len(),
+        mutations(3),
+        mutations(3),
+    )
+        .prop_map(|(i, w, mi, mw)| {
+            let seeds = Seeds::get();
+            vec![
+                ("a.png".into(), seeds.images[2].1.clone()),
+                ("b.wav".into(), seeds.wavs[1].clone()),
+                ("c.png".into(), mutate(&seeds.images[i].1, &mi)),
+                ("d.wav".into(), mutate(&seeds.wavs[w], &mw)),
+                ("e.jpg".into(), seeds.images[6].1.clone()),
+            ]
+        })
 }
 
 fn cell() -> impl Strategy<Value = String> {
@@ -289,9 +386,15 @@ fn table() -> impl Strategy<Value = (Vec<String>, Vec<Vec<String>>)> {
 /// A dataset in `layout`, malformed.
 pub fn dataset(layout: Layout) -> BoxedStrategy<Dataset> {
     match layout {
-        Layout::ManifestCsv => (table(), media(), proptest::option::weighted(0.3, mutations(2)))
+        Layout::ManifestCsv => (
+            table(),
+            media(),
+            proptest::option::weighted(0.3, mutations(2)),
+        )
             .prop_map(|((header, rows), mut files, m)| {
-                let mut w = csv::WriterBuilder::new().flexible(true).from_writer(Vec::new());
+                let mut w = csv::WriterBuilder::new()
+                    .flexible(true)
+                    .from_writer(Vec::new());
                 w.write_record(&header).unwrap();
                 for row in &rows {
                     w.write_record(row).unwrap();
@@ -302,7 +405,12 @@ pub fn dataset(layout: Layout) -> BoxedStrategy<Dataset> {
                 Dataset { files }
             })
             .boxed(),
-        Layout::MetadataJsonl => (table(), media(), any::<bool>(), proptest::option::weighted(0.3, mutations(2)))
+        Layout::MetadataJsonl => (
+            table(),
+            media(),
+            any::<bool>(),
+            proptest::option::weighted(0.3, mutations(2)),
+        )
             .prop_map(|((header, rows), files, in_split, m)| {
                 let folder = if in_split { "train/" } else { "" };
                 let mut text = Vec::new();
@@ -316,16 +424,23 @@ pub fn dataset(layout: Layout) -> BoxedStrategy<Dataset> {
                     text.push(b'\n');
                 }
                 let text = m.map_or(text.clone(), |m| mutate(&text, &m));
-                let mut files: Vec<(String, Vec<u8>)> =
-                    files.into_iter().map(|(n, b)| (format!("{folder}{n}"), b)).collect();
+                let mut files: Vec<(String, Vec<u8>)> = files
+                    .into_iter()
+                    .map(|(n, b)| (format!("{folder}{n}"), b))
+                    .collect();
                 files.push((format!("{folder}metadata.jsonl"), text));
                 Dataset { files }
             })
             .boxed(),
-        Layout::Parquet => (parquet_rows(), proptest::option::weighted(0.5, mutations(3)))
+        Layout::Parquet => (
+            parquet_rows(),
+            proptest::option::weighted(0.5, mutations(3)),
+        )
             .prop_map(|(bytes, m)| {
                 let bytes = m.map_or(bytes.clone(), |m| mutate(&bytes, &m));
-                Dataset { files: vec![("data/train-00000-of-00001.parquet".into(), bytes)] }
+                Dataset {
+                    files: vec![("data/train-00000-of-00001.parquet".into(), bytes)],
+                }
             })
             .boxed(),
     }
@@ -338,7 +453,13 @@ fn json_cell(text: &str) -> serde_json::Value {
 
 /// A `datasets`-style Parquet file: text columns, a `ClassLabel`-like integer label and an image struct column.
 fn parquet_rows() -> impl Strategy<Value = Vec<u8>> {
-    let row = (cell(), cell(), -2i64..4, proptest::option::of(0..Seeds::get().images.len()), proptest::option::of(any::<f64>()));
+    let row = (
+        cell(),
+        cell(),
+        -2i64..4,
+        proptest::option::of(0..Seeds::get().images.len()),
+        proptest::option::of(any::<f64>()),
+    );
     (proptest::collection::vec(row, 1..6), any::<bool>()).prop_map(|(rows, hf_meta)| {
         let seeds = Seeds::get();
         let image_fields = Fields::from(vec![
@@ -415,11 +536,43 @@ pub enum TextEdit {
 }
 
 const WORDS: &[&str] = &[
-    "", "0", "-1", "1e999", "nan", "inf", "\"\"", "\"x\"", "[]", "{}", "true", "=", "[", "]", "\"", "{", "}",
-    "extends = \"default.toml\"", "extends = \"fuzz.toml\"", "extends = \"/nonexistent.toml\"", "[stages.x]",
-    "run = \"mmrl-data\"", "run = \"a b c\"", "inputs = { samples = \"nope\" }", "inputs = { a = \"ingest/../x\" }",
-    "tune = \"hpo\"", "tune = \"sft\"", "seed = -1", "18446744073709551616", "dataset = \"\"", "\"trial\": 1",
-    "\"event\": \"finish\"", "\"state\": \"running\"", "\"trial\": 99", "null", "1.5", "\u{feff}",
+    "",
+    "0",
+    "-1",
+    "1e999",
+    "nan",
+    "inf",
+    "\"\"",
+    "\"x\"",
+    "[]",
+    "{}",
+    "true",
+    "=",
+    "[",
+    "]",
+    "\"",
+    "{",
+    "}",
+    "extends = \"default.toml\"",
+    "extends = \"fuzz.toml\"",
+    "extends = \"/nonexistent.toml\"",
+    "[stages.x]",
+    "run = \"mmrl-data\"",
+    "run = \"a b c\"",
+    "inputs = { samples = \"nope\" }",
+    "inputs = { a = \"ingest/../x\" }",
+    "tune = \"hpo\"",
+    "tune = \"sft\"",
+    "seed = -1",
+    "18446744073709551616",
+    "dataset = \"\"",
+    "\"trial\": 1",
+    "\"event\": \"finish\"",
+    "\"state\": \"running\"",
+    "\"trial\": 99",
+    "null",
+    "1.5",
+    "\u{feff}",
 ];
 
 fn word() -> impl Strategy<Value = String> {
@@ -486,7 +639,11 @@ pub fn edit_text(text: &[u8], edits: &[TextEdit]) -> Vec<u8> {
 
 /// A valid journal of a few trials (as `JournalStorage` writes it), then edited.
 pub fn journal() -> impl Strategy<Value = Vec<u8>> {
-    let trial = (any::<bool>(), 0u8..4, proptest::sample::select(vec!["complete", "pruned", "failed", "interrupted"]));
+    let trial = (
+        any::<bool>(),
+        0u8..4,
+        proptest::sample::select(vec!["complete", "pruned", "failed", "interrupted"]),
+    );
     (proptest::collection::vec(trial, 1..5), text_edits(), proptest::option::weighted(0.2, mutations(2))).prop_map(
         |(trials, edits, m)| {
             let mut lines = Vec::new();
@@ -528,11 +685,34 @@ pub enum ParamEdit {
 fn value() -> impl Strategy<Value = toml::Value> {
     use toml::Value as V;
     prop_oneof![
-        proptest::sample::select(vec![0i64, -1, 1, 2, 3, 7, 1 << 40, i64::MAX, i64::MIN]).prop_map(V::Integer),
-        proptest::sample::select(vec![0.0, -0.5, 0.5, 1.0, 1.5, 1e-12, 1e308, f64::NAN, f64::INFINITY, f64::NEG_INFINITY])
-            .prop_map(V::Float),
-        proptest::sample::select(vec!["", "x", "none", "random", "median", "train", "test", "log", "mmrl-model sft", "é"])
-            .prop_map(|s| V::String(s.to_owned())),
+        proptest::sample::select(vec![0i64, -1, 1, 2, 3, 7, 1 << 40, i64::MAX, i64::MIN])
+            .prop_map(V::Integer),
+        proptest::sample::select(vec![
+            0.0,
+            -0.5,
+            0.5,
+            1.0,
+            1.5,
+            1e-12,
+            1e308,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY
+        ])
+        .prop_map(V::Float),
+        proptest::sample::select(vec![
+            "",
+            "x",
+            "none",
+            "random",
+            "median",
+            "train",
+            "test",
+            "log",
+            "mmrl-model sft",
+            "é"
+        ])
+        .prop_map(|s| V::String(s.to_owned())),
         any::<bool>().prop_map(V::Boolean),
         Just(V::Array(vec![])),
         Just(V::Array(vec![V::Integer(1), V::String("a".into())])),
@@ -631,17 +811,25 @@ pub fn check_params(run: &str, file: &Path) -> Result<(), String> {
     };
     let done = |r: Result<Option<()>, String>| r.map(|_| ());
     match run {
-        "mmrl-data generate" => config(&args, mmrl_data::generate::GenerateConfig::validate).map(|_| ()),
+        "mmrl-data generate" => {
+            config(&args, mmrl_data::generate::GenerateConfig::validate).map(|_| ())
+        }
         "mmrl-data ingest" => config(&args, mmrl_data::ingest::IngestConfig::validate).map(|_| ()),
         "mmrl-data select" => config(&args, mmrl_data::select::SelectConfig::validate).map(|_| ()),
-        "mmrl-tabular tabular" => config(&args, mmrl_tabular::stage::TabularConfig::validate).map(|_| ()),
+        "mmrl-tabular tabular" => {
+            config(&args, mmrl_tabular::stage::TabularConfig::validate).map(|_| ())
+        }
         "mmrl-image image" => config(&args, mmrl_image::ImageConfig::validate).map(|_| ()),
         "mmrl-audio audio" => config(&args, mmrl_audio::stage::AudioConfig::validate).map(|_| ()),
         "mmrl-hpo hpo" => config(&args, mmrl_hpo::stage::HpoConfig::validate).map(|_| ()),
         "mmrl-model sft" => config(&args, mmrl_model::sft::SftConfig::validate).map(|_| ()),
-        "mmrl-model predict" => config(&args, mmrl_model::predict::PredictConfig::validate).map(|_| ()),
+        "mmrl-model predict" => {
+            config(&args, mmrl_model::predict::PredictConfig::validate).map(|_| ())
+        }
         "mmrl-rl rl" => config(&args, mmrl_rl::config::RlConfig::validate).map(|_| ()),
-        "mmrl-compress compress" => config(&args, mmrl_compress::stage::CompressConfig::validate).map(|_| ()),
+        "mmrl-compress compress" => {
+            config(&args, mmrl_compress::stage::CompressConfig::validate).map(|_| ())
+        }
         "mmrl-eval eval" => config(&args, mmrl_eval::EvalConfig::validate).map(|_| ()),
         other => done(Err(format!("no params check for stage {other:?}"))),
     }

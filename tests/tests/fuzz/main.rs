@@ -58,7 +58,9 @@ fn wav_decoding_never_panics() {
 fn check_image(bytes: &[u8], scaled: bool) -> Result<Outcome, String> {
     let probe = match mmrl_image::decode::probe(bytes) {
         Ok(p) => p,
-        Err(r) if r.detail.trim().is_empty() => return Err(format!("{:?} with no detail", r.reason)),
+        Err(r) if r.detail.trim().is_empty() => {
+            return Err(format!("{:?} with no detail", r.reason));
+        }
         Err(_) => return Ok(Outcome::Refused),
     };
     // The stage refuses more pixels than its limit before decoding; a header may claim anything.
@@ -99,7 +101,10 @@ fn ingest(dataset: &Dataset) -> Result<Outcome, String> {
                 if let Err(r) = &row.outcome
                     && !(r.detail.contains("line ") || r.detail.contains("row "))
                 {
-                    return Err(format!("reject {} names no line or row: {}", r.reason, r.detail));
+                    return Err(format!(
+                        "reject {} names no line or row: {}",
+                        r.reason, r.detail
+                    ));
                 }
             }
             Ok(Outcome::Accepted)
@@ -116,19 +121,32 @@ fn ingest(dataset: &Dataset) -> Result<Outcome, String> {
 
 #[test]
 fn manifest_csv_rows_never_panic() {
-    driver::run("manifest.csv (mmrl-data ingest)", 300, inputs::dataset(Layout::ManifestCsv), |d| ingest(&d));
+    driver::run(
+        "manifest.csv (mmrl-data ingest)",
+        300,
+        inputs::dataset(Layout::ManifestCsv),
+        |d| ingest(&d),
+    );
 }
 
 #[test]
 fn metadata_jsonl_rows_never_panic() {
-    driver::run("metadata.jsonl (mmrl-data ingest)", 300, inputs::dataset(Layout::MetadataJsonl), |d| {
-        ingest(&d)
-    });
+    driver::run(
+        "metadata.jsonl (mmrl-data ingest)",
+        300,
+        inputs::dataset(Layout::MetadataJsonl),
+        |d| ingest(&d),
+    );
 }
 
 #[test]
 fn parquet_datasets_never_panic() {
-    driver::run("datasets Parquet (mmrl-data ingest)", 300, inputs::dataset(Layout::Parquet), |d| ingest(&d));
+    driver::run(
+        "datasets Parquet (mmrl-data ingest)",
+        300,
+        inputs::dataset(Layout::Parquet),
+        |d| ingest(&d),
+    );
 }
 
 // --- configs: pipeline files and every stage's params ---------------------------------------------------------
@@ -189,7 +207,8 @@ fn every_stage_params_never_panic() {
         |(i, edit)| {
             let (run, base) = &seeds.params[i];
             let (table, key) = inputs::edit_params(base, &edit);
-            let text = toml::to_string(&table).map_err(|e| format!("serializing the params: {e}"))?;
+            let text =
+                toml::to_string(&table).map_err(|e| format!("serializing the params: {e}"))?;
             check_params(run, &text, &key)
         },
     );
@@ -247,9 +266,12 @@ fn check_journal(text: &[u8]) -> Result<Outcome, String> {
 
 #[test]
 fn hpo_journals_never_panic() {
-    driver::run("hpo journal (mmrl-hpo JournalStorage)", 600, inputs::journal(), |text| {
-        check_journal(&text)
-    });
+    driver::run(
+        "hpo journal (mmrl-hpo JournalStorage)",
+        600,
+        inputs::journal(),
+        |text| check_journal(&text),
+    );
 }
 
 // --- inputs that once failed --------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ const BATCH_ROWS: usize = 256;
 /// The parquet crate panics on some malformed files (metadata offsets out of range, found by the fuzz targets
 /// in tests/tests/fuzz); a user's file must get an error naming it, so a panic while reading becomes one.
 pub(super) fn read_parquet(file: &SourceFile) -> Result<FilePart> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_parquet_file(file))).unwrap_or_else(
-        |panic| {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_parquet_file(file)))
+        .unwrap_or_else(|panic| {
             let why = panic
                 .downcast_ref::<String>()
                 .map(String::as_str)
@@ -32,8 +32,7 @@ pub(super) fn read_parquet(file: &SourceFile) -> Result<FilePart> {
                 path: file.path.clone(),
                 message: format!("not a readable Parquet file: the Parquet reader failed: {why}"),
             })
-        },
-    )
+        })
 }
 
 fn read_parquet_file(file: &SourceFile) -> Result<FilePart> {
