@@ -708,46 +708,16 @@ pub fn incomplete_artifacts(root: &Path) -> Vec<String> {
     problems
 }
 
-fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path)?)?;
-    Ok(hasher.finalize().to_hex().to_string())
+fn hash_file(path: &Path) -> mmrl_artifact::Result<String> {
+    mmrl_artifact::hash::hash_file(path).map(|(hash, _)| hash)
 }
 
-/// mmrl-artifact's folder hash: every regular file by relative path (links not followed), combined.
-fn hash_dir(dir: &Path) -> std::io::Result<String> {
-    let mut items = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let path = entry?.path();
-            let meta = std::fs::symlink_metadata(&path)?;
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() {
-                let rel = path.strip_prefix(dir).unwrap_or(&path);
-                let rel = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                items.push((rel, hash_file(&path)?));
-            }
-        }
-    }
-    Ok(combine(items))
+fn hash_dir(dir: &Path) -> mmrl_artifact::Result<String> {
+    mmrl_artifact::hash::hash_dir(dir).map(|(hash, _, _)| hash)
 }
 
-/// mmrl-artifact's `hash::combine`: sorted, each name length-prefixed, then its hash.
-fn combine(mut items: Vec<(String, String)>) -> String {
-    items.sort_unstable();
-    let mut hasher = blake3::Hasher::new();
-    for (name, hash) in items {
-        hasher.update(&(name.len() as u64).to_le_bytes());
-        hasher.update(name.as_bytes());
-        hasher.update(hash.as_bytes());
-    }
-    hasher.finalize().to_hex().to_string()
+fn combine(items: Vec<(String, String)>) -> String {
+    mmrl_artifact::hash::combine(items.iter().map(|(n, h)| (n.as_str(), h.as_str())))
 }
 
 /// A process seen in `/proc`, identified by pid and start time (a pid can be reused).
