@@ -48,7 +48,7 @@ pub use manifest::{
     FORMAT_VERSION, FileRecord, InputKind, InputRecord, MANIFEST_FILE, Manifest, Role,
 };
 pub use output::{check_replaceable, claim_output};
-pub use read::{Artifact, same_columns};
+pub use read::{Artifact, TableReader, same_columns};
 pub use write::{ArtifactWriter, PARTIAL_MARKER, StageInfo, TableWriter, git_revision, work_dir};
 
 // Re-exported so that stages build batches against the exact arrow this crate writes.

@@ -151,26 +151,79 @@ impl Artifact {
     }
 
     /// A streaming reader over table `name` in batches of `batch_size` rows.
-    pub fn table_reader(&self, name: &str, batch_size: usize) -> Result<ParquetRecordBatchReader> {
+    pub fn table_reader(&self, name: &str, batch_size: usize) -> Result<TableReader> {
         let path = self.file(&format!("{name}.parquet"))?;
-        parquet_builder(&path)?
+        let inner = parquet_builder(&path)?
             .with_batch_size(batch_size)
             .build()
-            .map_err(|source| ArtifactError::Parquet { path, source })
+            .map_err(|source| ArtifactError::Parquet {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(TableReader { path, inner })
     }
 
     /// Reads all of table `name` into memory.
     pub fn read_table(&self, name: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let path = self.file(&format!("{name}.parquet"))?;
         let schema = self.table_schema(name)?;
-        let batches = self
-            .table_reader(name, 8192)?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|source| ArtifactError::Arrow {
-                context: path.display().to_string(),
-                source,
-            })?;
+        let batches = self.table_reader(name, 8192)?.collect::<Result<Vec<_>>>()?;
         Ok((schema, batches))
+    }
+}
+
+/// Batches of one artifact table. Every error names the file, and a panic inside the Parquet or Arrow decoder
+/// (which they raise on some malformed pages instead of returning an error) becomes an error too: a stage never
+/// panics on a damaged table, even one whose manifest was rewritten to agree with it.
+pub struct TableReader {
+    path: PathBuf,
+    inner: ParquetRecordBatchReader,
+}
+
+impl TableReader {
+    /// The table's schema as stored in the file.
+    pub fn schema(&self) -> SchemaRef {
+        arrow::record_batch::RecordBatchReader::schema(&self.inner)
+    }
+}
+
+impl Iterator for TableReader {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let inner = &mut self.inner;
+        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // A decoded batch is also validated here: arrow's own checks panic on some inconsistent buffers
+            // when the batch is used later, so they run while the panic can still be caught.
+            inner.next().map(|batch| {
+                let batch = batch?;
+                for column in batch.columns() {
+                    column.to_data().validate_full()?;
+                }
+                Ok(batch)
+            })
+        }));
+        let path = &self.path;
+        match next {
+            Ok(item) => item.map(|r| {
+                r.map_err(|source| ArtifactError::Arrow {
+                    context: path.display().to_string(),
+                    source,
+                })
+            }),
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("malformed data");
+                Some(Err(ArtifactError::Parquet {
+                    path: path.clone(),
+                    source: parquet::errors::ParquetError::General(format!(
+                        "malformed table, the decoder failed: {why}"
+                    )),
+                }))
+            }
+        }
     }
 }
 
