@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use crate::pipeline::Pipeline;
+use crate::runner::{combine, hash_dir, hash_file};
 
 /// How long a process of a killed run may live on before it counts as outliving its parent.
 const GRACE: Duration = Duration::from_secs(2);
@@ -708,18 +709,6 @@ pub fn incomplete_artifacts(root: &Path) -> Vec<String> {
     problems
 }
 
-fn hash_file(path: &Path) -> mmrl_artifact::Result<String> {
-    mmrl_artifact::hash::hash_file(path).map(|(hash, _)| hash)
-}
-
-fn hash_dir(dir: &Path) -> mmrl_artifact::Result<String> {
-    mmrl_artifact::hash::hash_dir(dir).map(|(hash, _, _)| hash)
-}
-
-fn combine(items: Vec<(String, String)>) -> String {
-    mmrl_artifact::hash::combine(items.iter().map(|(n, h)| (n.as_str(), h.as_str())))
-}
-
 /// A process seen in `/proc`, identified by pid and start time (a pid can be reused).
 #[derive(Debug, Clone)]
 pub struct Proc {
@@ -1000,8 +989,10 @@ mod tests {
             .unwrap();
         let pid = child.id() as i32;
         let deadline = Instant::now() + Duration::from_secs(10);
+        // Until the forked child has exec'd `sleep` it still reads as `sh`.
+        let sleeping = |found: &[Proc]| found.iter().any(|p| p.command().starts_with("sleep 30"));
         let mut found = descendants(pid);
-        while found.is_empty() && Instant::now() < deadline {
+        while !sleeping(&found) && Instant::now() < deadline {
             std::thread::sleep(POLL);
             found = descendants(pid);
         }

@@ -817,13 +817,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
 }
 
-fn hash_file(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = blake3::Hasher::new();
-    hasher
-        .update_reader(file)
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(hasher.finalize().to_hex().to_string())
+/// A file's blake3 (hex), as artifacts record it.
+pub(crate) fn hash_file(path: &Path) -> Result<String> {
+    Ok(mmrl_artifact::hash::hash_file(path)?.0)
 }
 
 /// The lock of an artifacts folder, held by one pipeline run from its start to its end (released on drop).
@@ -898,17 +894,9 @@ fn check_inputs_apart(
         }
     }
     for folder in &folders {
-        let data = resolve(folder);
         for stage in pipeline.stages.keys() {
             let output = root.join(stage);
-            let out = resolve(&output);
-            let relation = if data == out {
-                "is"
-            } else if out.starts_with(&data) {
-                "contains"
-            } else if data.starts_with(&out) {
-                "is inside"
-            } else {
+            let Some(relation) = mmrl_artifact::overlap(folder, &output) else {
                 continue;
             };
             bail!(
@@ -921,26 +909,6 @@ fn check_inputs_apart(
         }
     }
     Ok(())
-}
-
-/// `path` made absolute, with the longest part that exists resolved through symbolic links (the artifacts folder
-/// may not exist yet), so that two spellings of one folder compare equal.
-fn resolve(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut existing = absolute.as_path();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            return rest.iter().rev().fold(real, |acc, part| acc.join(part));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                existing = parent;
-            }
-            _ => return absolute,
-        }
-    }
 }
 
 /// An artifact on disk against what its lock entry recorded.
@@ -1044,27 +1012,14 @@ fn file_metas(dir: &Path) -> Result<BTreeMap<String, FileMeta>> {
     Ok(out)
 }
 
-/// The blake3 of a folder output exactly as mmrl-artifact's `hash::hash_dir` records it: every regular file
-/// hashed, named by relative path, combined independent of order.
-fn hash_dir(dir: &Path) -> Result<String> {
-    let mut items = Vec::new();
-    for rel in file_metas(dir)?.into_keys() {
-        let hash = hash_file(&dir.join(&rel))?;
-        items.push((rel, hash));
-    }
-    Ok(combine(items))
+/// The blake3 of a folder output, as artifacts record it.
+pub(crate) fn hash_dir(dir: &Path) -> Result<String> {
+    Ok(mmrl_artifact::hash::hash_dir(dir)?.0)
 }
 
-/// mmrl-artifact's `hash::combine`: sorted, each name length-prefixed, then its hash.
-fn combine(mut items: Vec<(String, String)>) -> String {
-    items.sort_unstable();
-    let mut hasher = blake3::Hasher::new();
-    for (name, hash) in items {
-        hasher.update(&(name.len() as u64).to_le_bytes());
-        hasher.update(name.as_bytes());
-        hasher.update(hash.as_bytes());
-    }
-    hasher.finalize().to_hex().to_string()
+/// Named hashes combined as an artifact's `content_hash` is.
+pub(crate) fn combine(items: Vec<(String, String)>) -> String {
+    mmrl_artifact::hash::combine(items.iter().map(|(n, h)| (n.as_str(), h.as_str())))
 }
 
 /// A cheap identity of an external folder: every file's relative path, size and modification time (as DVC and
@@ -1330,9 +1285,9 @@ mod tests {
                 (got, _) => panic!("{dataset}: {got:?}"),
             }
         };
-        check("art/ingest", Some("is"));
+        check("art/ingest", Some("is the same folder as"));
         check("art/ingest/data", Some("is inside"));
-        check("art/./ingest", Some("is"));
+        check("art/./ingest", Some("is the same folder as"));
         check(".", Some("contains"));
         check("art/mydata", None);
         check("elsewhere", None);

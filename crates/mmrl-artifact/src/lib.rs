@@ -47,7 +47,7 @@ pub use error::{ArtifactError, Result};
 pub use manifest::{
     FORMAT_VERSION, FileRecord, InputKind, InputRecord, MANIFEST_FILE, Manifest, Role,
 };
-pub use output::{check_replaceable, claim_output};
+pub use output::{check_replaceable, claim_output, overlap};
 pub use read::{Artifact, TableReader, same_columns};
 pub use write::{ArtifactWriter, PARTIAL_MARKER, StageInfo, TableWriter, git_revision, work_dir};
 

@@ -334,9 +334,65 @@ fn boot_time_secs() -> Option<u128> {
         .ok()
 }
 
+/// `path` made absolute, with the longest part that exists resolved through symbolic links, so that two
+/// spellings of one folder compare equal even when the folder does not exist yet.
+fn resolve(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |acc, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// How two paths overlap, after [`resolve`]: `Some("is the same folder as")` when they are one, `Some("contains")` when `a` holds
+/// `b`, `Some("is inside")` when `b` holds `a`, `None` when neither holds the other.
+pub fn overlap(a: &Path, b: &Path) -> Option<&'static str> {
+    let (a, b) = (resolve(a), resolve(b));
+    if a == b {
+        Some("is the same folder as")
+    } else if b.starts_with(&a) {
+        Some("contains")
+    } else if a.starts_with(&b) {
+        Some("is inside")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlap_names_the_relation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::create_dir_all(d.join("a/b")).unwrap();
+        let check = |a: &str, b: &str, expected: Option<&str>| {
+            assert_eq!(overlap(&d.join(a), &d.join(b)), expected, "{a} vs {b}");
+        };
+        check("a", "a", Some("is the same folder as"));
+        check("a/./b", "a/b", Some("is the same folder as"));
+        check("a", "a/b", Some("contains"));
+        check("a/b/c/new", "a", Some("is inside"));
+        check("a/b", "ab", None);
+        check("a/b", "a/c", None);
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(d.join("a/b"), d.join("link")).unwrap();
+            check("link/x", "a/b", Some("is inside"));
+        }
+    }
 
     #[test]
     fn writer_gone_only_for_processes_that_are_certainly_gone() {
