@@ -183,6 +183,17 @@ impl ArtifactWriter {
         table.finish()
     }
 
+    /// Writes the stage's `rejects` table: every row it dropped, with the reason (see [`crate::sample::Rejects`]).
+    pub fn write_rejects(&mut self, rejects: crate::sample::Rejects) -> Result<u64> {
+        let batch = rejects.finish()?;
+        self.write_table(
+            "rejects",
+            Role::Rejects,
+            crate::sample::rejects_schema(),
+            &[batch],
+        )
+    }
+
     /// Writes a JSON file (state, report) into the artifact.
     pub fn write_json(
         &mut self,

@@ -1031,12 +1031,7 @@ fn run_in_pool(
     let mut writer = create_writer(config, &input, output, seed)?;
     let mut summary = new_summary(config, &rows, &outs, fit_clips, mel_clips);
     let rejects = write_rows(&mut writer, config, &rows, &outs, &mut summary)?;
-    writer.write_table(
-        "rejects",
-        Role::Rejects,
-        sample::rejects_schema(),
-        &[rejects.finish()?],
-    )?;
+    writer.write_rejects(rejects)?;
     let state = AudioState {
         sample_rate: config.sample_rate,
         clip_samples: config.clip_samples(),

@@ -574,12 +574,7 @@ fn write(
             rejects.push(row.line, row.id.as_deref(), r.reason, &r.detail);
         }
     }
-    writer.write_table(
-        "rejects",
-        Role::Rejects,
-        sample::rejects_schema(),
-        &[rejects.finish()?],
-    )?;
+    writer.write_rejects(rejects)?;
     writer.write_json("report.json", Role::Report, summary)?;
     writer.commit()?;
     Ok(())

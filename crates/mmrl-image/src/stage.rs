@@ -303,12 +303,7 @@ pub fn run(config: &ImageConfig, seed: u64, samples: &Path, output: &Path) -> Re
             rejects.push(row.line, Some(&row.id), r.reason.as_str(), detail);
         }
     }
-    writer.write_table(
-        "rejects",
-        Role::Rejects,
-        sample::rejects_schema(),
-        &[rejects.finish()?],
-    )?;
+    writer.write_rejects(rejects)?;
 
     let report = report(config, &plan, rows_out);
     let state = ImageState {

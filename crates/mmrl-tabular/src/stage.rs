@@ -318,12 +318,7 @@ fn write_artifact(
         QualityReport::schema(),
         &[quality_batch],
     )?;
-    writer.write_table(
-        "rejects",
-        Role::Rejects,
-        sample::rejects_schema(),
-        &[rejects.finish()?],
-    )?;
+    writer.write_rejects(rejects)?;
     writer.write_json("report.json", Role::Report, summary)?;
     writer.commit()?;
     Ok(())
