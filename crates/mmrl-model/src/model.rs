@@ -1172,8 +1172,19 @@ impl MultimodalModel {
     /// batch; differentiable when the model is on an autodiff device.
     pub fn score(&self, batch: &Batch, answers: &[Vec<u32>], drop: &mut Dropout) -> SequenceScores {
         let enc = self.encode(batch, drop);
+        self.score_encoded(&enc, answers, drop)
+    }
+
+    /// [`score`](Self::score) given an encoded batch, for callers that also read the encoder output (PPO's
+    /// value head).
+    pub fn score_encoded(
+        &self,
+        enc: &Encoded,
+        answers: &[Vec<u32>],
+        drop: &mut Dropout,
+    ) -> SequenceScores {
         let (inputs, targets, mask) = self.teacher_forcing(answers);
-        let logits = self.decode(&enc, inputs, drop);
+        let logits = self.decode(enc, inputs, drop);
         let logp = activation::log_softmax(logits, 2);
         let entropy = -(logp.clone().exp() * logp.clone())
             .sum_dim(2)

@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Tensor, activation};
-use mmrl_model::model::SequenceScores;
+use burn::tensor::Tensor;
 use mmrl_model::parallel::{sharded_grads, threads};
 use mmrl_model::schedule::Schedule;
 use mmrl_model::sft::clip_global_norm;
@@ -197,27 +196,6 @@ struct PartOut {
     memory: Option<(Tensor<3>, Vec<Vec<u32>>, usize, ValueTargets)>,
 }
 
-/// Per-token scores of `answers` given an encoded batch: [`MultimodalModel::score`] without its own encoding,
-/// so PPO's value head can read the same encoder output.
-fn score_encoded(
-    model: &MultimodalModel,
-    enc: &mmrl_model::model::Encoded,
-    answers: &[Vec<u32>],
-) -> SequenceScores {
-    let (inputs, targets, mask) = model.teacher_forcing(answers);
-    let logits = model.decode(enc, inputs, &mut Dropout::off());
-    let logp = activation::log_softmax(logits, 2);
-    let entropy = -(logp.clone().exp() * logp.clone())
-        .sum_dim(2)
-        .squeeze_dim(2);
-    let token_logprobs = logp.gather(2, targets.unsqueeze_dim(2)).squeeze_dim(2);
-    SequenceScores {
-        token_logprobs,
-        entropy,
-        mask,
-    }
-}
-
 /// The loss normalization of a minibatch: the tokens that carry weight (token mean), or the rows (sequence
 /// mean), and the fresh tokens PPO's value loss averages over.
 struct Norms {
@@ -321,7 +299,7 @@ fn part_loss(
     let answers: Vec<Vec<u32>> = part.iter().map(|&k| rows[k].tokens.clone()).collect();
     let (batch, _) = env.data.batch(&items, env.vocab, &env.model_config, None);
     let enc = policy.encode(&batch, &mut Dropout::off());
-    let scores = score_encoded(policy, &enc, &answers);
+    let scores = policy.score_encoded(&enc, &answers, &mut Dropout::off());
     let [_, steps] = scores.token_logprobs.dims();
     let (ti, value) = token_inputs(env, rows, part, steps, norms);
     let ratios = if part.iter().any(|&k| rows[k].replay_slot.is_some()) {
