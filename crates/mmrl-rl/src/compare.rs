@@ -1057,3 +1057,127 @@ pub fn evaluate_runs(
     let t = table(&report.groups, split, &qtypes, &runs, bootstrap);
     Ok((report, t))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn row(name: &str, seed: u64, kind: RunKind) -> CompareRow {
+        CompareRow {
+            name: name.to_owned(),
+            seed,
+            kind,
+            lr: None,
+            dir: format!("{name}-{seed}"),
+            train_passes: 100,
+            generated: 0,
+            seconds: 2.0,
+            metrics: EvalMetrics::default(),
+            exact: Vec::new(),
+            accepted: Vec::new(),
+        }
+    }
+
+    /// `hits` trues then falses, `n` in all.
+    fn outcomes(hits: usize, n: usize) -> Vec<bool> {
+        (0..n).map(|i| i < hits).collect()
+    }
+
+    #[test]
+    fn paired_delta_is_the_mean_difference_with_a_seeded_interval() {
+        let a = outcomes(30, 40);
+        let b = outcomes(10, 40);
+        let (d, lo, hi) = paired_delta(&a, &b, 2000, 7).unwrap();
+        assert!((d - 0.5).abs() < 1e-12);
+        assert!(lo > 0.3 && lo < 0.5 && hi > 0.5 && hi < 0.7, "[{lo}, {hi}]");
+        assert_eq!(paired_delta(&a, &b, 2000, 7), Some((d, lo, hi)));
+        assert_eq!(paired_delta(&a, &a, 500, 1), Some((0.0, 0.0, 0.0)));
+        assert_eq!(paired_delta(&a, &b[..39], 500, 1), None);
+        assert_eq!(paired_delta(&[], &[], 500, 1), None);
+    }
+
+    #[test]
+    fn the_table_scores_each_group_and_compares_rl_with_both_baselines_per_seed() {
+        let groups = QtypeGroups {
+            label_scarce: ["scarce".to_owned()].into(),
+            set_valued: ["set".to_owned()].into(),
+        };
+        // 40 label-scarce, 10 set-valued and 10 other samples.
+        let mut qtypes = vec!["scarce"; 40];
+        qtypes.extend(["set"; 10]);
+        qtypes.extend(["other"; 10]);
+        let with = |scarce: usize, set: usize, other: usize| {
+            let mut v = outcomes(scarce, 40);
+            v.extend(outcomes(set, 10));
+            v.extend(outcomes(other, 10));
+            v
+        };
+        let start = (
+            row("sft checkpoint", 0, RunKind::Start),
+            with(4, 2, 8),
+            with(4, 6, 8),
+        );
+        let mut runs = vec![start];
+        for seed in [1, 2] {
+            runs.push((
+                row("continued sft", seed, RunKind::SftBest),
+                with(8, 2, 8),
+                with(8, 6, 8),
+            ));
+            let rl = 26 + 4 * seed as usize;
+            runs.push((
+                row("grpo", seed, RunKind::Rl),
+                with(rl, 3, 7),
+                with(rl, 10, 7),
+            ));
+        }
+        let runs: Vec<RunOutcomes> = runs
+            .iter()
+            .map(|(row, exact, accepted)| RunOutcomes {
+                row,
+                exact,
+                accepted,
+            })
+            .collect();
+        let t = table(&groups, "test", &qtypes, &runs, 1000);
+        assert_eq!(t.split, "test");
+        assert_eq!(t.samples["label_scarce"], 40);
+        assert_eq!(t.samples["set_valued"], 10);
+        assert_eq!(t.samples["other"], 10);
+        let names: Vec<&str> = t.rows.iter().map(|r| r[0].as_str()).collect();
+        assert_eq!(names, ["sft checkpoint", "continued sft", "grpo"]);
+        let cell = |name: &str, column: &str| {
+            let c = t.header.iter().position(|h| h == column).unwrap();
+            t.rows.iter().find(|r| r[0] == name).unwrap()[c].clone()
+        };
+        assert_eq!(cell("sft checkpoint", "label-scarce EM"), "0.100");
+        assert_eq!(
+            cell("sft checkpoint", "Δ vs sft (points, 95% CI per seed)"),
+            "-"
+        );
+        // grpo: 30/40 and 34/40 label-scarce.
+        assert_eq!(cell("grpo", "label-scarce EM"), "0.800 ± 0.050");
+        assert_eq!(cell("grpo", "set-valued accepted"), "1.000 ± 0.000");
+        assert_eq!(cell("grpo", "set-valued EM"), "0.300 ± 0.000");
+        assert_eq!(cell("grpo", "other types EM"), "0.700 ± 0.000");
+        assert_eq!(cell("grpo", "seconds"), "2");
+        let vs_sft = cell("grpo", "Δ vs sft (points, 95% CI per seed)");
+        assert!(
+            vs_sft.starts_with("+65.0 [")
+                && vs_sft.contains("; +75.0 [")
+                && vs_sft.ends_with("(CI > 0 in 2/2)"),
+            "{vs_sft}"
+        );
+        let vs_continued = cell("grpo", "Δ vs continued sft");
+        assert!(vs_continued.starts_with("+55.0 ["), "{vs_continued}");
+        let deltas = &t.deltas["grpo"];
+        assert_eq!(deltas.iter().map(|d| d.seed).collect::<Vec<_>>(), [1, 2]);
+        assert!((deltas[1].vs_continued.0 - 65.0).abs() < 1e-9);
+        assert!(!t.deltas.contains_key("sft checkpoint"));
+        // The checkpoint's own interval is not compared with itself; continued sft is +10 points over it.
+        let continued = &t.deltas["continued sft"];
+        assert!((continued[0].vs_sft.0 - 10.0).abs() < 1e-9);
+        assert_eq!(continued[0].vs_continued, (0.0, 0.0, 0.0));
+    }
+}
