@@ -47,7 +47,7 @@ pub struct ChaosOptions {
     /// Only these stages (default: every stage).
     pub stages: Vec<String>,
     /// Stages whose artifacts record measurements (timings), so even two clean runs differ: their hashes are
-    /// reported, not required to match.
+    /// reported, not required to match. `STAGE:FILE` allows only that output of the stage to differ.
     pub measured: Vec<String>,
     /// Run the pipeline with `--release`.
     pub release: bool,
@@ -151,7 +151,7 @@ impl Tally {
             list(&mut self.reruns_failed.iter().cloned())
         );
         out += &format!(
-            "chaos: hash mismatches against the clean run: {} (deterministic stages){}; measured stages that differ, as their timings do: {}\n",
+            "chaos: hash mismatches against the clean run: {} (deterministic stages){}; outputs that --measured allows to differ (timings, hpo trial numbers) and did: {}\n",
             self.mismatches.len(),
             list(&mut self.mismatches.iter().cloned()),
             if measured.is_empty() {
@@ -488,17 +488,21 @@ impl Chaos<'_> {
             if now.content_hash == expected.content_hash {
                 continue;
             }
-            if self.opts.measured.contains(stage) {
-                let differ = now
-                    .outputs
-                    .iter()
-                    .filter(|o| {
-                        expected
-                            .outputs
-                            .iter()
-                            .all(|e| e.file != o.file || e.blake3 != o.blake3)
-                    })
-                    .map(|o| o.file.clone());
+            let differ: BTreeSet<String> = now
+                .outputs
+                .iter()
+                .filter(|o| {
+                    expected
+                        .outputs
+                        .iter()
+                        .all(|e| e.file != o.file || e.blake3 != o.blake3)
+                })
+                .map(|o| o.file.clone())
+                .collect();
+            if differ
+                .iter()
+                .all(|file| measured(&self.opts.measured, stage, file))
+            {
                 self.tally
                     .measured_differences
                     .entry(stage.clone())
@@ -525,6 +529,14 @@ impl Chaos<'_> {
             }
         }
     }
+}
+
+/// Whether output `file` of `stage` may differ between clean runs: the stage is in `measured`, or `STAGE:FILE`
+/// is.
+fn measured(measured: &[String], stage: &str, file: &str) -> bool {
+    measured
+        .iter()
+        .any(|m| m == stage || m.split_once(':') == Some((stage, file)))
 }
 
 /// `n` kill moments spread over `duration`: one uniform draw in each of `n` equal slices, in order.
@@ -979,6 +991,20 @@ mod tests {
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].contains("flipped") && found[0].contains("a.txt differs"));
         assert!(found[1].contains("trials/0") && found[1].contains("models differs"));
+    }
+
+    #[test]
+    fn a_measured_entry_allows_its_whole_stage_or_one_output() {
+        let m = ["hpo".to_owned(), "eval:report.html".to_owned()];
+        for (stage, file, expected) in [
+            ("hpo", "trials.parquet", true),
+            ("eval", "report.html", true),
+            ("eval", "metrics.json", false),
+            ("sft", "model.bpk", false),
+            ("hp", "trials.parquet", false),
+        ] {
+            assert_eq!(measured(&m, stage, file), expected, "{stage}/{file}");
+        }
     }
 
     #[test]
