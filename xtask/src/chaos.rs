@@ -194,6 +194,7 @@ pub fn run(opts: &ChaosOptions) -> Result<Tally> {
         order,
         dir: work.join("run"),
         logs: work.join("logs"),
+        exe: std::env::current_exe().context("finding the xtask binary")?,
         runs: 0,
         tally: Tally::default(),
         reference: Reference::default(),
@@ -269,6 +270,10 @@ struct Chaos<'a> {
     /// The artifacts folder under test.
     dir: PathBuf,
     logs: PathBuf,
+    /// This xtask binary, resolved before the first pipeline run: that run's build may replace the file at the
+    /// path (`cargo xtask` builds xtask with its own feature set, the runner with the workspace's), after which
+    /// the running process's `current_exe` no longer resolves.
+    exe: PathBuf,
     runs: usize,
     tally: Tally,
     reference: Reference,
@@ -404,7 +409,7 @@ impl Chaos<'_> {
         let log = self.logs.join(format!("run-{:03}.log", self.runs));
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = Command::new(&self.exe);
         command
             .arg("pipeline")
             .arg("--config")
